@@ -1,0 +1,51 @@
+"""Build the Cython core in ext/ and install the edgeshard packages.
+
+Metadata lives in pyproject.toml; this file only knows how to compile.
+Every ``ext/_*.pyx`` becomes an extension module ``ext._name``.
+
+Environment switches (build time):
+  EDGESHARD_CYTHON_DEBUG=1   bounds and wraparound checks on (for a debug test run)
+  EDGESHARD_MARCH_NATIVE=1   -march=native (faster, but not portable: never for wheels you ship)
+"""
+
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("EDGESHARD_CYTHON_DEBUG") == "1"
+
+compile_args = ["-O3", "-ffp-contract=off"]  # no FMA contraction: float kernels must match NumPy bit for bit
+if os.environ.get("EDGESHARD_MARCH_NATIVE") == "1":
+    compile_args.append("-march=native")
+
+extensions = [
+    Extension(
+        "ext." + os.path.splitext(os.path.basename(path))[0],
+        [path],
+        extra_compile_args=compile_args,
+    )
+    for path in sorted(glob.glob(os.path.join("ext", "_*.pyx")))
+]
+
+directives = {
+    "language_level": "3",
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+setup(
+    packages=["edge_node", "coordinator", "protos", "ext", "edgeshard_models"],
+    package_dir={"edgeshard_models": "models"},
+    package_data={
+        "ext": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],
+        "protos": ["*.proto", "*.pyi"],
+        "edgeshard_models": ["repository/*/*.toml", "repository/*/*/*", "data/*", "*.md"],
+    },
+    ext_modules=cythonize(extensions, compiler_directives=directives),
+    zip_safe=False,
+)
