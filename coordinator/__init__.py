@@ -1,0 +1,1 @@
+"""edgeshard coordinator: one front for the fleet (routing, jobs, fallback) and its admin CLI."""

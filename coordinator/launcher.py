@@ -1,0 +1,99 @@
+"""Start edge-node daemons as local processes on free loopback ports (dev fleet, demo, tests).
+
+Each node writes a ready file once it is SERVING; the launcher waits for it, so a
+returned node is warm. Nodes are stopped with SIGTERM (graceful drain), then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class LaunchError(RuntimeError):
+    """A node process exited or did not become ready in time."""
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    process: subprocess.Popen
+    ready_file: Path
+    log_path: Path
+    info: dict = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.info['grpc_port']}"
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready_file.exists():
+                self.info = json.loads(self.ready_file.read_text())
+                return
+            if self.process.poll() is not None:
+                raise LaunchError(
+                    f"{self.name} exited with {self.process.returncode}; log:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+        raise LaunchError(f"{self.name} not ready after {timeout:.0f}s; log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, grace: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace + 5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_node(name: str, model_repository: Path, workdir: Path | None = None,
+               extra_args: list[str] | None = None, env: dict | None = None,
+               timeout: float = 60.0) -> NodeProcess:
+    """Start ``edge-node`` on a free loopback port and wait until it is SERVING."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeshard-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)
+    log_path = workdir / f"{name}.log"
+    cmd = [
+        sys.executable, "-m", "edge_node",
+        "--model-repository", str(model_repository),
+        "--host", "127.0.0.1", "--port", "0",
+        "--node-id", name,
+        "--ready-file", str(ready),
+        *(extra_args or []),
+    ]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+    node = NodeProcess(name, proc, ready, log_path)
+    try:
+        node.wait_ready(timeout)
+    except LaunchError:
+        node.kill()
+        raise
+    return node

@@ -1,0 +1,91 @@
+"""``edge-node``: the edge device daemon.
+
+Configuration precedence: command-line flags > EDGESHARD_* environment > --config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import fields
+from pathlib import Path
+
+from edge_node.config import ENV_PREFIX, NodeConfig, build
+from edge_node.errors import ConfigError, ModelLoadError
+
+log = logging.getLogger("edge_node")
+
+EPILOG = """\
+Every option can also come from the environment (EDGESHARD_<OPTION>, e.g.
+EDGESHARD_PORT=8001) or a TOML file given with --config (keys like model_repository,
+top level or under [edge_node]). Flags win over the environment, which wins over the file.
+
+The model repository holds <model>/config.toml and <model>/<version>/model.tflite
+(optionally manifest.json with its sha256, calibration.json with a temperature).
+The newest version that loads is served by default.
+
+Example:
+  edge-node --model-repository models/repository --port 8001 --metrics-port 9101
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-node",
+        description="Serve TFLite models over the Open Inference Protocol (KServe v2 gRPC).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="TOML config file")
+    for f in fields(NodeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        default = "" if f.default is None else f" (default {f.default})"
+        p.add_argument(flag, dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
+                       help=f"{f.metadata.get('help', '')}{default}; env {env}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    config_file = args.config or (Path(os.environ[ENV_PREFIX + "CONFIG"])
+                                  if os.environ.get(ENV_PREFIX + "CONFIG") else None)
+    try:
+        config = build(flags, os.environ, config_file)
+    except ConfigError as exc:
+        print(f"edge-node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
+
+    server = EdgeNodeServer(config)
+    stop_requested = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except (ModelLoadError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        server.stop(0)
+        return 1
+    while not stop_requested.wait(0.5):
+        pass
+    drained = server.stop()
+    return 0 if drained else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

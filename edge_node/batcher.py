@@ -1,0 +1,236 @@
+"""Bounded request queue and worker threads with dynamic batching.
+
+Each worker thread owns one interpreter per model version (interpreters are not
+thread-safe) and repeatedly takes the oldest queued request, adds later requests for
+the same model version while the batch stays within ``max_batch_size`` (waiting up to
+``max_delay`` for more when the queue runs dry), runs them as one batch and splits the
+result rows back to each request.
+
+Failure behaviour: a full queue refuses new requests at once (``OverloadedError``)
+instead of queueing without bound; a request whose deadline passed while queued is
+failed with ``DeadlineExceededError`` without running; a request whose caller gave up
+(future cancelled) is skipped; an exception while running a batch fails every request
+in that batch and the worker carries on. ``stop()`` refuses new work and lets queued
+and running requests finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_node.errors import DeadlineExceededError, OverloadedError, ShuttingDownError
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class Timings:
+    """Seconds spent by one request in each phase (preprocess is filled in by the caller)."""
+
+    queue: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+    batch_size: int = 0
+
+
+@dataclass
+class Request:
+    key: Any  # the model version's key; requests with equal keys may share a batch
+    tensor: np.ndarray
+    deadline: float | None  # time.monotonic() deadline, None for none
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def rows(self) -> int:
+        return int(self.tensor.shape[0])
+
+
+class Batcher:
+    """Dynamic batcher over ``workers`` threads.
+
+    ``make_interpreters()`` is called once in each worker thread and returns
+    ``{key: interpreter}``; ``execute(key, interpreter, batch)`` returns a tuple of
+    row-aligned result arrays plus the inference and postprocess seconds:
+    ``(arrays, inference_s, postprocess_s)``.
+    """
+
+    def __init__(
+        self,
+        make_interpreters: Callable[[], dict],
+        execute: Callable[[Any, Any, np.ndarray], tuple[Sequence[np.ndarray], float, float]],
+        max_batch_size: Callable[[Any], int],
+        workers: int = 1,
+        max_queue_size: int = 256,
+        max_delay: float = 0.0,
+        on_batch: Callable[[Any, int, list[Request]], None] | None = None,
+    ):
+        self._make = make_interpreters
+        self._execute = execute
+        self._max_batch = max_batch_size
+        self._workers_n = workers
+        self._max_queue = max_queue_size
+        self._max_delay = max_delay
+        self._on_batch = on_batch
+        self._queue: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Barrier(workers + 1)
+        self._startup_errors: list[BaseException] = []
+        self.in_flight = 0  # requests taken by workers and not yet answered
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> None:
+        """Start workers; returns once each built (and warmed) its interpreters."""
+        for i in range(self._workers_n):
+            t = threading.Thread(target=self._run, name=f"edge-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._ready.wait(timeout)
+        if self._startup_errors:
+            self.stop(0)
+            raise self._startup_errors[0]
+
+    def stop(self, grace: float) -> bool:
+        """Refuse new work; wait up to ``grace`` s for queued and running work. True if drained."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + grace
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        drained = not any(t.is_alive() for t in self._threads)
+        if not drained:
+            with self._cond:
+                left = list(self._queue)
+                self._queue.clear()
+            for req in left:
+                _fail(req, ShuttingDownError("node shut down before the request ran"))
+        return drained
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    # -- producer side ---------------------------------------------------------------------
+    def submit(self, key: Any, tensor: np.ndarray, deadline: float | None) -> Request:
+        req = Request(key, tensor, deadline)
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDownError("node is draining; send the request to another node")
+            if len(self._queue) >= self._max_queue:
+                raise OverloadedError(
+                    f"queue full ({self._max_queue} requests waiting); retry later or elsewhere"
+                )
+            self._queue.append(req)
+            self._cond.notify()
+        return req
+
+    # -- worker side -----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            interpreters = self._make()
+        except BaseException as exc:  # reported by start()
+            self._startup_errors.append(exc)
+            self._ready.wait()
+            return
+        self._ready.wait()
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._run_batch(interpreters, batch)
+
+    def _take(self) -> list[Request] | None:
+        with self._cond:
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                head = self._queue.popleft()
+                if self._usable(head):
+                    break
+            batch = [head]
+            limit = self._max_batch(head.key)
+            rows = head.rows
+            deadline = time.monotonic() + self._max_delay
+            while True:
+                rows = self._gather(head.key, batch, rows, limit)
+                remaining = deadline - time.monotonic()
+                if rows >= limit or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            self.in_flight += len(batch)
+            return batch
+
+    def _gather(self, key: Any, batch: list[Request], rows: int, limit: int) -> int:
+        """Move queued requests for ``key`` that still fit into ``batch`` (keeps order)."""
+        kept: deque[Request] = deque()
+        while self._queue:
+            req = self._queue.popleft()
+            if req.key == key and rows + req.rows <= limit:
+                if self._usable(req):
+                    batch.append(req)
+                    rows += req.rows
+            else:
+                kept.append(req)
+        self._queue = kept
+        return rows
+
+    @staticmethod
+    def _usable(req: Request) -> bool:
+        """False (and the request answered) if it was cancelled or its deadline passed."""
+        if not req.future.set_running_or_notify_cancel():
+            return False
+        if req.deadline is not None and time.monotonic() > req.deadline:
+            req.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+            return False
+        return True
+
+    def _run_batch(self, interpreters: dict, batch: list[Request]) -> None:
+        start = time.monotonic()
+        key = batch[0].key
+        try:
+            tensor = (
+                batch[0].tensor
+                if len(batch) == 1
+                else np.concatenate([r.tensor for r in batch], axis=0)
+            )
+            arrays, infer_s, post_s = self._execute(key, interpreters[key], tensor)
+            offset = 0
+            for req in batch:
+                t = req.timings
+                t.queue = start - req.enqueued
+                t.inference, t.postprocess = infer_s, post_s
+                t.batch_size = tensor.shape[0]
+                part = tuple(a[offset : offset + req.rows] for a in arrays)
+                offset += req.rows
+                req.future.set_result(part)
+        except Exception as exc:  # noqa: BLE001 - every request in the batch gets the error
+            log.exception("batch of %d for %s failed", len(batch), key)
+            for req in batch:
+                _fail(req, exc)
+        finally:
+            with self._cond:
+                self.in_flight -= len(batch)
+            if self._on_batch is not None:
+                self._on_batch(key, sum(r.rows for r in batch), batch)
+
+
+def _fail(req: Request, exc: BaseException) -> None:
+    if not req.future.done():
+        with contextlib.suppress(InvalidStateError):  # resolved by a racing path
+            req.future.set_exception(exc)

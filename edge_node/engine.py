@@ -1,0 +1,154 @@
+"""The node's inference core: repository + pipelines + batcher + statistics.
+
+Transport-free: takes NumPy arrays, returns NumPy arrays, raises ``edge_node.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_node.batcher import Batcher, Request
+from edge_node.config import NodeConfig
+from edge_node.errors import DeadlineExceededError, InvalidInputError
+from edge_node.metrics import NodeMetrics
+from edge_node.pipeline import Outputs, Pipeline
+from edge_node.repository import ModelRepository, ModelVersion
+from edge_node.stats import StatsBook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferResult:
+    version: ModelVersion
+    outputs: Outputs
+    request: Request
+
+
+class InferenceEngine:
+    """Validates, queues and runs inference requests for every loaded model version."""
+
+    def __init__(self, config: NodeConfig, repository: ModelRepository,
+                 metrics: NodeMetrics | None = None):
+        self.config = config
+        self.repository = repository
+        self.metrics = metrics or NodeMetrics()
+        self.stats = StatsBook()
+        self.pipelines = {v.key: Pipeline(v) for v in repository.ready_versions()}
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self.batcher = Batcher(
+            make_interpreters=self._make_interpreters,
+            execute=self._execute,
+            max_batch_size=lambda key: self.pipelines[key].version.spec.max_batch_size,
+            workers=config.workers,
+            max_queue_size=config.max_queue_size,
+            max_delay=config.max_batch_delay_ms / 1000.0,
+            on_batch=self._on_batch,
+        )
+        for key in self.pipelines:
+            self.stats.register(key)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the workers; each builds and warms up its interpreters before returning."""
+        t0 = time.monotonic()
+        self.batcher.start()
+        for key in self.pipelines:
+            self.metrics.ready.labels(*key).set(1)
+        log.info("%d model version(s) warm on %d worker(s) in %.2fs",
+                 len(self.pipelines), self.config.workers, time.monotonic() - t0)
+
+    def stop(self, grace: float) -> bool:
+        for key in self.pipelines:
+            self.metrics.ready.labels(*key).set(0)
+        return self.batcher.stop(grace)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _make_interpreters(self) -> dict:
+        """Per worker thread: one interpreter per version, warmed at batch 1 and max batch."""
+        interpreters = {}
+        for key, pipe in self.pipelines.items():
+            interp = pipe.version.new_interpreter(self.config.interpreter_threads)
+            for n in (pipe.version.spec.max_batch_size, 1):
+                interp.run(np.zeros((n, *pipe.shape), dtype=pipe.in_dtype))
+            interpreters[key] = interp
+        return interpreters
+
+    def _execute(self, key, interpreter, batch: np.ndarray):
+        t0 = time.perf_counter()
+        raw = interpreter.run(batch)
+        t1 = time.perf_counter()
+        out = self.pipelines[key].finish(raw)
+        t2 = time.perf_counter()
+        return (out.probabilities, out.label, out.confidence), t1 - t0, t2 - t1
+
+    def _on_batch(self, key, rows: int, batch: list[Request]) -> None:
+        t = batch[0].timings
+        self.stats.batch(key, rows, t.inference, t.postprocess)
+        self.metrics.batch_size.labels(key[0]).observe(rows)
+        self.metrics.items.labels(*key).inc(rows)
+
+    # -- requests --------------------------------------------------------------------------
+    def infer(self, model: str, version: str, inputs: dict[str, np.ndarray],
+              timeout: float | None = None) -> InferResult:
+        """Run one request; ``timeout`` is the seconds left of the caller's deadline."""
+        t_start = time.perf_counter()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        mv = self.repository.resolve(model, version)
+        pipe = self.pipelines[mv.key]
+        with self._lock:
+            self._in_flight += 1
+        self.metrics.in_flight.inc()
+        outcome = "error"
+        try:
+            name = mv.spec.input_name
+            if list(inputs) != [name]:
+                raise InvalidInputError(
+                    "inputs", f"{mv.spec.name} takes exactly one input named {name!r}, "
+                    f"got {sorted(inputs) or 'none'}"
+                )
+            t0 = time.perf_counter()
+            tensor = pipe.prepare("inputs[0]", inputs[name])
+            pre = time.perf_counter() - t0
+            req = self.batcher.submit(mv.key, tensor, deadline)
+            self.metrics.queue_depth.set(self.batcher.depth)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                probs, labels, conf = req.future.result(timeout=remaining)
+            except TimeoutError:
+                req.future.cancel()
+                raise DeadlineExceededError(
+                    f"deadline exceeded after {timeout:.3f}s (queue depth "
+                    f"{self.batcher.depth})"
+                ) from None
+            req.timings.preprocess = pre
+            outcome = "success"
+            return InferResult(mv, Outputs(probs, labels, conf), req)
+        except InvalidInputError:
+            outcome = "invalid"
+            raise
+        finally:
+            total = time.perf_counter() - t_start
+            with self._lock:
+                self._in_flight -= 1
+            self.metrics.in_flight.dec()
+            self.metrics.queue_depth.set(self.batcher.depth)
+            self.metrics.requests.labels(mv.spec.name, mv.version, outcome).inc()
+            self.metrics.latency.labels(mv.spec.name, "total").observe(total)
+            if outcome == "success":
+                t = req.timings
+                for phase in ("queue", "preprocess", "inference", "postprocess"):
+                    self.metrics.latency.labels(mv.spec.name, phase).observe(getattr(t, phase))
+                self.stats.request(mv.key, True, total, t.queue, t.preprocess, t.inference,
+                                   t.postprocess)
+            elif outcome == "error":
+                self.stats.request(mv.key, False, total, 0, 0, 0, 0)

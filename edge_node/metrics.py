@@ -1,0 +1,62 @@
+"""Prometheus metrics of the edge node (one registry per node instance)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+)
+
+
+class NodeMetrics:
+    """Request counts by model and outcome, latency split by phase, queue gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "edgeshard_node_requests", "Inference requests by model and outcome",
+            ["model", "version", "outcome"], registry=r,
+        )
+        self.items = Counter(
+            "edgeshard_node_items", "Items (batch rows) inferred", ["model", "version"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "edgeshard_node_request_seconds",
+            "Request latency by phase: queue, preprocess, inference, postprocess, total",
+            ["model", "phase"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "edgeshard_node_batch_size", "Rows per model invocation", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )
+        self.queue_depth = Gauge(
+            "edgeshard_node_queue_depth", "Requests waiting for a worker", registry=r
+        )
+        self.in_flight = Gauge(
+            "edgeshard_node_in_flight", "Requests being served (queued or running)", registry=r
+        )
+        self.ready = Gauge(
+            "edgeshard_node_model_ready", "1 if the model version is ready",
+            ["model", "version"], registry=r,
+        )
+        self._server = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port."""
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        bound = self._server.server_port
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,125 @@
+"""Edge node process lifecycle: load -> warm up -> serve -> drain on SIGTERM.
+
+Health (grpc.health.v1) is SERVING only after every loadable model is loaded and each
+worker's interpreters ran a warm-up batch; on ``stop()`` it turns NOT_SERVING first,
+then in-flight requests get ``grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import ext
+from edge_node.config import NodeConfig
+from edge_node.engine import InferenceEngine
+from edge_node.errors import ModelLoadError
+from edge_node.metrics import NodeMetrics
+from edge_node.repository import ModelRepository
+from edge_node.runtime import RUNTIME
+from edge_node.servicer import NodeServicer
+from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
+from protos.reflection import enable_reflection
+
+log = logging.getLogger(__name__)
+
+
+class EdgeNodeServer:
+    """A running edge node; ``start()`` returns once it is SERVING."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.metrics = NodeMetrics()
+        self.repository = ModelRepository(config.model_repository)
+        self.engine: InferenceEngine | None = None
+        self.servicer: NodeServicer | None = None
+        self.health = health.HealthServicer()
+        self.port = 0
+        self.metrics_port: int | None = None
+        self.node_id = ""
+        self._server: grpc.Server | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        cfg = self.config
+        log.info("edge node starting: runtime %s, ext kernels %s", RUNTIME, ext.IMPLEMENTATION)
+        self.repository.load()
+        if not self.repository.ready_versions():
+            problems = "; ".join(
+                f"{name}: {'; '.join(e.failures.values())}"
+                for name, e in self.repository.models.items()
+            ) or "the directory holds no model"
+            raise ModelLoadError(
+                f"no model could be loaded from {cfg.model_repository}: {problems}"
+            )
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max(8, 2 * cfg.workers + 4),
+                                       thread_name_prefix="edge-grpc"),
+            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers,
+            options=[
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"port: cannot bind {cfg.host}:{cfg.port} (in use?)")
+        self.node_id = cfg.resolved_node_id(self.port)
+        self.engine = InferenceEngine(cfg, self.repository, self.metrics)
+        self.servicer = NodeServicer(self.engine, self.node_id)
+        add_inference_servicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        enable_reflection(self._server)
+        self._server.start()  # answers live/health (NOT_SERVING) while warming up
+        self.engine.start()
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
+        self.servicer.ready.set()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("edge node %s serving %d model version(s) on %s:%d",
+                 self.node_id, len(self.engine.pipelines), cfg.host, self.port)
+        if cfg.ready_file:
+            self._write_ready_file()
+
+    def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+
+    def _write_ready_file(self) -> None:
+        path = self.config.ready_file
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({
+            "grpc_port": self.port, "metrics_port": self.metrics_port,
+            "pid": os.getpid(), "node_id": self.node_id,
+        }))
+        os.replace(tmp, path)  # readers never see a half-written file
+
+    def stop(self, grace: float | None = None) -> bool:
+        """Drain: NOT_SERVING, refuse new RPCs, let in-flight ones finish within grace."""
+        if self._stopped.is_set():
+            return True
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("draining (grace %.1fs)", grace)
+        if self.servicer is not None:
+            self.servicer.ready.clear()
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        drained = True
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        if self.engine is not None:
+            drained = self.engine.stop(grace)
+        self.metrics.close()
+        self._stopped.set()
+        log.info("edge node stopped%s", "" if drained else " (some work was cut off)")
+        return drained
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)

@@ -1,0 +1,206 @@
+"""Open Inference Protocol servicer of the edge node: decode -> engine -> encode.
+
+The only edge_node module besides server.py that touches generated protobuf code.
+One table maps domain exceptions to gRPC status codes; anything unexpected becomes
+INTERNAL with a generic message (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+
+from edge_node import errors
+from edge_node.engine import InferenceEngine
+from edge_node.pipeline import OUTPUT_NAMES
+from edge_node.repository import ModelVersion
+from edge_node.stats import Duration
+from protos import codec, oip_pb2
+from protos import model_config_pb2 as mc
+from protos.oip_service import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    errors.InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    codec.TensorError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.ModelUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+SERVER_NAME = "edgeshard-edge-node"
+EXTENSIONS = ["model_configuration", "statistics", "binary_tensor_data"]
+
+try:
+    SERVER_VERSION = version("edgeshard")
+except PackageNotFoundError:  # running from a source tree without install
+    SERVER_VERSION = "0+unknown"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for kind, code in STATUS.items():
+        if isinstance(exc, kind):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error (see the node's log)"
+
+
+def _guard(method):
+    """Run a handler; turn known errors into their status, unknown ones into INTERNAL."""
+
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - the mapping table decides
+            code, message = status_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__name__)
+            context.abort(code, message)
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class NodeServicer(InferenceServicer):
+    def __init__(self, engine: InferenceEngine, node_id: str):
+        self.engine = engine
+        self.node_id = node_id
+        self.ready = threading.Event()  # set once warm, cleared when draining
+
+    @_guard
+    def ServerLive(self, request, context):
+        return oip_pb2.ServerLiveResponse(live=True)
+
+    @_guard
+    def ServerReady(self, request, context):
+        return oip_pb2.ServerReadyResponse(ready=self.ready.is_set())
+
+    @_guard
+    def ModelReady(self, request, context):
+        try:
+            self.engine.repository.resolve(request.name, request.version)
+        except (errors.ModelNotFoundError, errors.ModelUnavailableError):
+            return oip_pb2.ModelReadyResponse(ready=False)
+        return oip_pb2.ModelReadyResponse(ready=self.ready.is_set())
+
+    @_guard
+    def ServerMetadata(self, request, context):
+        return oip_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+        )
+
+    @_guard
+    def ModelMetadata(self, request, context):
+        mv = self.engine.repository.resolve(request.name, request.version)
+        entry = self.engine.repository.models[mv.spec.name]
+        spec = mv.spec
+        tensor = oip_pb2.ModelMetadataResponse.TensorMetadata
+        return oip_pb2.ModelMetadataResponse(
+            name=spec.name,
+            versions=sorted(entry.versions, key=int),
+            platform="tflite",
+            inputs=[tensor(name=spec.input_name, datatype="UINT8",
+                           shape=[-1, spec.height, spec.width, spec.channels])],
+            outputs=[
+                tensor(name="probabilities", datatype="FP32", shape=[-1, mv.num_classes]),
+                tensor(name="label", datatype="INT64", shape=[-1]),
+                tensor(name="confidence", datatype="FP32", shape=[-1]),
+            ],
+        )
+
+    @_guard
+    def ModelConfig(self, request, context):
+        mv = self.engine.repository.resolve(request.name, request.version)
+        return oip_pb2.ModelConfigResponse(config=self._model_config(mv))
+
+    def _model_config(self, mv: ModelVersion) -> mc.ModelConfig:
+        spec = mv.spec
+        scalar = mc.ModelTensorReshape(shape=[])
+        cfg = self.engine.config
+        return mc.ModelConfig(
+            name=spec.name,
+            platform="tflite",
+            backend="tflite",
+            max_batch_size=spec.max_batch_size,
+            input=[mc.ModelInput(
+                name=spec.input_name, data_type=mc.TYPE_UINT8, format=mc.ModelInput.FORMAT_NHWC,
+                dims=[spec.height, spec.width, spec.channels],
+            )],
+            output=[
+                mc.ModelOutput(name="probabilities", data_type=mc.TYPE_FP32,
+                               dims=[mv.num_classes]),
+                mc.ModelOutput(name="label", data_type=mc.TYPE_INT64, dims=[1], reshape=scalar),
+                mc.ModelOutput(name="confidence", data_type=mc.TYPE_FP32, dims=[1],
+                               reshape=scalar),
+            ],
+            instance_group=[mc.ModelInstanceGroup(
+                name=spec.name, kind=mc.ModelInstanceGroup.KIND_CPU, count=cfg.workers,
+            )],
+            dynamic_batching=mc.ModelDynamicBatching(
+                max_queue_delay_microseconds=int(cfg.max_batch_delay_ms * 1000),
+            ),
+            parameters={
+                "labels": mc.ModelParameter(string_value=",".join(spec.labels)),
+                "input_dtype": mc.ModelParameter(string_value=str(mv.input.dtype)),
+                "temperature": mc.ModelParameter(string_value=repr(mv.temperature)),
+                "sha256": mc.ModelParameter(string_value=mv.sha256),
+            },
+        )
+
+    @_guard
+    def ModelStatistics(self, request, context):
+        response = oip_pb2.ModelStatisticsResponse()
+        if request.name:
+            self.engine.repository.resolve(request.name, request.version)
+        for s in self.engine.stats.snapshot(request.name, request.version):
+            ms = response.model_stats.add(
+                name=s.name, version=s.version, last_inference=s.last_inference_ms,
+                inference_count=s.inference_count, execution_count=s.execution_count,
+            )
+            ist = ms.inference_stats
+            for key in ("success", "fail", "queue", "compute_input", "compute_infer",
+                        "compute_output"):
+                _duration(getattr(ist, key), getattr(s, key))
+            for size, b in sorted(s.batches.items()):
+                bs = ms.batch_stats.add(batch_size=size)
+                _duration(bs.compute_input, b.compute_input)
+                _duration(bs.compute_infer, b.compute_infer)
+                _duration(bs.compute_output, b.compute_output)
+        return response
+
+    @_guard
+    def ModelInfer(self, request, context):
+        if not self.ready.is_set():
+            raise errors.ShuttingDownError("node is not ready (starting or draining)")
+        arrays = codec.decode_inputs(request)
+        requested = [o.name for o in request.outputs] or None
+        if requested:
+            for i, name in enumerate(requested):
+                if name not in OUTPUT_NAMES:
+                    raise errors.InvalidInputError(
+                        f"outputs[{i}].name",
+                        f"unknown output {name!r}; this model has {', '.join(OUTPUT_NAMES)}",
+                    )
+        result = self.engine.infer(
+            request.model_name, request.model_version, arrays, timeout=context.time_remaining()
+        )
+        response = oip_pb2.ModelInferResponse(
+            model_name=result.version.spec.name,
+            model_version=result.version.version,
+            id=request.id,
+        )
+        codec.encode_outputs(response, result.outputs.as_dict(), requested)
+        codec.set_param(response.parameters, "model_version", result.version.version)
+        codec.set_param(response.parameters, "node", self.node_id)
+        codec.set_param(response.parameters, "batch_size", result.request.timings.batch_size)
+        return response
+
+
+def _duration(target, source: Duration) -> None:
+    target.count = source.count
+    target.ns = source.ns
