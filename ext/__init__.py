@@ -1,0 +1,61 @@
+"""edgeshard's numeric core: image preprocessing, (de)quantization and score math.
+
+Two implementations with identical signatures and results:
+
+* ``"cython"``: the compiled kernels in ``ext._image`` and ``ext._scores``
+  (GIL released while they run);
+* ``"reference"``: ``ext._reference``, vectorized NumPy, which is the spec.
+
+``IMPLEMENTATION`` names the one in use. Setting ``EDGESHARD_PUREPYTHON=1``
+forces the reference; it is read once, at import time (the one module-level
+environment read in edgeshard, so the whole test suite can run against the
+reference). If the compiled modules cannot be imported, the reference is used
+and a warning is logged.
+"""
+
+import logging
+import os
+
+from ext import _reference
+from ext._results import Confidence
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Confidence",
+    "confidence",
+    "dequantize",
+    "make_lut",
+    "normalize",
+    "postprocess",
+    "preprocess",
+    "quantize",
+    "resize_bilinear",
+    "softmax",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _select():
+    """Return ``(name, image_module, scores_module)`` for the implementation to use."""
+    if os.environ.get("EDGESHARD_PUREPYTHON") == "1":
+        return "reference", _reference, _reference
+    try:
+        from ext import _image, _scores
+    except ImportError as exc:
+        log.warning("ext: compiled kernels unavailable (%s); using the NumPy reference", exc)
+        return "reference", _reference, _reference
+    return "cython", _image, _scores
+
+
+IMPLEMENTATION, _image_impl, _scores_impl = _select()
+
+resize_bilinear = _image_impl.resize_bilinear
+normalize = _image_impl.normalize
+quantize = _image_impl.quantize
+dequantize = _image_impl.dequantize
+preprocess = _image_impl.preprocess
+make_lut = _image_impl.make_lut
+softmax = _scores_impl.softmax
+confidence = _scores_impl.confidence
+postprocess = _scores_impl.postprocess
