@@ -16,7 +16,8 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("EDGESHARD_CYTHON_DEBUG") == "1"
 
-compile_args = ["-O3", "-ffp-contract=off"]  # no FMA contraction: float kernels must match NumPy bit for bit
+# No FMA contraction: the float kernels must match the NumPy reference bit for bit.
+compile_args = ["-O3", "-ffp-contract=off"]
 if os.environ.get("EDGESHARD_MARCH_NATIVE") == "1":
     compile_args.append("-march=native")
 
@@ -39,7 +40,7 @@ directives = {
 }
 
 setup(
-    packages=["edge_node", "coordinator", "protos", "ext", "edgeshard_models"],
+    packages=["edgeshard", "edge_node", "coordinator", "protos", "ext", "edgeshard_models"],
     package_dir={"edgeshard_models": "models"},
     package_data={
         "ext": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],

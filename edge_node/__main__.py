@@ -11,11 +11,11 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import fields
 from pathlib import Path
 
-from edge_node.config import ENV_PREFIX, NodeConfig, build
-from edge_node.errors import ConfigError, ModelLoadError
+from edge_node.config import NodeConfig, build
+from edge_node.errors import ModelLoadError
+from edgeshard.settings import SettingsError, add_flags, config_file_from
 
 log = logging.getLogger("edge_node")
 
@@ -40,24 +40,17 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="TOML config file")
-    for f in fields(NodeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        env = ENV_PREFIX + f.name.upper()
-        default = "" if f.default is None else f" (default {f.default})"
-        p.add_argument(flag, dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
-                       help=f"{f.metadata.get('help', '')}{default}; env {env}")
+    p.add_argument("--config", type=Path, help="TOML config file; env EDGESHARD_CONFIG")
+    add_flags(p, NodeConfig)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
-    config_file = args.config or (Path(os.environ[ENV_PREFIX + "CONFIG"])
-                                  if os.environ.get(ENV_PREFIX + "CONFIG") else None)
     try:
-        config = build(flags, os.environ, config_file)
-    except ConfigError as exc:
+        config = build(flags, os.environ, config_file_from(args.config, os.environ))
+    except SettingsError as exc:
         print(f"edge-node: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -6,18 +6,15 @@ and a key ``field_name`` in the config file (top level or under ``[edge_node]``)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_node.errors import ConfigError
-
-ENV_PREFIX = "EDGESHARD_"
+from edgeshard import settings
+from edgeshard.settings import SettingsError, check, check_port
 
 
 @dataclass(frozen=True)
@@ -77,12 +74,37 @@ class NodeConfig:
     )
     """When set, a JSON file with the bound ports is written once the node is SERVING."""
 
+    capacity: int = field(
+        default=0, metadata={"help": "outstanding requests to advertise (0: 4 x workers)"}
+    )
+    """How many requests the coordinator may keep in flight here; 0 = 4 per worker."""
+
+    coordinator: str | None = field(
+        default=None, metadata={"help": "coordinator HOST:PORT to register with"}
+    )
+    """When set, the node registers with this coordinator and sends heartbeats with load."""
+
+    advertise: bool = field(default=False, metadata={"help": "announce the node by zeroconf"})
+    """Register a ``_edgeshard._tcp.local.`` service so ``edge-coordinator --discover``
+    finds the node."""
+
+    advertise_address: str | None = field(
+        default=None, metadata={"help": "address others use to reach this node"}
+    )
+    """Address put in registrations and adverts; defaults to ``host`` (127.0.0.1 when
+    ``host`` is 0.0.0.0)."""
+
+    mdns_interface: tuple[str, ...] = field(
+        default=(), metadata={"help": "IPv4 address of an interface to advertise on"}
+    )
+    """Interfaces (by IPv4 address) for zeroconf; empty = every interface."""
+
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     """Logging level of the process."""
 
     def __post_init__(self) -> None:
         if self.model_repository is None:
-            raise ConfigError(
+            raise SettingsError(
                 "model_repository: required (--model-repository DIR, "
                 "EDGESHARD_MODEL_REPOSITORY or model_repository in the config file)"
             )
@@ -90,91 +112,45 @@ class NodeConfig:
         if self.ready_file is not None:
             object.__setattr__(self, "ready_file", Path(self.ready_file))
         for name in ("port",):
-            _check_port(name, getattr(self, name))
+            check_port(name, getattr(self, name))
         if self.metrics_port is not None:
-            _check_port("metrics_port", self.metrics_port)
-        _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
-        _check(
+            check_port("metrics_port", self.metrics_port)
+        check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        check(
             self.interpreter_threads >= 1,
             "interpreter_threads",
             f"must be >= 1, got {self.interpreter_threads}",
         )
-        _check(self.max_queue_size >= 1, "max_queue_size", "must be >= 1")
-        _check(self.max_batch_delay_ms >= 0, "max_batch_delay_ms", "must be >= 0")
-        _check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
-        _check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
-        _check(
+        check(self.max_queue_size >= 1, "max_queue_size", "must be >= 1")
+        check(self.max_batch_delay_ms >= 0, "max_batch_delay_ms", "must be >= 0")
+        check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
+        check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
+        check(
             self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "log_level",
             f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}",
         )
+        check(self.capacity >= 0, "capacity", "must be >= 0")
+        if self.coordinator is not None:
+            host, _, port = self.coordinator.rpartition(":")
+            check(bool(host) and port.isdigit(), "coordinator",
+                  f"{self.coordinator!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
         if not self.workers:
             object.__setattr__(self, "workers", max(1, os.cpu_count() or 1))
+        if not self.capacity:
+            object.__setattr__(self, "capacity", 4 * self.workers)
+
+    @property
+    def public_host(self) -> str:
+        if self.advertise_address:
+            return self.advertise_address
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
 
     def resolved_node_id(self, bound_port: int) -> str:
         return self.node_id or f"{socket.gethostname()}:{bound_port}"
 
 
-def _check(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: {message}")
-
-
-def _check_port(name: str, value: int) -> None:
-    _check(0 <= value <= 65535, name, f"must be a port in 0..65535, got {value}")
-
-
-def _coerce(f: dataclasses.Field, raw: Any, source: str) -> Any:
-    """Convert a string (env) or TOML value to the field's type, naming the source on error."""
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    try:
-        if raw is None:
-            return None
-        if "int" in kind and "Path" not in kind:
-            if isinstance(raw, bool):
-                raise ValueError("boolean given")
-            return int(raw)
-        if "float" in kind:
-            return float(raw)
-        if "Path" in kind:
-            return Path(str(raw))
-        return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{f.name}: invalid value {raw!r} from {source} ({exc})") from None
-
-
-def load_file(path: Path) -> dict[str, Any]:
-    """Read a TOML config file; keys at top level or under ``[edge_node]``."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config: file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
-    section = data.get("edge_node", data)
-    known = {f.name for f in fields(NodeConfig)}
-    unknown = sorted(k for k in section if k not in known and k != "edge_node")
-    if unknown:
-        raise ConfigError(
-            f"config: unknown key(s) {', '.join(unknown)} in {path}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    return dict(section)
-
-
-def build(
-    flags: Mapping[str, Any], env: Mapping[str, str], config_file: Path | None = None
-) -> NodeConfig:
+def build(flags: Mapping[str, Any], env: Mapping[str, str],
+          config_file: Path | None = None) -> NodeConfig:
     """Merge sources with precedence flags > environment > file > defaults."""
-    values: dict[str, Any] = {}
-    file_values = load_file(config_file) if config_file else {}
-    for f in fields(NodeConfig):
-        env_name = ENV_PREFIX + f.name.upper()
-        if flags.get(f.name) is not None:
-            values[f.name] = _coerce(f, flags[f.name], f"--{f.name.replace('_', '-')}")
-        elif env.get(env_name) not in (None, ""):
-            values[f.name] = _coerce(f, env[env_name], env_name)
-        elif f.name in file_values:
-            values[f.name] = _coerce(f, file_values[f.name], str(config_file))
-    return NodeConfig(**values)
+    return settings.build(NodeConfig, flags, env, config_file, section="edge_node")

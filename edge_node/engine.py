@@ -14,13 +14,27 @@ import numpy as np
 
 from edge_node.batcher import Batcher, Request
 from edge_node.config import NodeConfig
-from edge_node.errors import DeadlineExceededError, InvalidInputError
+from edge_node.errors import (
+    DeadlineExceededError,
+    EdgeNodeError,
+    InvalidInputError,
+    OverloadedError,
+    ShuttingDownError,
+)
 from edge_node.metrics import NodeMetrics
 from edge_node.pipeline import Outputs, Pipeline
 from edge_node.repository import ModelRepository, ModelVersion
 from edge_node.stats import StatsBook
 
 log = logging.getLogger(__name__)
+
+LATENCY_ALPHA = 0.2  # EWMA weight of the newest request latency
+OUTCOMES = {  # metric label of each way a request can end
+    InvalidInputError: "invalid",
+    OverloadedError: "overloaded",
+    DeadlineExceededError: "deadline_exceeded",
+    ShuttingDownError: "unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,7 @@ class InferenceEngine:
         self.stats = StatsBook()
         self.pipelines = {v.key: Pipeline(v) for v in repository.ready_versions()}
         self._in_flight = 0
+        self.latency_ewma_ms = 0.0  # smoothed latency of successful requests
         self._lock = threading.Lock()
         self.batcher = Batcher(
             make_interpreters=self._make_interpreters,
@@ -133,13 +148,17 @@ class InferenceEngine:
             req.timings.preprocess = pre
             outcome = "success"
             return InferResult(mv, Outputs(probs, labels, conf), req)
-        except InvalidInputError:
-            outcome = "invalid"
+        except EdgeNodeError as exc:
+            outcome = OUTCOMES.get(type(exc), "error")
             raise
         finally:
             total = time.perf_counter() - t_start
             with self._lock:
                 self._in_flight -= 1
+                if outcome == "success":
+                    ms = total * 1000.0
+                    self.latency_ewma_ms = ms if not self.latency_ewma_ms else (
+                        LATENCY_ALPHA * ms + (1 - LATENCY_ALPHA) * self.latency_ewma_ms)
             self.metrics.in_flight.dec()
             self.metrics.queue_depth.set(self.batcher.depth)
             self.metrics.requests.labels(mv.spec.name, mv.version, outcome).inc()
@@ -150,5 +169,5 @@ class InferenceEngine:
                     self.metrics.latency.labels(mv.spec.name, phase).observe(getattr(t, phase))
                 self.stats.request(mv.key, True, total, t.queue, t.preprocess, t.inference,
                                    t.postprocess)
-            elif outcome == "error":
+            elif outcome in ("error", "deadline_exceeded"):
                 self.stats.request(mv.key, False, total, 0, 0, 0, 0)

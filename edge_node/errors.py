@@ -5,10 +5,6 @@ class EdgeNodeError(Exception):
     """Base class of every error the edge node raises on purpose."""
 
 
-class ConfigError(EdgeNodeError):
-    """A configuration value (flag, environment variable or file key) is invalid."""
-
-
 class InvalidInputError(EdgeNodeError):
     """A request field is malformed; ``field`` names it (e.g. ``inputs[0].shape``)."""
 

@@ -17,13 +17,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import ext
+from edge_node.clients import CoordinatorLink, LoadReport
 from edge_node.config import NodeConfig
 from edge_node.engine import InferenceEngine
 from edge_node.errors import ModelLoadError
 from edge_node.metrics import NodeMetrics
 from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
-from edge_node.servicer import NodeServicer
+from edge_node.servicer import SERVER_VERSION, NodeServicer
+from protos.discovery import NodeAdvert
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
 
@@ -44,6 +46,8 @@ class EdgeNodeServer:
         self.metrics_port: int | None = None
         self.node_id = ""
         self._server: grpc.Server | None = None
+        self._link = None  # CoordinatorLink when --coordinator is set
+        self._advertiser = None  # Advertiser when --advertise is set
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -86,8 +90,38 @@ class EdgeNodeServer:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("edge node %s serving %d model version(s) on %s:%d",
                  self.node_id, len(self.engine.pipelines), cfg.host, self.port)
+        self._announce()
         if cfg.ready_file:
             self._write_ready_file()
+
+    def models_served(self) -> dict[str, list[str]]:
+        return {name: sorted(e.versions, key=int)
+                for name, e in self.repository.models.items() if e.versions}
+
+    def load_report(self) -> LoadReport:
+        return LoadReport(queue_depth=self.engine.batcher.depth,
+                          in_flight=self.engine.in_flight,
+                          ewma_latency_ms=self.engine.latency_ewma_ms,
+                          capacity=self.config.capacity)
+
+    def _announce(self) -> None:
+        """Join the coordinator and/or advertise by zeroconf, as configured."""
+        cfg = self.config
+        address = f"{cfg.public_host}:{self.port}"
+        if cfg.coordinator:
+            self._link = CoordinatorLink(cfg.coordinator, self.node_id, address,
+                                         self.models_served, self.load_report,
+                                         software_version=SERVER_VERSION)
+            self._link.start()
+        if cfg.advertise:
+            from edge_node.advertise import Advertiser  # zeroconf only when asked for
+
+            advert = NodeAdvert(node_id=self.node_id, port=self.port,
+                                models=self.models_served(), capacity=cfg.capacity,
+                                addresses=(cfg.public_host,))
+            self._advertiser = Advertiser(advert, interfaces=list(cfg.mdns_interface) or None,
+                                          host_address=cfg.public_host)
+            self._advertiser.start()
 
     def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):
@@ -111,6 +145,10 @@ class EdgeNodeServer:
         if self.servicer is not None:
             self.servicer.ready.clear()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._advertiser is not None:
+            self._advertiser.close()
+        if self._link is not None:
+            self._link.close()
         drained = True
         if self._server is not None:
             self._server.stop(grace).wait()

@@ -18,6 +18,7 @@ from edge_node.engine import InferenceEngine
 from edge_node.pipeline import OUTPUT_NAMES
 from edge_node.repository import ModelVersion
 from edge_node.stats import Duration
+from edgeshard.rpc import guarded, time_left
 from protos import codec, oip_pb2
 from protos import model_config_pb2 as mc
 from protos.oip_service import InferenceServicer
@@ -50,20 +51,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error (see the node's log)"
 
 
-def _guard(method):
-    """Run a handler; turn known errors into their status, unknown ones into INTERNAL."""
-
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - the mapping table decides
-            code, message = status_for(exc)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            context.abort(code, message)
-
-    wrapper.__name__ = method.__name__
-    return wrapper
+_guard = guarded(status_for, log)
 
 
 class NodeServicer(InferenceServicer):
@@ -187,7 +175,7 @@ class NodeServicer(InferenceServicer):
                         f"unknown output {name!r}; this model has {', '.join(OUTPUT_NAMES)}",
                     )
         result = self.engine.infer(
-            request.model_name, request.model_version, arrays, timeout=context.time_remaining()
+            request.model_name, request.model_version, arrays, timeout=time_left(context)
         )
         response = oip_pb2.ModelInferResponse(
             model_name=result.version.spec.name,

@@ -165,6 +165,22 @@ def _decode_raw(raw: bytes, spec: Datatype, shape: tuple[int, ...], field: str) 
     return np.frombuffer(raw, dtype=spec.dtype).reshape(shape)
 
 
+def decode_array(field: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    """Raw little-endian contents with an OIP datatype and shape -> array (read-only view).
+
+    For raw tensors outside a ModelInferRequest (e.g. job item batches); TensorError names
+    ``field`` on an unknown datatype, a negative dimension or a byte count that does not
+    match the shape.
+    """
+    spec = _lookup(datatype, f"{field}.datatype")
+    return _decode_raw(raw, spec, _shape(shape, f"{field}.shape"), f"{field}.data")
+
+
+def encode_array(array: Any, field: str = "array") -> tuple[str, list[int], bytes]:
+    """(OIP datatype, shape, raw little-endian bytes) of ``array``; inverse of decode_array."""
+    return _encode_array(array, field)
+
+
 def _decode_typed(tensor: Any, spec: Datatype, shape: tuple[int, ...], field: str) -> np.ndarray:
     if spec.contents_field is None:
         raise TensorError(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_node.config import NodeConfig, build
-from edge_node.errors import ConfigError
+from edgeshard.settings import SettingsError
 
 
 def test_precedence_flags_env_file(tmp_path):
@@ -40,18 +40,18 @@ def test_section_in_file(tmp_path):
     ({"max_message_bytes": "10"}, "max_message_bytes"),
 ])
 def test_bad_values_name_the_field(flags, field):
-    with pytest.raises(ConfigError, match=f"^{field}:"):
+    with pytest.raises(SettingsError, match=f"^{field}:"):
         build({"model_repository": "m", **flags}, {})
 
 
 def test_missing_repository_and_unknown_key(tmp_path):
-    with pytest.raises(ConfigError, match="model_repository: required"):
+    with pytest.raises(SettingsError, match="model_repository: required"):
         build({}, {})
     bad = tmp_path / "bad.toml"
     bad.write_text('model_repository = "m"\nprot = 1\n')
-    with pytest.raises(ConfigError, match="unknown key.*prot"):
+    with pytest.raises(SettingsError, match="unknown key.*prot"):
         build({}, {}, bad)
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(SettingsError, match="not found"):
         build({}, {}, tmp_path / "nope.toml")
 
 

@@ -1,0 +1,111 @@
+"""The edge node's client of the coordinator: register, then heartbeat with load.
+
+Runs in one daemon thread. Registration is retried with capped exponential backoff
+until the coordinator answers; a heartbeat answered ``reregister`` (the coordinator
+restarted or forgot us) starts over. The node serves regardless: losing the coordinator
+never stops local inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from protos import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+RPC_TIMEOUT_S = 3.0
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    queue_depth: int
+    in_flight: int
+    ewma_latency_ms: float
+    capacity: int
+
+
+class CoordinatorLink:
+    """Keeps this node registered with the coordinator at ``address``."""
+
+    def __init__(self, address: str, node_id: str, node_address: str,
+                 models: Callable[[], dict[str, list[str]]], load: Callable[[], LoadReport],
+                 software_version: str = ""):
+        self.address = address
+        self.node_id = node_id
+        self.node_address = node_address
+        self._models = models
+        self._load = load
+        self._software_version = software_version
+        self._stop = threading.Event()
+        self._channel = grpc.insecure_channel(address)
+        self._stub = fleet_pb2_grpc.FleetStub(self._channel)
+        self._thread = threading.Thread(target=self._run, name="coordinator-link", daemon=True)
+        self.epoch = 0
+        self.registered = threading.Event()
+        self.drained = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(RPC_TIMEOUT_S + 1)
+        self._channel.close()
+
+    def _models_pb(self) -> list[fleet_pb2.ModelVersions]:
+        return [fleet_pb2.ModelVersions(name=n, versions=v)
+                for n, v in sorted(self._models().items())]
+
+    def _register(self) -> float:
+        response = self._stub.Register(fleet_pb2.RegisterRequest(
+            node_id=self.node_id, address=self.node_address, models=self._models_pb(),
+            capacity=self._load().capacity, software_version=self._software_version,
+        ), timeout=RPC_TIMEOUT_S)
+        self.epoch = response.epoch
+        self.registered.set()
+        log.info("registered with coordinator %s (epoch %d)", self.address, self.epoch)
+        return max(0.05, response.heartbeat_interval_s or 1.0)
+
+    def _beat(self) -> bool:
+        load = self._load()
+        response = self._stub.Heartbeat(fleet_pb2.HeartbeatRequest(
+            node_id=self.node_id, epoch=self.epoch,
+            load=fleet_pb2.NodeLoad(queue_depth=load.queue_depth, in_flight=load.in_flight,
+                                    ewma_latency_ms=load.ewma_latency_ms,
+                                    capacity=load.capacity),
+        ), timeout=RPC_TIMEOUT_S)
+        if response.draining != self.drained:
+            self.drained = response.draining
+            log.info("coordinator %s this node", "drained" if self.drained else "undrained")
+        return not response.reregister
+
+    def _run(self) -> None:
+        backoff = 0.2
+        interval = None
+        while not self._stop.is_set():
+            try:
+                if interval is None:
+                    interval = self._register()
+                    backoff = 0.2
+                elif not self._beat():
+                    log.info("coordinator asked this node to register again")
+                    self.registered.clear()
+                    interval = None
+                    continue
+                self._stop.wait(interval)
+            except grpc.RpcError as exc:
+                if interval is None:
+                    log.warning("cannot register with coordinator %s: %s; retrying in %.1fs",
+                                self.address, exc.code().name, backoff)
+                else:
+                    log.warning("heartbeat to %s failed: %s", self.address, exc.code().name)
+                    interval = None  # re-register once it answers again
+                self._stop.wait(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)

@@ -1,0 +1,250 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelVersions(_message.Message):
+    __slots__ = ("name", "versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NodeLoad(_message.Message):
+    __slots__ = ("queue_depth", "in_flight", "ewma_latency_ms", "capacity")
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    EWMA_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    queue_depth: int
+    in_flight: int
+    ewma_latency_ms: float
+    capacity: int
+    def __init__(self, queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., ewma_latency_ms: _Optional[float] = ..., capacity: _Optional[int] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("node_id", "address", "models", "capacity", "software_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
+    capacity: int
+    software_version: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., capacity: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("epoch", "heartbeat_interval_s")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    heartbeat_interval_s: float
+    def __init__(self, epoch: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id", "epoch", "load", "models")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    epoch: int
+    load: NodeLoad
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
+    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("reregister", "draining")
+    REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    reregister: bool
+    draining: bool
+    def __init__(self, reregister: _Optional[bool] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "address", "state", "source", "models", "load", "weight", "last_seen_s_ago", "epoch", "shards_done", "items_done", "outstanding")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_S_AGO_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_DONE_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    state: str
+    source: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
+    load: NodeLoad
+    weight: float
+    last_seen_s_ago: float
+    epoch: int
+    shards_done: int
+    items_done: int
+    outstanding: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., weight: _Optional[float] = ..., last_seen_s_ago: _Optional[float] = ..., epoch: _Optional[int] = ..., shards_done: _Optional[int] = ..., items_done: _Optional[int] = ..., outstanding: _Optional[int] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class JobHeader(_message.Message):
+    __slots__ = ("job_id", "model", "model_version", "shard_size", "total_items", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model: str
+    model_version: str
+    shard_size: int
+    total_items: int
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., shard_size: _Optional[int] = ..., total_items: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ItemBatch(_message.Message):
+    __slots__ = ("ids", "datatype", "shape", "data")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("header", "items")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    header: JobHeader
+    items: ItemBatch
+    def __init__(self, header: _Optional[_Union[JobHeader, _Mapping]] = ..., items: _Optional[_Union[ItemBatch, _Mapping]] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("job_id", "interval_s")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    interval_s: float
+    def __init__(self, job_id: _Optional[str] = ..., interval_s: _Optional[float] = ...) -> None: ...
+
+class NodeShare(_message.Message):
+    __slots__ = ("node", "items")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    items: int
+    def __init__(self, node: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "model", "state", "total_items", "done_items", "shards_total", "shards_done", "shards_leased", "created_at", "finished_at", "error", "shares", "requeued_shards", "duplicates_discarded")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DONE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_LEASED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    REQUEUED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_DISCARDED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model: str
+    state: str
+    total_items: int
+    done_items: int
+    shards_total: int
+    shards_done: int
+    shards_leased: int
+    created_at: float
+    finished_at: float
+    error: str
+    shares: _containers.RepeatedCompositeFieldContainer[NodeShare]
+    requeued_shards: int
+    duplicates_discarded: int
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[str] = ..., total_items: _Optional[int] = ..., done_items: _Optional[int] = ..., shards_total: _Optional[int] = ..., shards_done: _Optional[int] = ..., shards_leased: _Optional[int] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[NodeShare, _Mapping]]] = ..., requeued_shards: _Optional[int] = ..., duplicates_discarded: _Optional[int] = ...) -> None: ...
+
+class FetchResultsRequest(_message.Message):
+    __slots__ = ("job_id", "after_seq", "follow")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    after_seq: int
+    follow: bool
+    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class ResultRecord(_message.Message):
+    __slots__ = ("seq", "id", "label", "confidence", "tier", "node", "model_version", "extra_json")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    id: str
+    label: int
+    confidence: float
+    tier: str
+    node: str
+    model_version: str
+    extra_json: str
+    def __init__(self, seq: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., tier: _Optional[str] = ..., node: _Optional[str] = ..., model_version: _Optional[str] = ..., extra_json: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
