@@ -3,46 +3,209 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from coordinator.config import CoordinatorConfig, build
+from edgeshard.settings import SettingsError, add_flags, config_file_from
+
+log = logging.getLogger("coordinator")
+
+DEFAULT_COORDINATOR = os.environ.get("EDGESHARD_COORDINATOR", "127.0.0.1:8000")
+
+SERVE_EPILOG = """\
+Every option can also come from the environment (EDGESHARD_<OPTION>) or a TOML file
+given with --config (keys like state_dir, top level or under [coordinator]). Flags win
+over the environment, which wins over the file.
+
+Example:
+  edge-coordinator serve --port 8000 --node 10.0.0.5:8001 --node 10.0.0.6:8001 \\
+      --state-dir /var/lib/edgeshard --metrics-port 9100
+"""
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-coordinator",
-        description="edgeshard coordinator: runs the fleet and its jobs.",
+        description="edgeshard coordinator: one Open Inference Protocol front for a fleet of "
+        "edge nodes, sharded batch jobs, and the admin commands for both.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser(
-        "demo",
-        help="run the main job on a local fleet on loopback",
-        description="Start an edge node on the shipped models, classify the shipped "
-        "hold-out set through it, and print accuracy (next to the model card's), "
-        "latency and throughput.",
-    )
-    demo.add_argument("--batch-size", type=int, default=32, help="images per request (32)")
-    demo.add_argument("--concurrency", type=int, default=4, help="client threads (4)")
-    demo.add_argument("--workdir", help="where node logs and ready files go (a temp dir)")
+
+    serve = sub.add_parser("serve", help="run the coordinator service",
+                           description="Run the coordinator: membership, routing, jobs.",
+                           epilog=SERVE_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--config", type=Path, help="TOML config file; env EDGESHARD_CONFIG")
+    add_flags(serve, CoordinatorConfig)
+
+    def with_target(sp):
+        sp.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
+                        help="coordinator HOST:PORT (env EDGESHARD_COORDINATOR; "
+                        f"default {DEFAULT_COORDINATOR})")
+        return sp
+
+    submit = with_target(sub.add_parser(
+        "submit", help="run a batch job and write its results as JSON lines",
+        description="Submit a sharded batch job and stream its results into a JSONL file "
+        "(one line per item: id, label, confidence, tier, node, model_version). Re-running "
+        "the same command after an interruption resumes without repeating results."))
+    submit.add_argument("--model", required=True, help="model name, e.g. mnist_edge")
+    submit.add_argument("--input", required=True, type=Path,
+                        help=".npy / .npz arrays or a .msgpack stream of items")
+    submit.add_argument("--output", required=True, type=Path, help="results file (.jsonl)")
+    submit.add_argument("--shard-size", type=int, default=0,
+                        help="items per shard (default: the coordinator's)")
+    submit.add_argument("--model-version", default="", help="pin a model version")
+    submit.add_argument("--job-id", default="", help="job id (for idempotent retries)")
+    submit.add_argument("--retry-for", type=float, default=120.0,
+                        help="seconds to keep retrying while the coordinator is away")
+    submit.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    nodes = with_target(sub.add_parser("nodes", help="list the fleet's nodes"))
+    nodes.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (("drain", "stop sending new work to a node"),
+                       ("undrain", "let a drained node take work again")):
+        sp = with_target(sub.add_parser(name, help=text))
+        sp.add_argument("node", help="node id or HOST:PORT")
+    jobs = with_target(sub.add_parser("jobs", help="list jobs"))
+    jobs.add_argument("--json", action="store_true", help="machine-readable output")
+    cancel = with_target(sub.add_parser("cancel", help="cancel a job"))
+    cancel.add_argument("job_id")
+
+    from coordinator.demo import add_arguments as demo_arguments
+
+    demo_arguments(sub.add_parser(
+        "demo", help="run the main job on a local fleet on loopback",
+        description="Start a coordinator and N edge nodes as local processes on free "
+        "loopback ports, run the shipped hold-out set as a sharded job (optionally killing "
+        "one node part-way), and print a report: items, results, lost, duplicated, "
+        "per-node share, throughput, latency, accuracy."))
     return p
+
+
+def serve(args) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "command")}
+    try:
+        config = build(flags, os.environ, config_file_from(args.config, os.environ))
+    except SettingsError as exc:
+        print(f"edge-coordinator: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from coordinator.server import CoordinatorServer
+
+    server = CoordinatorServer(config)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+def _print_nodes(nodes, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{
+            "node_id": n.node_id, "address": n.address, "state": n.state, "source": n.source,
+            "models": {m.name: list(m.versions) for m in n.models}, "weight": n.weight,
+            "outstanding": n.outstanding, "items_done": n.items_done,
+            "latency_ms": n.load.ewma_latency_ms, "last_seen_s_ago": n.last_seen_s_ago,
+        } for n in nodes], indent=2))
+        return
+    print(f"{'NODE':<20} {'ADDRESS':<22} {'STATE':<9} {'SOURCE':<10} {'WEIGHT':>6} "
+          f"{'LAT ms':>7} {'ITEMS':>8}  MODELS")
+    for n in nodes:
+        models = ",".join(f"{m.name}:{'/'.join(m.versions)}" for m in n.models)
+        print(f"{n.node_id:<20} {n.address:<22} {n.state:<9} {n.source:<10} {n.weight:>6.2f} "
+              f"{n.load.ewma_latency_ms:>7.2f} {n.items_done:>8}  {models}")
+
+
+def admin(args) -> int:
+    from coordinator.fleet_clients import CoordinatorClient
+
+    client = CoordinatorClient(args.coordinator)
+    try:
+        if args.command == "nodes":
+            _print_nodes(client.nodes(), args.json)
+        elif args.command in ("drain", "undrain"):
+            info = client.drain(args.node, undo=args.command == "undrain")
+            print(f"{info.node_id} ({info.address}) is now {info.state}")
+        elif args.command == "jobs":
+            jobs = client.list_jobs()
+            if args.json:
+                print(json.dumps([{"job_id": j.job_id, "model": j.model, "state": j.state,
+                                   "total": j.total_items, "done": j.done_items}
+                                  for j in jobs], indent=2))
+            else:
+                for j in jobs:
+                    print(f"{j.job_id}  {j.model:<14} {j.state:<9} {j.done_items}/{j.total_items}"
+                          f"{'  ' + j.error if j.error else ''}")
+        elif args.command == "cancel":
+            status = client.cancel(args.job_id)
+            print(f"job {status.job_id} is {status.state} ({status.done_items}/"
+                  f"{status.total_items} items answered)")
+    except grpc.RpcError as exc:
+        print(f"edge-coordinator {args.command}: {exc.code().name}: {exc.details()}",
+              file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+def submit(args) -> int:
+    from coordinator.errors import JobInputError
+    from coordinator.submit import run_submit
+
+    started = time.monotonic()
+    try:
+        outcome = run_submit(args.coordinator, args.model, args.input, args.output,
+                             args.shard_size, args.job_id, args.model_version, args.retry_for,
+                             progress=not args.no_progress)
+    except (JobInputError, ValueError, OSError) as exc:
+        print(f"edge-coordinator submit: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"edge-coordinator submit: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(f"job {outcome.job_id}: {outcome.state}, {outcome.written}/{outcome.total} results "
+          f"in {args.output} ({time.monotonic() - started:.1f}s)"
+          + (f"; error: {outcome.error}" if outcome.error else ""))
+    return 0 if outcome.state == "done" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "submit":
+        return submit(args)
     if args.command == "demo":
-        from coordinator import demo
+        from coordinator.demo import main as demo_main
 
-        if args.batch_size < 1 or args.concurrency < 1:
-            print("edge-coordinator demo: --batch-size and --concurrency must be >= 1",
-                  file=sys.stderr)
-            return 2
-        try:
-            demo.run(args.batch_size, args.concurrency, workdir=args.workdir)
-        except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
-            print(f"edge-coordinator demo: failed: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    return 2
+        return demo_main(args)
+    return admin(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Start edge-node daemons as local processes on free loopback ports (dev fleet, demo, tests).
+"""Start edgeshard daemons as local processes on free loopback ports (dev fleet, demo, tests).
 
-Each node writes a ready file once it is SERVING; the launcher waits for it, so a
-returned node is warm. Nodes are stopped with SIGTERM (graceful drain), then SIGKILL.
+Each daemon writes a ready file once it is SERVING; the launcher waits for it, so a
+returned node is warm. Processes are stopped with SIGTERM (graceful drain), then SIGKILL.
 """
 
 from __future__ import annotations
@@ -72,20 +72,30 @@ def start_node(name: str, model_repository: Path, workdir: Path | None = None,
                extra_args: list[str] | None = None, env: dict | None = None,
                timeout: float = 60.0) -> NodeProcess:
     """Start ``edge-node`` on a free loopback port and wait until it is SERVING."""
+    args = ["--model-repository", str(model_repository), "--host", "127.0.0.1", "--port", "0",
+            "--node-id", name, *(extra_args or [])]
+    return start_process(name, ["-m", "edge_node"], args, workdir, env, timeout)
+
+
+def start_coordinator(name: str, state_dir: Path, workdir: Path | None = None,
+                      extra_args: list[str] | None = None, env: dict | None = None,
+                      timeout: float = 60.0) -> NodeProcess:
+    """Start ``edge-coordinator serve`` on a free loopback port and wait until it serves."""
+    args = ["serve", "--host", "127.0.0.1", "--port", "0", "--state-dir", str(state_dir),
+            *(extra_args or [])]
+    return start_process(name, ["-m", "coordinator"], args, workdir, env, timeout)
+
+
+def start_process(name: str, module: list[str], args: list[str], workdir: Path | None = None,
+                  env: dict | None = None, timeout: float = 60.0) -> NodeProcess:
+    """Run ``python -m <module> <args> --ready-file F`` and wait for F to appear."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeshard-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     log_path = workdir / f"{name}.log"
-    cmd = [
-        sys.executable, "-m", "edge_node",
-        "--model-repository", str(model_repository),
-        "--host", "127.0.0.1", "--port", "0",
-        "--node-id", name,
-        "--ready-file", str(ready),
-        *(extra_args or []),
-    ]
-    with open(log_path, "wb") as log_file:
+    cmd = [sys.executable, *module, *args, "--ready-file", str(ready)]
+    with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},

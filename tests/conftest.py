@@ -52,3 +52,69 @@ def start(tmp_path):
     yield _start
     for proc in started:
         proc.kill()
+
+
+FAST_MEMBERSHIP = [
+    "--heartbeat-interval-s", "0.3", "--probe-interval-s", "0.3", "--probe-timeout-s", "0.5",
+    "--suspect-after-s", "1.0", "--dead-after-s", "2.0", "--shard-deadline-s", "2.0",
+    "--lease-s", "10",
+]
+
+
+class Fleet:
+    """A coordinator process and edge-node processes on loopback, for one test."""
+
+    def __init__(self, workdir: Path, repository: Path):
+        from coordinator.fleet_clients import CoordinatorClient  # noqa: F401 (import check)
+
+        self.workdir = workdir
+        self.repository = repository
+        self.state_dir = workdir / "state"
+        self.coordinator = None
+        self.nodes: list = []
+        self.client = None
+
+    def start_coordinator(self, *args: str, name: str = "coordinator"):
+        from coordinator.fleet_clients import CoordinatorClient
+        from coordinator.launcher import start_coordinator
+
+        self.coordinator = start_coordinator(name, self.state_dir, self.workdir,
+                                             extra_args=[*FAST_MEMBERSHIP, *args])
+        if self.client is not None:
+            self.client.close()
+        self.client = CoordinatorClient(self.coordinator.address)
+        return self.coordinator
+
+    def add_node(self, name: str, *args: str, register: bool = True):
+        extra = ["--workers", "1", *args]
+        if register:
+            extra = ["--coordinator", self.coordinator.address, *extra]
+        proc = start_node(name, self.repository, self.workdir, extra_args=extra)
+        self.nodes.append(proc)
+        return proc
+
+    def wait_live(self, count: int, timeout: float = 30.0) -> list:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            nodes = [n for n in self.client.nodes() if n.state == "live"]
+            if len(nodes) >= count:
+                return nodes
+            time.sleep(0.1)
+        raise AssertionError(f"only {len(nodes)} of {count} nodes live: {self.client.nodes()}")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for proc in self.nodes:
+            proc.kill()
+        if self.coordinator is not None:
+            self.coordinator.kill()
+
+
+@pytest.fixture
+def fleet(tmp_path, shipped_repository):
+    f = Fleet(tmp_path, shipped_repository)
+    yield f
+    f.close()

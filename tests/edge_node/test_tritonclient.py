@@ -104,9 +104,33 @@ def test_any_image_size_and_typed_contents(client, holdout):
     normalized = ((images.astype(np.float32) / np.float32(255.0) - np.float32(0.1307))
                   / np.float32(0.3081))[..., None]
     fp = tc.InferInput("image", list(normalized.shape), "FP32")
-    fp.set_data_from_numpy(normalized, binary_data=False)  # typed fp32_contents
+    fp.set_data_from_numpy(normalized)
     fp_labels = client.infer(edgeshard_models.EDGE_MODEL, [fp]).as_numpy("label")
     np.testing.assert_array_equal(fp_labels, small)
+
+
+def test_typed_contents_are_accepted(node, holdout):
+    """tritonclient always sends raw bytes; typed InferTensorContents come from other clients."""
+    import grpc
+
+    from protos import codec, oip_pb2
+    from protos.oip_service import InferenceStub
+
+    images = holdout[0][:4]
+    request = oip_pb2.ModelInferRequest(model_name=edgeshard_models.EDGE_MODEL)
+    tensor = request.inputs.add(name="image", datatype="UINT8", shape=[4, 28, 28])
+    tensor.contents.uint_contents.extend(images.reshape(-1).tolist())
+    channel = grpc.insecure_channel(node.address)
+    try:
+        typed = InferenceStub(channel).ModelInfer(request, timeout=10)
+    finally:
+        channel.close()
+    client = tc.InferenceServerClient(node.address)
+    try:
+        raw = classify(client, edgeshard_models.EDGE_MODEL, images)
+    finally:
+        client.close()
+    np.testing.assert_array_equal(codec.decode_output(typed, "label"), raw)
 
 
 def test_statistics_count_requests(client, holdout):

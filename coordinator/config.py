@@ -1,0 +1,136 @@
+"""Coordinator configuration: one frozen dataclass, flags > EDGESHARD_* env > TOML file.
+
+Config file keys sit at top level or under ``[coordinator]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeshard import settings
+from edgeshard.settings import check, check_port
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Everything the coordinator process needs at start-up."""
+
+    host: str = field(default="127.0.0.1", metadata=_help("address to bind the gRPC server"))
+    """Address of the coordinator's gRPC server (OIP front, Fleet and Jobs services)."""
+
+    port: int = field(default=8000, metadata=_help("gRPC port (0 picks a free port)"))
+    """gRPC port; 0 picks a free one (read it back from the log or --ready-file)."""
+
+    node: tuple[str, ...] = field(default=(), metadata=_help("seed node HOST:PORT"))
+    """Static seed nodes; admitted after a health check like any other candidate."""
+
+    discover: bool = field(default=False, metadata=_help("find nodes by zeroconf (mDNS)"))
+    """Browse ``_edgeshard._tcp.local.`` for nodes started with ``edge-node --advertise``."""
+
+    mdns_interface: tuple[str, ...] = field(
+        default=(), metadata=_help("IPv4 address of an interface to browse on (default all)")
+    )
+    """Interfaces (by IPv4 address) for zeroconf; empty = every interface."""
+
+    state_dir: Path = field(default=Path("edgeshard-state"),
+                            metadata=_help("directory of the SQLite job state"))
+    """Jobs, shards and results live in ``state_dir/jobs.sqlite3``; restart on the same
+    directory resumes unfinished jobs."""
+
+    metrics_port: int | None = field(
+        default=None, metadata=_help("Prometheus /metrics port (0 picks one; unset: off)")
+    )
+    """Port of the Prometheus HTTP endpoint; None disables it."""
+
+    metrics_host: str | None = field(default=None, metadata=_help("metrics address"))
+    """Address the metrics endpoint binds; defaults to ``host``."""
+
+    grace_seconds: float = field(default=10.0, metadata=_help("SIGTERM drain time (s)"))
+    """On SIGTERM: NOT_SERVING, then in-flight requests get this long to finish."""
+
+    heartbeat_interval_s: float = field(default=1.0, metadata=_help("node heartbeat period (s)"))
+    """How often registered nodes are asked to send heartbeats."""
+
+    probe_interval_s: float = field(default=1.0, metadata=_help("health probe period (s)"))
+    """How often the coordinator health-checks each known node."""
+
+    probe_timeout_s: float = field(default=1.0, metadata=_help("health probe deadline (s)"))
+    """Deadline of one health check; a hung (e.g. SIGSTOPped) node fails it."""
+
+    suspect_after_s: float = field(default=3.0, metadata=_help("silence before suspect (s)"))
+    """A node with no successful probe or beat for this long gets no new work."""
+
+    dead_after_s: float = field(default=8.0, metadata=_help("silence before dead (s)"))
+    """A node silent this long is dead: its job shards are re-queued."""
+
+    request_timeout_s: float = field(
+        default=30.0, metadata=_help("deadline for forwarded requests that carry none (s)")
+    )
+    """Deadline used for a forwarded inference call when the client set none."""
+
+    max_in_flight: int = field(default=512, metadata=_help("coordinator-wide request bound"))
+    """Online requests in flight at once; beyond it RESOURCE_EXHAUSTED is answered at once."""
+
+    epsilon: float = field(default=0.25, metadata=_help("bounded-load slack for routing keys"))
+    """Consistent hashing with bounded loads: a node takes at most (1+ε)·average load."""
+
+    shard_size: int = field(default=32, metadata=_help("items per job shard"))
+    """Default items per shard (one batched request to a node)."""
+
+    shards_per_node: int = field(default=2, metadata=_help("concurrent shards per node"))
+    """Shards a node may hold at once (its pull window)."""
+
+    shard_deadline_s: float = field(default=5.0, metadata=_help("deadline of one shard call (s)"))
+    """A shard not answered within this is re-queued for another node."""
+
+    lease_s: float = field(default=15.0, metadata=_help("shard lease length (s)"))
+    """Safety net: a shard lease older than this is re-queued even if no call failed."""
+
+    max_message_bytes: int = field(default=64 * 1024 * 1024,
+                                   metadata=_help("largest gRPC message (bytes)"))
+    """gRPC max send/receive message size."""
+
+    ready_file: Path | None = field(default=None, metadata=_help("write ports JSON when ready"))
+    """When set, a JSON file with the bound ports is written once serving."""
+
+    log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING, ERROR"))
+    """Logging level of the process."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+        if self.ready_file is not None:
+            object.__setattr__(self, "ready_file", Path(self.ready_file))
+        check_port("port", self.port)
+        if self.metrics_port is not None:
+            check_port("metrics_port", self.metrics_port)
+        for address in self.node:
+            host, _, port = address.rpartition(":")
+            check(bool(host) and port.isdigit(), "node",
+                  f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:8001)")
+        for name in ("heartbeat_interval_s", "probe_interval_s", "probe_timeout_s",
+                     "suspect_after_s", "dead_after_s", "request_timeout_s",
+                     "shard_deadline_s", "lease_s"):
+            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        check(self.dead_after_s >= self.suspect_after_s, "dead_after_s",
+              "must be >= suspect_after_s")
+        check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
+        check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
+        check(0 < self.epsilon <= 10, "epsilon", f"must be in (0, 10], got {self.epsilon}")
+        check(1 <= self.shard_size <= 4096, "shard_size", "must be in 1..4096")
+        check(self.shards_per_node >= 1, "shards_per_node", "must be >= 1")
+        check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
+        check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
+              f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+
+def build(flags: Mapping[str, Any], env: Mapping[str, str],
+          config_file: Path | None = None) -> CoordinatorConfig:
+    """Merge sources with precedence flags > environment > file > defaults."""
+    return settings.build(CoordinatorConfig, flags, env, config_file, section="coordinator")

@@ -1,0 +1,89 @@
+"""Batch jobs: the records that the job store, the scheduler and the servicer exchange.
+
+Transport-free dataclasses. Where they come from: ``coordinator.jobinput.load_items`` reads a
+job's items; ``coordinator.jobstore.JobStore`` stores jobs, leases shards and keeps results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+JOB_STATES = ("running", "done", "cancelled", "failed")
+SHARD_STATES = ("queued", "leased", "done", "cancelled")
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """The answer for one item; ``seq`` is assigned by the store (0 before it is written)."""
+
+    item_id: str
+    label: int
+    confidence: float
+    tier: str
+    node: str
+    model_version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A created job; ``existing`` is True when a retried Submit found it already stored."""
+
+    job_id: str
+    model: str
+    state: str
+    total_items: int
+    shard_count: int
+    created_at: float
+    existing: bool = False
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One shard handed to one node: run ``array`` (items ``ids``) and report ``attempt``."""
+
+    job_id: str
+    shard_id: int
+    attempt: int
+    model: str
+    ids: list[str]
+    array: np.ndarray
+    params: dict[str, Any]
+    node_id: str = ""
+    lease_expires: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job's state and counters, as Watch and ListJobs report them."""
+
+    job_id: str
+    model: str
+    state: str
+    total_items: int
+    done_items: int
+    shards_total: int
+    shards_done: int
+    shards_leased: int
+    created_at: float
+    finished_at: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CompleteOutcome:
+    """What ``complete`` did with a batch of results.
+
+    ``accepted`` were written; ``duplicates`` were already answered (first writer wins);
+    ``discarded`` arrived for a cancelled or failed job; ``stale`` means the attempt is not the
+    shard's current one (the shard was re-leased meanwhile).
+    """
+
+    accepted: int
+    duplicates: int
+    stale: bool
+    discarded: int = 0

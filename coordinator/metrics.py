@@ -1,0 +1,53 @@
+"""Prometheus metrics of the coordinator (one registry per coordinator instance)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.forwarded = Counter(
+            "edgeshard_coordinator_forwarded", "Online requests forwarded, by node and status",
+            ["node", "code"], registry=r)
+        self.forward_seconds = Histogram(
+            "edgeshard_coordinator_forward_seconds", "Latency of forwarded requests by node",
+            ["node"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.nodes = Gauge("edgeshard_coordinator_nodes", "Known nodes by state", ["state"],
+                           registry=r)
+        self.items = Counter("edgeshard_coordinator_job_items",
+                             "Job results committed, by node", ["node"], registry=r)
+        self.duplicates = Counter("edgeshard_coordinator_job_duplicates",
+                                  "Late duplicate job results discarded", registry=r)
+        self.requeued = Gauge("edgeshard_coordinator_shards_requeued",
+                              "Shards re-queued since start (dead, drained, late)", registry=r)
+        self.in_flight = Gauge("edgeshard_coordinator_in_flight",
+                               "Online requests in flight", registry=r)
+        self._server = None
+
+    def forwarded_result(self, node: str, code: str, seconds: float) -> None:
+        self.forwarded.labels(node, code).inc()
+        if code == "OK":
+            self.forward_seconds.labels(node).observe(seconds)
+
+    def committed(self, node: str, accepted: int, duplicates: int) -> None:
+        self.items.labels(node).inc(accepted)
+        if duplicates:
+            self.duplicates.inc(duplicates)
+
+    def serve(self, host: str, port: int) -> int:
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
+        return self._server.server_port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,198 @@
+"""Coordinator process lifecycle: state -> membership -> dispatch -> serve -> drain.
+
+Start-up re-opens the SQLite job store under ``--state-dir`` and re-queues the shards a
+previous process had leased, so a coordinator killed with SIGKILL resumes its jobs.
+Health is SERVING once the gRPC server runs; SIGTERM turns it NOT_SERVING, refuses new
+RPCs and gives in-flight ones ``grace_seconds``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator.clients import ClientPool, shard_runner
+from coordinator.config import CoordinatorConfig
+from coordinator.dispatcher import Dispatcher
+from coordinator.fleet_servicer import FleetServicer
+from coordinator.jobs_servicer import JobsServicer
+from coordinator.jobstore import JobStore
+from coordinator.membership import Membership
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.registry import Registry
+from coordinator.router import Router
+from coordinator.servicer import FrontServicer
+from protos import fleet_pb2, fleet_pb2_grpc, oip_pb2
+from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
+from protos.reflection import enable_reflection
+
+log = logging.getLogger(__name__)
+
+FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs")
+
+
+class CoordinatorServer:
+    def __init__(self, config: CoordinatorConfig):
+        self.config = config
+        self.metrics = CoordinatorMetrics()
+        self.registry = Registry(config.suspect_after_s, config.dead_after_s)
+        self.clients = ClientPool(config.max_message_bytes)
+        self.router = Router(self.registry, config.epsilon)
+        self.membership = Membership(
+            self.registry, lambda address, timeout: self.clients.get(address).probe(timeout),
+            config.probe_interval_s, config.probe_timeout_s)
+        self.health = health.HealthServicer()
+        self.stopping = threading.Event()
+        self.store: JobStore | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.front: FrontServicer | None = None
+        self.discovery = None
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._server: grpc.Server | None = None
+        self._max_batch: dict[str, int] = {}
+        self._lock_file = None
+
+    # -- helpers for the servicers ---------------------------------------------------------
+    def max_batch_size(self, model: str) -> int | None:
+        """The model's max batch size at the nodes (asked once, from a live node)."""
+        if model not in self._max_batch:
+            nodes = self.registry.routable(model)
+            if not nodes:
+                return None
+            try:
+                config = self.clients.get(nodes[0].address).stub.ModelConfig(
+                    oip_pb2.ModelConfigRequest(name=model), timeout=5.0).config
+            except grpc.RpcError:
+                return None
+            if config.max_batch_size > 0:
+                self._max_batch[model] = config.max_batch_size
+        return self._max_batch.get(model)
+
+    def model_known(self, model: str) -> bool:
+        return any(n.serves(model) for n in self.registry.snapshot())
+
+    def job_shares(self, job_id: str) -> dict[str, int]:
+        return self.store.shares(job_id)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir()
+        self.store = JobStore(str(cfg.state_dir / "jobs.sqlite3"))
+        for address in cfg.node:
+            self.registry.add_candidate(address, "seed")
+        self.dispatcher = Dispatcher(
+            self.store, self.registry, shard_runner(self.clients, cfg.shard_deadline_s),
+            cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed)
+        self.front = FrontServicer(self.registry, self.router, self.clients,
+                                   cfg.request_timeout_s, cfg.max_in_flight,
+                                   on_result=self.metrics.forwarded_result)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="coord-grpc"),
+            options=[("grpc.max_send_message_length", cfg.max_message_bytes),
+                     ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                     ("grpc.so_reuseport", 0)],
+        )
+        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"port: cannot bind {cfg.host}:{cfg.port} (in use?)")
+        add_inference_servicer_to_server(self.front, self._server)
+        fleet_pb2_grpc.add_FleetServicer_to_server(
+            FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s), self._server)
+        fleet_pb2_grpc.add_JobsServicer_to_server(
+            JobsServicer(self.store, cfg.shard_size, self.max_batch_size,
+                         self.dispatcher.notify, self.job_shares, self.stopping,
+                         model_known=self.model_known), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
+                          extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
+        self._server.start()
+        self.membership.run_round()  # admit reachable seeds before taking work
+        self.membership.start()
+        self.dispatcher.start()
+        if cfg.discover:
+            self._start_discovery()
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
+            threading.Thread(target=self._gauges, name="gauges", daemon=True).start()
+        self.front.ready.set()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("coordinator serving on %s:%d (state %s, %d seed node(s))",
+                 cfg.host, self.port, cfg.state_dir, len(cfg.node))
+        if cfg.ready_file:
+            tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
+            tmp.write_text(json.dumps({"grpc_port": self.port,
+                                       "metrics_port": self.metrics_port, "pid": os.getpid()}))
+            os.replace(tmp, cfg.ready_file)
+
+    def _lock_state_dir(self) -> None:
+        """One coordinator per state dir: the store assumes a single writer."""
+        self._lock_file = open(self.config.state_dir / "coordinator.lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise OSError(f"state_dir: {self.config.state_dir} is in use by another "
+                          "coordinator; give each coordinator its own --state-dir") from None
+
+    def _start_discovery(self) -> None:
+        from coordinator.discovery import Discovery  # zeroconf only when asked for
+
+        def found(advert) -> None:
+            for host in advert.addresses or ("127.0.0.1",):
+                address = f"{host}:{advert.port}"
+                self.registry.add_candidate(address, "discovered", node_id=advert.node_id,
+                                            capacity=advert.capacity)
+                if self.membership.probe_now(address):
+                    log.info("discovered node %s at %s", advert.node_id, address)
+                    return
+
+        self.discovery = Discovery(found, interfaces=list(self.config.mdns_interface) or None)
+        self.discovery.start()
+
+    def _gauges(self) -> None:
+        while not self.stopping.wait(1.0):
+            states = Counter(r.display_state for r in self.registry.snapshot())
+            for state in ("candidate", "live", "suspect", "dead", "draining"):
+                self.metrics.nodes.labels(state).set(states.get(state, 0))
+            self.metrics.requeued.set(self.dispatcher.requeued)
+            self.metrics.in_flight.set(self.front.admission.current)
+
+    def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME, *FLEET_SERVICES):
+            self.health.set(service, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        if self.stopping.is_set():
+            return
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("draining (grace %.1fs)", grace)
+        self.stopping.set()
+        if self.front is not None:
+            self.front.ready.clear()
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.discovery is not None:
+            self.discovery.close()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        if self.dispatcher is not None:
+            self.dispatcher.close(timeout=grace)
+        self.membership.close()
+        self.clients.close()
+        self.metrics.close()
+        if self.store is not None:
+            self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+        log.info("coordinator stopped")

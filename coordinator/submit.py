@@ -1,0 +1,110 @@
+"""Client side of a batch job: submit, follow results into a JSONL file, survive restarts.
+
+Results are appended to the output file as they are committed, one JSON line per item.
+A sidecar ``<output>.progress.json`` remembers the job id and the last result sequence
+number written, so the command can be re-run after an interruption (of itself or of the
+coordinator) and resumes exactly where it stopped: no result is written twice or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from coordinator.fleet_clients import CoordinatorClient
+from coordinator.jobinput import load_items
+from coordinator.progress import ProgressBar
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass
+class SubmitOutcome:
+    job_id: str
+    state: str
+    total: int
+    written: int
+    error: str = ""
+
+
+def _sidecar(output: Path) -> Path:
+    return output.with_name(output.name + ".progress.json")
+
+
+def _save(output: Path, job_id: str, seq: int, written: int) -> None:
+    tmp = _sidecar(output).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"job_id": job_id, "last_seq": seq, "written": written}))
+    os.replace(tmp, _sidecar(output))
+
+
+def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
+               shard_size: int = 0, job_id: str = "", model_version: str = "",
+               retry_for: float = 120.0, progress: bool = True) -> SubmitOutcome:
+    """Submit (or resume) a job and write its results; returns when it is finished."""
+    side = _sidecar(output)
+    state = json.loads(side.read_text()) if side.exists() else {}
+    if state and job_id and state["job_id"] != job_id:
+        raise ValueError(f"--output {output} belongs to job {state['job_id']}; "
+                         "choose another output file")
+    job_id = job_id or state.get("job_id", "")
+    last_seq, written = state.get("last_seq", 0), state.get("written", 0)
+    if not state and output.exists():
+        output.unlink()  # a fresh job starts a fresh file
+    client = CoordinatorClient(coordinator)
+    give_up = time.monotonic() + retry_for
+    try:
+        status = None
+        while status is None:
+            try:
+                if job_id and state:
+                    status = client.get(job_id)
+                else:
+                    items = load_items(input_path)
+                    job_id = job_id or uuid.uuid4().hex
+                    _save(output, job_id, last_seq, written)
+                    status = client.submit(model, items, shard_size, job_id, model_version)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or time.monotonic() > give_up:
+                    raise
+                time.sleep(1.0)
+        bar = ProgressBar(status.total_items, f"job {job_id[:8]}") if progress else None
+        with open(output, "a", encoding="utf-8") as out:
+            while True:
+                try:
+                    for record in client.results(job_id, after_seq=last_seq, follow=True):
+                        out.write(record.as_json() + "\n")
+                        last_seq, written = record.seq, written + 1
+                        if written % 256 == 0:
+                            out.flush()
+                            _save(output, job_id, last_seq, written)
+                        if bar:
+                            bar.update(written)
+                    out.flush()
+                    _save(output, job_id, last_seq, written)
+                    status = client.get(job_id)
+                    if status.state in ("done", "cancelled", "failed"):
+                        break
+                except grpc.RpcError as exc:
+                    out.flush()
+                    _save(output, job_id, last_seq, written)
+                    if exc.code() not in RETRYABLE or time.monotonic() > give_up:
+                        raise
+                    log.warning("coordinator unavailable (%s); resuming after seq %d",
+                                exc.code().name, last_seq)
+                    time.sleep(1.0)
+                    continue
+                give_up = time.monotonic() + retry_for
+        if bar:
+            bar.close(status.state)
+        return SubmitOutcome(job_id, status.state, status.total_items, written, status.error)
+    finally:
+        client.close()

@@ -1,0 +1,171 @@
+"""The coordinator as one Open Inference Protocol server for the fleet (tritonclient, real
+processes): same answers as a node, routing keys stick, retries, saturation, admin CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+
+import edgeshard_models
+
+EDGE = edgeshard_models.EDGE_MODEL
+pytestmark = pytest.mark.timeout(120)
+
+
+def infer(client, images, model=EDGE, **kwargs):
+    inp = tc.InferInput("image", list(images.shape), "UINT8")
+    inp.set_data_from_numpy(images)
+    return client.infer(model, [inp], **kwargs)
+
+
+@pytest.fixture
+def two_node_fleet(fleet):
+    fleet.start_coordinator()
+    fleet.add_node("n0")
+    fleet.add_node("n1")
+    fleet.wait_live(2)
+    return fleet
+
+
+def test_tritonclient_against_coordinator_matches_node(two_node_fleet, holdout):
+    fleet = two_node_fleet
+    images = holdout[0][:200]
+    via_coord = tc.InferenceServerClient(fleet.coordinator.address)
+    direct = tc.InferenceServerClient(fleet.nodes[0].address)
+    try:
+        assert via_coord.is_server_live() and via_coord.is_server_ready()
+        assert via_coord.is_model_ready(EDGE)
+        assert via_coord.get_model_metadata(EDGE).name == EDGE
+        assert via_coord.get_model_config(EDGE).config.max_batch_size == 64
+        for start in range(0, 200, 50):
+            chunk = images[start:start + 50]
+            a = infer(via_coord, chunk)
+            b = infer(direct, chunk)
+            np.testing.assert_array_equal(a.as_numpy("label"), b.as_numpy("label"))
+            params = a.get_response().parameters
+            assert params["tier"].string_param == "edge"
+            assert params["node"].string_param in ("n0", "n1")
+        stats = via_coord.get_inference_statistics(EDGE)
+        assert sum(s.inference_count for s in stats.model_stats) >= 200
+    finally:
+        via_coord.close()
+        direct.close()
+
+
+def test_requests_spread_and_routing_keys_stick(two_node_fleet, holdout):
+    client = tc.InferenceServerClient(two_node_fleet.coordinator.address)
+    image = holdout[0][:1]
+    try:
+        spread = Counter(infer(client, image).get_response().parameters["node"].string_param
+                         for _ in range(60))
+        assert set(spread) == {"n0", "n1"}, spread
+        for key in ("camera-1", "camera-2", "camera-3", "camera-4"):
+            nodes = {infer(client, image, parameters={"routing_key": key})
+                     .get_response().parameters["node"].string_param for _ in range(10)}
+            assert len(nodes) == 1, f"{key} moved between {nodes}"
+    finally:
+        client.close()
+
+
+def test_invalid_argument_is_passed_through_not_retried(two_node_fleet):
+    client = tc.InferenceServerClient(two_node_fleet.coordinator.address)
+    try:
+        inp = tc.InferInput("image", [1, 28, 28, 3], "UINT8")
+        inp.set_data_from_numpy(np.zeros((1, 28, 28, 3), np.uint8))
+        with pytest.raises(Exception) as err:
+            client.infer(EDGE, [inp])
+        assert "inputs[0].shape" in str(err.value)
+        with pytest.raises(Exception) as err:
+            client.infer("no-such-model", [inp])
+        assert "no node serves" in str(err.value)
+    finally:
+        client.close()
+    stats = tc.InferenceServerClient(two_node_fleet.nodes[0].address)
+    try:  # neither node counted a retry of the bad request as a success
+        assert stats.is_server_live()
+    finally:
+        stats.close()
+
+
+def test_dead_node_is_retried_elsewhere(two_node_fleet, holdout):
+    fleet = two_node_fleet
+    fleet.nodes[0].kill()
+    client = tc.InferenceServerClient(fleet.coordinator.address)
+    try:  # before the coordinator notices, requests to n0 fail over to n1
+        nodes = {infer(client, holdout[0][:2]).get_response().parameters["node"].string_param
+                 for _ in range(20)}
+        assert nodes == {"n1"}
+    finally:
+        client.close()
+
+
+def test_saturated_fleet_answers_resource_exhausted(fleet, holdout):
+    fleet.start_coordinator("--max-in-flight", "1")
+    fleet.add_node("slow", "--max-batch-delay-ms", "1500", "--max-queue-size", "64")
+    fleet.wait_live(1)
+    from protos import oip_pb2
+    from protos.oip_service import InferenceStub
+
+    channel = grpc.insecure_channel(fleet.coordinator.address)
+    stub = InferenceStub(channel)
+    req = oip_pb2.ModelInferRequest(
+        model_name=EDGE,
+        inputs=[oip_pb2.ModelInferRequest.InferInputTensor(
+            name="image", datatype="UINT8", shape=[1, 28, 28])],
+        raw_input_contents=[np.zeros((1, 28, 28), np.uint8).tobytes()])
+    try:
+        first = stub.ModelInfer.future(req, timeout=20)  # held ~1.5 s by the node's batcher
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=20)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - t0 < 1.0  # refused at once, not queued
+        assert len(first.result().outputs) == 3
+    finally:
+        channel.close()
+
+
+def test_admin_cli_nodes_drain_undrain(two_node_fleet):
+    address = two_node_fleet.coordinator.address
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "coordinator", *args,
+                               "--coordinator", address],
+                              capture_output=True, text=True, timeout=60)
+
+    out = cli("nodes", "--json")
+    assert out.returncode == 0, out.stderr
+    nodes = {n["node_id"]: n for n in json.loads(out.stdout)}
+    assert set(nodes) == {"n0", "n1"} and all(n["state"] == "live" for n in nodes.values())
+    assert nodes["n0"]["models"][EDGE] == ["1"]
+    assert "draining" in cli("drain", "n0").stdout
+    assert "live" in cli("undrain", "n0").stdout
+    missing = cli("drain", "nope")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_seed_nodes_and_node_restart(fleet, holdout):
+    """Static --node seeds are admitted after a health check; a killed node is marked dead."""
+    seed = fleet.add_node("seeded", register=False)
+    fleet.start_coordinator("--node", seed.address, "--node", "127.0.0.1:1")
+    live = fleet.wait_live(1)
+    assert [n.address for n in live] == [seed.address]
+    states = {n.address: n.state for n in fleet.client.nodes()}
+    assert states["127.0.0.1:1"] == "candidate"  # never answered a health check
+    seed.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if {n.address: n.state for n in fleet.client.nodes()}[seed.address] == "dead":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("killed seed never marked dead")
