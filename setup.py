@@ -45,7 +45,9 @@ setup(
     package_data={
         "ext": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],
         "protos": ["*.proto", "*.pyi"],
-        "edgeshard_models": ["repository/*/*.toml", "repository/*/*/*", "data/*", "*.md"],
+        "edgeshard_models": [
+            "repository/*.json", "repository/*/*.toml", "repository/*/*/*", "data/*", "*.md",
+        ],
     },
     ext_modules=cythonize(extensions, compiler_directives=directives),
     zip_safe=False,

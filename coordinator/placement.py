@@ -169,11 +169,14 @@ def moved_keys(keys: Iterable[str], before: Sequence[Candidate],
 
 def pick_least_loaded_of_two(candidates: Iterable[Candidate], rng: random.Random) -> str | None:
     """Power of two choices: sample two distinct usable nodes, return the one with the
-    lower ``load / weight``; a tie goes to the first of the two sampled (so an idle fleet
-    is still spread at random rather than always to the same node).
+    lower ``(load + 1) / weight`` (its load per unit of weight once it takes this work);
+    a tie goes to the first of the two sampled, so an idle fleet of equals is spread at
+    random rather than always to the same node.
 
     Usable means weight > 0 and not full. Weight divides load, so a slow node
-    (down-weighted by :class:`SlowNodePolicy`) looks busier than its queue. Candidates
+    (down-weighted by ``coordinator.rebalance.SlowNodePolicy``) looks busier than its
+    queue, even when idle: a node at weight 0.1 gets work only once the others hold 9
+    more units than it does. Candidates
     are sorted by id before sampling, so the answer depends on the set and ``rng``'s
     state, not on the input order. No usable node: ``None``. One: that node, and ``rng``
     is not consumed. Expected max load above the mean is ``ln ln n / ln 2 + O(1)``
@@ -186,7 +189,7 @@ def pick_least_loaded_of_two(candidates: Iterable[Candidate], rng: random.Random
         return usable[0].node_id
     i, j = rng.sample(range(len(usable)), 2)
     a, b = usable[i], usable[j]
-    return b.node_id if b.load / b.weight < a.load / a.weight else a.node_id
+    return b.node_id if (b.load + 1) / b.weight < (a.load + 1) / a.weight else a.node_id
 
 
 def load_bound(epsilon: float, total: float, weight: float, weight_sum: float) -> int:

@@ -1,9 +1,11 @@
 """Client side of a batch job: submit, follow results into a JSONL file, survive restarts.
 
 Results are appended to the output file as they are committed, one JSON line per item.
-A sidecar ``<output>.progress.json`` remembers the job id and the last result sequence
-number written, so the command can be re-run after an interruption (of itself or of the
-coordinator) and resumes exactly where it stopped: no result is written twice or lost.
+A sidecar ``<output>.progress.json`` remembers the job id, the last result sequence
+number written and the file length at that point (saved after a flush, atomically). Re-run
+after an interruption (of itself or of the coordinator), the command cuts the file back
+to that length, dropping lines written after the last save, and fetches from that
+sequence number on: no result is written twice or lost.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ def _sidecar(output: Path) -> Path:
     return output.with_name(output.name + ".progress.json")
 
 
-def _save(output: Path, job_id: str, seq: int, written: int) -> None:
+def _save(output: Path, job_id: str, seq: int, written: int, offset: int) -> None:
     tmp = _sidecar(output).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"job_id": job_id, "last_seq": seq, "written": written}))
+    tmp.write_text(json.dumps({"job_id": job_id, "last_seq": seq, "written": written,
+                               "offset": offset}))
     os.replace(tmp, _sidecar(output))
 
 
@@ -57,45 +60,54 @@ def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
                          "choose another output file")
     job_id = job_id or state.get("job_id", "")
     last_seq, written = state.get("last_seq", 0), state.get("written", 0)
-    if not state and output.exists():
-        output.unlink()  # a fresh job starts a fresh file
+    offset = state.get("offset", 0)
+    if output.exists():
+        with open(output, "r+b") as fh:
+            fh.truncate(offset)  # drop lines written after the last save (or all: new job)
     client = CoordinatorClient(coordinator)
     give_up = time.monotonic() + retry_for
     try:
         status = None
         while status is None:
             try:
-                if job_id and state:
-                    status = client.get(job_id)
-                else:
-                    items = load_items(input_path)
-                    job_id = job_id or uuid.uuid4().hex
-                    _save(output, job_id, last_seq, written)
-                    status = client.submit(model, items, shard_size, job_id, model_version)
+                if state:
+                    try:
+                        status = client.get(job_id)
+                        continue
+                    except grpc.RpcError as exc:
+                        if exc.code() != grpc.StatusCode.NOT_FOUND:
+                            raise  # NOT_FOUND: the first run died before Submit landed
+                items = load_items(input_path)
+                job_id = job_id or uuid.uuid4().hex
+                _save(output, job_id, last_seq, written, offset)
+                state = {"job_id": job_id}
+                status = client.submit(model, items, shard_size, job_id, model_version)
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE or time.monotonic() > give_up:
                     raise
                 time.sleep(1.0)
         bar = ProgressBar(status.total_items, f"job {job_id[:8]}") if progress else None
-        with open(output, "a", encoding="utf-8") as out:
+        with open(output, "ab") as out:
+
+            def checkpoint() -> None:
+                out.flush()
+                _save(output, job_id, last_seq, written, out.tell())
+
             while True:
                 try:
                     for record in client.results(job_id, after_seq=last_seq, follow=True):
-                        out.write(record.as_json() + "\n")
+                        out.write(record.as_json().encode() + b"\n")
                         last_seq, written = record.seq, written + 1
                         if written % 256 == 0:
-                            out.flush()
-                            _save(output, job_id, last_seq, written)
+                            checkpoint()
                         if bar:
                             bar.update(written)
-                    out.flush()
-                    _save(output, job_id, last_seq, written)
+                    checkpoint()
                     status = client.get(job_id)
                     if status.state in ("done", "cancelled", "failed"):
                         break
                 except grpc.RpcError as exc:
-                    out.flush()
-                    _save(output, job_id, last_seq, written)
+                    checkpoint()
                     if exc.code() not in RETRYABLE or time.monotonic() > give_up:
                         raise
                     log.warning("coordinator unavailable (%s); resuming after seq %d",

@@ -115,3 +115,14 @@ def test_slow_weights_reset_when_data_is_gone(reg):
     assert reg.get("a:1").weight == 0.2
     reg.set_weights({})
     assert reg.get("a:1").weight == 1.0
+
+
+def test_slow_node_gets_work_only_when_the_others_are_busy(reg):
+    for name in ("fast:1", "slow:1"):
+        reg.add_candidate(name, "seed", models=MODELS, capacity=100)
+        reg.probe_ok(name)
+    reg.set_weights({"slow:1": 0.1})
+    router = Router(reg, rng=random.Random(3))
+    assert {router.choose("m").address for _ in range(50)} == {"fast:1"}
+    reg.acquire("fast:1", 10)  # (10 + 1) / 1 > (0 + 1) / 0.1
+    assert router.choose("m").address == "slow:1"
