@@ -81,6 +81,32 @@ def parser() -> argparse.ArgumentParser:
     cancel = with_target(sub.add_parser("cancel", help="cancel a job"))
     cancel.add_argument("job_id")
 
+    cal = sub.add_parser(
+        "calibrate", help="fit temperature and pick the escalation threshold",
+        description="Fit temperature scaling for the edge model on the shipped calibration "
+        "split, sweep the escalation threshold against the cloud tier (escalation rate, "
+        "cascade accuracy, accepted-edge accuracy, cloud calls per 1,000, oracle and "
+        "random bounds), pick the threshold for an escalation budget or a target accuracy, "
+        "report it on the hold-out split, and write the table (CSV, JSON) and a plot (PNG). "
+        "Without --edge/--cloud a local edge node on the model repository serves both.")
+    cal.add_argument("--model", default="mnist_edge", help="edge model (mnist_edge)")
+    cal.add_argument("--cloud-model", default="mnist_cloud",
+                     help="model name at the cloud tier (mnist_cloud)")
+    cal.add_argument("--edge", help="OIP server with the edge model (default: a local node)")
+    cal.add_argument("--cloud", help="OIP server with the cloud model (default: a local node)")
+    cal.add_argument("--cloud-output", default="probabilities",
+                     choices=("probabilities", "label"), help="cloud output with the answer")
+    cal.add_argument("--policy", default="max_prob",
+                     help="max_prob, margin, entropy, normalized_entropy, random (max_prob)")
+    goal = cal.add_mutually_exclusive_group()
+    goal.add_argument("--budget", type=float, help="escalation budget, e.g. 0.15 (default)")
+    goal.add_argument("--target-accuracy", type=float, help="reach this cascade accuracy")
+    cal.add_argument("--out", default="calibration", help="directory for the table and plot")
+    cal.add_argument("--model-repository", help="repository for local nodes and --write")
+    cal.add_argument("--write", action="store_true",
+                     help="store the fitted temperature in <repo>/<model>/<version>/"
+                     "calibration.json")
+
     from coordinator.demo import add_arguments as demo_arguments
 
     demo_arguments(sub.add_parser(
@@ -205,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         from coordinator.demo import main as demo_main
 
         return demo_main(args)
+    if args.command == "calibrate":
+        from coordinator.calibrate import main as calibrate_main
+
+        if args.budget is None and args.target_accuracy is None:
+            args.budget = 0.15
+        args.argv = list(argv if argv is not None else sys.argv[2:])
+        return calibrate_main(args)
     return admin(args)
 
 

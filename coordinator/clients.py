@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.dispatcher import ShardFailed
+from coordinator.dispatcher import ShardFailed, ShardOutput
 from coordinator.jobs import ResultRow
 from protos import codec, oip_pb2
 from protos.oip_service import InferenceStub
@@ -41,6 +41,9 @@ class OIPClient:
         self.channel = grpc.insecure_channel(address, options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            # A peer that was down (a cloud outage, a restarted node) is retried within
+            # 2 s, not on gRPC's default back-off that grows to 2 minutes.
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ])
         self.stub = InferenceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -61,18 +64,35 @@ class OIPClient:
     def server_ready(self, timeout: float = 2.0) -> bool:
         return self.stub.ServerReady(oip_pb2.ServerReadyRequest(), timeout=timeout).ready
 
-    def classify(self, model: str, images: np.ndarray, version: str = "",
-                 timeout: float = 10.0, with_probabilities: bool = False) -> Classification:
+    def model_parameter(self, model: str, key: str, default: str = "",
+                        timeout: float = 5.0) -> str:
+        """A string parameter of the model's config (e.g. ``temperature``), or ``default``
+        when the server has no ModelConfig (MLServer) or no such parameter."""
+        try:
+            config = self.stub.ModelConfig(oip_pb2.ModelConfigRequest(name=model),
+                                           timeout=timeout).config
+        except grpc.RpcError:
+            return default
+        param = config.parameters.get(key)
+        return param.string_value if param is not None and param.string_value else default
+
+    def infer_raw(self, model: str, items: np.ndarray, outputs: list[str], timeout: float,
+                  version: str = ""):
+        """One ModelInfer of ``items`` as the model's single input; the raw response."""
         deadline = time.monotonic() + timeout
         name = self.input_name(model, timeout)
-        tensor, raw = codec.encode_input_tensor(name, images)
-        wanted = ["label", "confidence"] + (["probabilities"] if with_probabilities else [])
+        tensor, raw = codec.encode_input_tensor(name, items)
         request = oip_pb2.ModelInferRequest(
             model_name=model, model_version=version, inputs=[tensor], raw_input_contents=[raw],
             outputs=[oip_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n)
-                     for n in wanted],
+                     for n in outputs],
         )
-        response = self.stub.ModelInfer(request, timeout=max(0.001, deadline - time.monotonic()))
+        return self.stub.ModelInfer(request, timeout=max(0.001, deadline - time.monotonic()))
+
+    def classify(self, model: str, images: np.ndarray, version: str = "",
+                 timeout: float = 10.0, with_probabilities: bool = False) -> Classification:
+        wanted = ["label", "confidence"] + (["probabilities"] if with_probabilities else [])
+        response = self.infer_raw(model, images, wanted, timeout, version)
         return Classification(
             label=codec.decode_output(response, "label"),
             confidence=codec.decode_output(response, "confidence"),
@@ -127,22 +147,50 @@ class ClientPool:
             c.close()
 
 
-def shard_runner(clients: ClientPool, deadline_s: float):
-    """A ``Dispatcher`` run_shard: one batched ModelInfer per shard, with a deadline."""
+def shard_runner(clients: ClientPool, deadline_s: float, cascade=None, cloud_timeout: float = 5.0):
+    """A ``Dispatcher`` run_shard: one batched ModelInfer per shard, with a deadline; with a
+    cascade rule for the model, low-confidence items go to the cloud (or the spool)."""
     blame = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
-    def run(node, lease) -> list:
+    def run(node, lease) -> ShardOutput:
+        rule = cascade.rule(lease.model) if cascade is not None else None
         try:
             out = clients.get(node.address).classify(
                 lease.model, lease.array, version=str(lease.params.get("model_version", "")),
-                timeout=deadline_s)
+                timeout=deadline_s, with_probabilities=rule is not None)
         except grpc.RpcError as exc:
             raise ShardFailed(f"{exc.code().name}: {exc.details()}",
                               node_suspect=exc.code() in blame) from None
-        return [
+        node_name = out.node or node.node_id
+        if rule is not None:
+            results, pending = cascade.job_results(rule, lease.ids, lease.array,
+                                                   out.probabilities, node_name,
+                                                   out.model_version, cloud_timeout)
+            return ShardOutput(results, pending)
+        return ShardOutput([
             ResultRow(item_id=item, label=int(label), confidence=float(conf), tier="edge",
-                      node=out.node or node.node_id, model_version=out.model_version)
+                      node=node_name, model_version=out.model_version)
             for item, label, conf in zip(lease.ids, out.label, out.confidence, strict=True)
-        ]
+        ])
 
     return run
+
+
+def cloud_transport(clients: ClientPool, address: str, output: str = "probabilities"):
+    """A ``CloudTier`` transport to any OIP server at ``address``.
+
+    ``output="probabilities"`` takes argmax and max of the ``probabilities`` output;
+    ``"label"`` reads ``label`` and ``confidence``. The input is the item as submitted.
+    """
+
+    def call(model: str, items: np.ndarray, timeout: float):
+        client = clients.get(address)
+        wanted = ["probabilities"] if output == "probabilities" else ["label", "confidence"]
+        response = client.infer_raw(model, items, wanted, timeout)
+        if output == "probabilities":
+            probs = codec.decode_output(response, "probabilities")
+            return probs.argmax(axis=1).astype(np.int64), probs.max(axis=1).astype(np.float32)
+        return (codec.decode_output(response, "label").astype(np.int64).reshape(-1),
+                codec.decode_output(response, "confidence").astype(np.float32).reshape(-1))
+
+    return call

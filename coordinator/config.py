@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.cascade_rules import CascadeRule, parse_cascade
 from edgeshard import settings
 from edgeshard.settings import check, check_port
 
@@ -97,11 +98,70 @@ class CoordinatorConfig:
                                    metadata=_help("largest gRPC message (bytes)"))
     """gRPC max send/receive message size."""
 
+    cloud: str | None = field(default=None, metadata=_help("cloud tier HOST:PORT (any OIP server)"))
+    """The cloud tier for escalations: Triton, KServe, MLServer or an edge-node serving the
+    big model. Unset: no cascade, the edge answers everything."""
+
+    cascade: tuple[str, ...] = field(
+        default=(), metadata=_help("EDGE_MODEL=CLOUD_MODEL: escalate this model's items"))
+    """Which edge models escalate, and to which model name at the cloud tier."""
+
+    escalation: tuple[str, ...] = field(
+        default=(), metadata=_help("MODEL=POLICY:THRESHOLD (e.g. mnist_edge=max_prob:0.9)"))
+    """Escalation rule per edge model; policies: max_prob, margin, entropy,
+    normalized_entropy, random, never, always. Without one: normalized_entropy:0.5
+    (Sedna's CrossEntropy default). ``edge-coordinator calibrate`` picks a threshold."""
+
+    cloud_output: str = field(default="probabilities",
+                              metadata=_help("cloud answer from 'probabilities' or 'label'"))
+    """Which cloud outputs carry the answer: ``probabilities`` (argmax and max) or
+    ``label`` (with ``confidence``)."""
+
+    cloud_timeout_s: float = field(default=5.0, metadata=_help("deadline of a cloud call (s)"))
+    """Deadline of one cloud call; an online request also never waits past its own."""
+
+    cloud_max_batch: int = field(default=32, metadata=_help("items per cloud call"))
+    """Escalations are sent in batches of at most this many items."""
+
+    cloud_concurrency: int = field(default=4, metadata=_help("cloud calls in flight at once"))
+    """Concurrent cloud calls; more wait (within their deadline) or go to the spool."""
+
+    cloud_budget_per_s: float | None = field(
+        default=None, metadata=_help("escalated items per second the cloud may see"))
+    """Rate budget (token bucket, burst = one second's worth); items over it are spooled
+    and drained within the budget. Unset: unlimited."""
+
+    cloud_cost_per_call: float = field(default=0.0, metadata=_help("cost of one cloud call"))
+    """Counted in metrics and reports (currency of your choice)."""
+
+    cloud_cost_per_item: float = field(default=0.0, metadata=_help("cost of one cloud item"))
+    """Counted in metrics and reports."""
+
+    breaker_failures: int = field(default=5, metadata=_help("cloud failures that open the breaker"))
+    """Consecutive cloud failures that open the circuit breaker."""
+
+    breaker_reset_s: float = field(default=5.0, metadata=_help("open breaker retry delay (s)"))
+    """How long an open breaker waits before letting a trial call through."""
+
+    spool_max_items: int = field(default=100_000, metadata=_help("spool bound (items)"))
+    """Escalations waiting for the cloud; when full, new ones keep their edge answer."""
+
+    spool_max_bytes: int = field(default=256 * 1024 * 1024,
+                                 metadata=_help("spool bound (payload bytes)"))
+    """Payload bytes the spool may hold."""
+
+    spool_ttl_s: float = field(default=24 * 3600.0, metadata=_help("spooled item lifetime (s)"))
+    """After this long in the spool an escalation's edge answer becomes final (degraded)."""
+
     ready_file: Path | None = field(default=None, metadata=_help("write ports JSON when ready"))
     """When set, a JSON file with the bound ports is written once serving."""
 
     log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING, ERROR"))
     """Logging level of the process."""
+
+    def cascade_rules(self) -> dict[str, CascadeRule]:
+        """Edge model -> (cloud model, escalation policy)."""
+        return parse_cascade(self.cascade, self.escalation)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
@@ -126,6 +186,24 @@ class CoordinatorConfig:
         check(1 <= self.shard_size <= 4096, "shard_size", "must be in 1..4096")
         check(self.shards_per_node >= 1, "shards_per_node", "must be >= 1")
         check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
+        if self.cloud is not None:
+            host, _, port = self.cloud.rpartition(":")
+            check(bool(host) and port.isdigit(), "cloud",
+                  f"{self.cloud!r} is not HOST:PORT (e.g. 127.0.0.1:9001)")
+        check(bool(self.cascade) <= (self.cloud is not None), "cascade",
+              "needs --cloud HOST:PORT (where escalated items go)")
+        check(self.cloud_output in ("probabilities", "label"), "cloud_output",
+              f"must be 'probabilities' or 'label', got {self.cloud_output!r}")
+        for name in ("cloud_timeout_s", "breaker_reset_s", "spool_ttl_s"):
+            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("cloud_max_batch", "cloud_concurrency", "breaker_failures",
+                     "spool_max_items", "spool_max_bytes"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.cloud_budget_per_s is None or self.cloud_budget_per_s > 0,
+              "cloud_budget_per_s", "must be > 0 (unset it for no budget)")
+        check(self.cloud_cost_per_call >= 0 and self.cloud_cost_per_item >= 0,
+              "cloud_cost_per_call", "costs must be >= 0")
+        self.cascade_rules()  # validates the cascade and escalation entries
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
               f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

@@ -19,14 +19,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from coordinator.jobs import Lease, ResultRow
 from coordinator.jobstore import JobStore
 from coordinator.registry import NodeRecord, Registry
+from coordinator.spool import Escalation, SpoolLimits
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.25
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    """What running a shard produced: final results, and escalations for the spool."""
+
+    results: list[ResultRow]
+    escalations: list[Escalation] = field(default_factory=list)
 
 
 class ShardFailed(Exception):
@@ -37,20 +47,22 @@ class ShardFailed(Exception):
         self.node_suspect = node_suspect
 
 
-# run_shard(node, lease) -> results, raising ShardFailed
-RunShard = Callable[[NodeRecord, Lease], list[ResultRow]]
+# run_shard(node, lease) -> ShardOutput, raising ShardFailed
+RunShard = Callable[[NodeRecord, Lease], ShardOutput]
 
 
 class Dispatcher:
     def __init__(self, store: JobStore, registry: Registry, run_shard: RunShard,
                  shards_per_node: int = 2, lease_s: float = 15.0,
-                 on_commit: Callable[[str, int, int], None] | None = None):
+                 on_commit: Callable[[str, int, int], None] | None = None,
+                 spool_limits: SpoolLimits | None = None):
         self.store = store
         self.registry = registry
         self.run_shard = run_shard
         self.shards_per_node = shards_per_node
         self.lease_s = lease_s
         self.on_commit = on_commit  # metrics hook: (node_id, accepted, duplicates)
+        self.spool_limits = spool_limits
         self._cond = threading.Condition()
         self._pullers: dict[str, list[threading.Thread]] = {}
         self._stop = threading.Event()
@@ -124,7 +136,7 @@ class Dispatcher:
         self.registry.acquire(rec.address)
         started = time.monotonic()
         try:
-            results = self.run_shard(rec, lease)
+            output = self.run_shard(rec, lease)
         except ShardFailed as exc:
             self.registry.release(rec.address, None)
             if exc.node_suspect:
@@ -143,8 +155,10 @@ class Dispatcher:
             self.notify()
             return
         self.registry.release(rec.address, time.monotonic() - started,
-                              items=len(results), shard=True)
-        outcome = self.store.complete(lease.shard_id, lease.attempt, results)
+                              items=len(lease.ids), shard=True)
+        outcome = self.store.complete(lease.shard_id, lease.attempt, output.results,
+                                      escalations=output.escalations,
+                                      spool_limits=self.spool_limits)
         if self.on_commit is not None:
             self.on_commit(rec.node_id, outcome.accepted, outcome.duplicates)
         if outcome.duplicates:

@@ -72,6 +72,9 @@ class JobProgress:
     created_at: float
     finished_at: float | None
     error: str | None
+    pending_escalations: int = 0  # items waiting in the spool for the cloud
+    cloud_answered: int = 0  # final results that came from the cloud
+    degraded: int = 0  # final results that fell back to the edge answer
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,5 @@ class CompleteOutcome:
     duplicates: int
     stale: bool
     discarded: int = 0
+    spooled: int = 0  # escalations now waiting in the spool
+    overflow: int = 0  # escalations the full spool refused (final degraded answers)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("done", "cancelled", "failed")
 RESULT_PAGE = 512
+WATCH_KEEPALIVE_S = 2.0
 
 
 class JobsServicer(fleet_pb2_grpc.JobsServicer):
@@ -42,6 +43,8 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
             done_items=p.done_items, shards_total=p.shards_total, shards_done=p.shards_done,
             shards_leased=p.shards_leased, created_at=p.created_at,
             finished_at=p.finished_at or 0.0, error=p.error or "",
+            pending_escalations=p.pending_escalations, cloud_answered=p.cloud_answered,
+            degraded=p.degraded,
             shares=[fleet_pb2.NodeShare(node=n, items=c)
                     for n, c in sorted(self.shares(p.job_id).items())],
         )
@@ -117,13 +120,13 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
     @guard
     def Watch(self, request, context):
         interval = request.interval_s if request.interval_s > 0 else 0.5
-        last = None
+        last, sent = None, 0.0
         while context.is_active() and not self.stopping.is_set():
             p = self.store.progress(request.job_id)
-            key = (p.state, p.done_items, p.shards_leased)
-            if key != last:
-                yield self._status(p)
-                last = key
+            key = (p.state, p.done_items, p.shards_leased, p.pending_escalations)
+            if key != last or time.monotonic() - sent >= WATCH_KEEPALIVE_S:
+                yield self._status(p)  # on change, and now and then so clients see it live
+                last, sent = key, time.monotonic()
             if p.state in FINISHED:
                 return
             self.stopping.wait(interval)

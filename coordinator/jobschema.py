@@ -1,8 +1,9 @@
 """The SQLite schema of the job store, and its creation/migration.
 
-Three tables: ``jobs`` (one row per Submit), ``shards`` (the unit of leasing; each holds its
-items' ids and data once, so a restarted coordinator needs nothing else) and ``results`` (one
-row per answered item, ``UNIQUE(job_id, item_id)``; ``seq`` orders FetchResults). The version
+Four tables: ``jobs`` (one row per Submit), ``shards`` (the unit of leasing; each holds its
+items' ids and data once, so a restarted coordinator needs nothing else), ``results`` (one
+row per answered item, ``UNIQUE(job_id, item_id)``; ``seq`` orders FetchResults) and
+``spool`` (escalations waiting for the cloud, schema version 2). The version
 lives in ``PRAGMA user_version``; a store written by a newer schema is refused.
 """
 
@@ -12,7 +13,7 @@ import sqlite3
 
 from coordinator.errors import CoordinatorError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE jobs (
@@ -65,18 +66,48 @@ CREATE TABLE results (
 CREATE INDEX results_by_shard ON results (shard_id);
 """
 
+# Version 2: the escalation spool. An item the edge answered without confidence, that the
+# cloud could not answer yet, waits here with its data and its edge answer (the fallback,
+# final if the escalation expires); its final result is written when it leaves.
+SPOOL_SCHEMA = """
+CREATE TABLE spool (
+    spool_id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- drain order: oldest first
+    job_id        TEXT NOT NULL REFERENCES jobs (job_id),
+    item_id       TEXT NOT NULL,
+    shard_id      INTEGER NOT NULL REFERENCES shards (shard_id),
+    model         TEXT NOT NULL,                      -- the edge model (the cascade rule key)
+    payload       BLOB NOT NULL,                      -- msgpack: item data + fallback answer
+    bytes         INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,         -- cloud calls tried for it
+    last_error    TEXT,
+    created_at    REAL NOT NULL,
+    expires_at    REAL NOT NULL,
+    UNIQUE (job_id, item_id)
+);
+CREATE INDEX spool_by_shard ON spool (shard_id)
+"""
+
 
 def migrate(db: sqlite3.Connection, path: str) -> None:
-    """Create the schema in an empty store, inside the caller's transaction."""
+    """Create the schema in an empty store or upgrade an older one, in the caller's transaction."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == 0:
-        # executescript() would COMMIT the open transaction: run the statements one by one
-        # (so no comment in SCHEMA may contain a semicolon).
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
+        _run(db, SCHEMA)
+        version = 1
+    if version == 1:
+        _run(db, SPOOL_SCHEMA)
+        version = 2
+    if version == SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    elif version != SCHEMA_VERSION:
+    else:
         raise CoordinatorError(
             f"{path}: job store schema version {version} is not supported (this coordinator "
             f"knows {SCHEMA_VERSION}); open it with a matching release")
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction: run the statements one by one
+    # (so no comment in a script may contain a semicolon).
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)

@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import re
 import sqlite3
 import threading
@@ -49,6 +48,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from coordinator import spool
 from coordinator.errors import (
     InvalidJobError,
     InvalidResultError,
@@ -59,6 +59,8 @@ from coordinator.errors import (
 from coordinator.jobinput import ItemSource
 from coordinator.jobs import CompleteOutcome, JobInfo, JobProgress, Lease, ResultRow
 from coordinator.jobschema import migrate
+from coordinator.resultrows import count_done, insert_results, result_params
+from coordinator.spool import Escalation, SpoolLimits
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,18 @@ class JobStore:
     def _migrate(self) -> None:
         with self._tx() as db:
             migrate(db, self.path)
+
+    def transaction(self):
+        """A write transaction on the store's connection (for the spool queue)."""
+        return self._tx()
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._db
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -194,7 +208,12 @@ class JobStore:
             "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id), "
             "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'done'), "
             "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'leased'), "
-            f"j.created_at, j.finished_at, j.error FROM jobs j {where} ORDER BY j.num",
+            "j.created_at, j.finished_at, j.error, "
+            "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
+            "(SELECT COUNT(*) FROM results r WHERE r.job_id = j.job_id AND r.tier = 'cloud'), "
+            "(SELECT COUNT(*) FROM results r WHERE r.job_id = j.job_id "
+            "AND json_extract(r.extra, '$.degraded') = 1) "
+            f"FROM jobs j {where} ORDER BY j.num",
             args).fetchall()
         return [JobProgress(*row) for row in rows]
 
@@ -213,6 +232,7 @@ class JobStore:
                            (now, job_id))
                 db.execute("UPDATE shards SET state = 'cancelled', lease_expires = NULL "
                            "WHERE job_id = ? AND state IN ('queued', 'leased')", (job_id,))
+                db.execute("DELETE FROM spool WHERE job_id = ?", (job_id,))
                 log.info("cancelled job %s", job_id)
         return self.progress(job_id)
 
@@ -345,47 +365,50 @@ class JobStore:
                                          "GROUP BY node ORDER BY node", (job_id,)).fetchall())
 
     def complete(self, shard_id: int, attempt: int, results: Sequence[ResultRow],
-                 now: float | None = None) -> CompleteOutcome:
+                 now: float | None = None, escalations: Sequence[Escalation] = (),
+                 spool_limits: SpoolLimits | None = None) -> CompleteOutcome:
         """Write an attempt's results; each item keeps exactly one result (first writer wins).
 
         Any attempt that was leased, current or stale, may answer items not yet answered. The
-        shard becomes ``done`` once all its items have results. If the current attempt leaves
-        items unanswered, the shard goes back to ``queued`` so that they are retried. When all
-        items of the job have results the job becomes ``done``.
+        shard becomes ``done`` once each of its items has a result or waits in the spool.
+        If the current attempt leaves items unanswered, the shard goes back to ``queued`` so
+        that they are retried. When all items of the job have results the job becomes
+        ``done``. ``escalations`` (items the cloud could not answer yet) are spooled in the
+        same transaction, within ``spool_limits``; those that do not fit get their
+        degraded edge answer as final result.
         """
         now = time.time() if now is None else now
-        rows = [_result_params(r) for r in results]
+        rows = [result_params(r) for r in results]
         with self._tx() as db:
             row = db.execute(
-                "SELECT s.job_id, s.state, s.attempt, s.item_count, s.item_ids, j.state "
+                "SELECT s.job_id, s.state, s.attempt, s.item_count, s.item_ids, j.state, j.model "
                 "FROM shards s JOIN jobs j ON j.job_id = s.job_id WHERE s.shard_id = ?",
                 (shard_id,)).fetchone()
             if row is None:
                 raise ShardNotFoundError(f"no shard {shard_id}")
-            job_id, shard_state, current, item_count, item_ids, job_state = row
+            job_id, shard_state, current, item_count, item_ids, job_state, model = row
             if isinstance(attempt, bool) or not isinstance(attempt, int) \
                     or not 1 <= attempt <= current:
                 raise InvalidResultError(f"shard {shard_id}: attempt {attempt!r} was never "
                                          f"leased (current attempt {current})")
             members = set(msgpack.unpackb(item_ids))
-            for r in results:
-                if r.item_id not in members:
+            for item in [r.item_id for r in results] + [e.item_id for e in escalations]:
+                if item not in members:
                     raise InvalidResultError(
-                        f"shard {shard_id}: item {r.item_id!r} is not in this shard")
+                        f"shard {shard_id}: item {item!r} is not in this shard")
             stale = attempt < current
             if job_state in ("cancelled", "failed") or shard_state == "cancelled":
-                return CompleteOutcome(0, 0, stale, discarded=len(rows))
-            accepted = 0
-            for params in rows:
-                cur = db.execute(
-                    "INSERT INTO results (job_id, item_id, shard_id, attempt, label, confidence, "
-                    "tier, node, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (job_id, item_id) DO NOTHING",
-                    (job_id, params[0], shard_id, attempt, *params[1:]))
-                accepted += cur.rowcount
+                return CompleteOutcome(0, 0, stale, discarded=len(rows) + len(escalations))
+            answered_now = {r[0] for r in db.execute(
+                "SELECT item_id FROM results WHERE shard_id = ?", (shard_id,))}
+            fresh = [e for e in escalations if e.item_id not in answered_now]
+            spooled, overflow = spool.admit(db, job_id, shard_id, model, fresh,
+                                            spool_limits or SpoolLimits(), now)
+            rows += [result_params(r) for r in overflow]
+            accepted = insert_results(db, job_id, shard_id, attempt, rows)
             answered = db.execute("SELECT COUNT(*) FROM results WHERE shard_id = ?",
                                   (shard_id,)).fetchone()[0]
-            if answered == item_count:
+            if answered + spool.pending_for_shard(db, shard_id) == item_count:
                 db.execute("UPDATE shards SET state = 'done', lease_expires = NULL "
                            "WHERE shard_id = ?", (shard_id,))
             elif not stale and shard_state == "leased":
@@ -394,12 +417,9 @@ class JobStore:
                 db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
                            "lease_expires = NULL, last_error = 'partial results' "
                            "WHERE shard_id = ?", (shard_id,))
-            if accepted:
-                db.execute("UPDATE jobs SET done_items = done_items + ? WHERE job_id = ?",
-                           (accepted, job_id))
-                db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE job_id = ? "
-                           "AND done_items = total_items", (now, job_id))
-        return CompleteOutcome(accepted, len(rows) - accepted, stale)
+            count_done(db, job_id, accepted, now)
+        return CompleteOutcome(accepted, len(rows) - accepted, stale, spooled=spooled,
+                               overflow=len(overflow))
 
     def results(self, job_id: str, after_seq: int = 0, limit: int | None = None
                 ) -> list[ResultRow]:
@@ -412,29 +432,6 @@ class JobStore:
                 (job_id, after_seq, -1 if limit is None else limit)).fetchall()
         return [ResultRow(i, label, conf, tier, node, version, json.loads(extra), seq)
                 for i, label, conf, tier, node, version, extra, seq in rows]
-
-
-def _result_params(r: ResultRow) -> tuple:
-    """Validate a result row and return its column values (item_id first)."""
-    where = f"result for item {r.item_id!r}"
-    if not isinstance(r.item_id, str):
-        raise InvalidResultError(f"{where}: item_id must be a string")
-    if isinstance(r.label, bool) or not isinstance(r.label, int | np.integer):
-        raise InvalidResultError(f"{where}: label must be an integer, got {r.label!r}")
-    if (not isinstance(r.confidence, int | float | np.floating) or isinstance(r.confidence, bool)
-            or not math.isfinite(r.confidence)):
-        raise InvalidResultError(
-            f"{where}: confidence must be a finite number, got {r.confidence!r}")
-    for name in ("tier", "node", "model_version"):
-        if not isinstance(getattr(r, name), str):
-            raise InvalidResultError(f"{where}: {name} must be a string")
-    if not isinstance(r.extra, dict):
-        raise InvalidResultError(f"{where}: extra must be a map, got {type(r.extra).__name__}")
-    try:
-        extra = json.dumps(r.extra, sort_keys=True)
-    except (TypeError, ValueError) as e:
-        raise InvalidResultError(f"{where}: extra is not JSON-serializable ({e})") from e
-    return (r.item_id, int(r.label), float(r.confidence), r.tier, r.node, r.model_version, extra)
 
 
 def _digest_batch(digest: Any, ids: list[str], array: np.ndarray) -> None:

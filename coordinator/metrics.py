@@ -29,7 +29,37 @@ class CoordinatorMetrics:
                               "Shards re-queued since start (dead, drained, late)", registry=r)
         self.in_flight = Gauge("edgeshard_coordinator_in_flight",
                                "Online requests in flight", registry=r)
+        self.escalations = Counter(
+            "edgeshard_coordinator_escalation_items",
+            "Cascade decisions per item: accepted (edge sure), answered (cloud), unanswered",
+            ["model", "outcome"], registry=r)
+        self.cloud_calls = Counter("edgeshard_coordinator_cloud_calls",
+                                   "Calls to the cloud tier by outcome", ["model", "outcome"],
+                                   registry=r)
+        self.cloud_items = Counter("edgeshard_coordinator_cloud_items",
+                                   "Items sent to the cloud tier by outcome",
+                                   ["model", "outcome"], registry=r)
+        self.cloud_seconds = Histogram("edgeshard_coordinator_cloud_seconds",
+                                       "Latency of cloud calls", ["model"], registry=r)
+        self.cloud_cost = Gauge("edgeshard_coordinator_cloud_cost",
+                                "Cost of cloud calls since start (configured unit)",
+                                registry=r)
+        self.spool_items = Gauge("edgeshard_coordinator_spool_items",
+                                 "Escalations waiting in the spool", registry=r)
+        self.spool_bytes = Gauge("edgeshard_coordinator_spool_bytes",
+                                 "Payload bytes in the spool", registry=r)
+        self.breaker_open = Gauge("edgeshard_coordinator_cloud_breaker_open",
+                                  "1 while the cloud circuit breaker is open", registry=r)
         self._server = None
+
+    def decision(self, model: str, outcome: str, items: int) -> None:
+        self.escalations.labels(model, outcome).inc(items)
+
+    def cloud_call(self, model: str, outcome: str, items: int, seconds: float) -> None:
+        self.cloud_calls.labels(model, outcome).inc()
+        self.cloud_items.labels(model, outcome).inc(items)
+        if outcome == "answered":
+            self.cloud_seconds.labels(model).observe(seconds)
 
     def forwarded_result(self, node: str, code: str, seconds: float) -> None:
         self.forwarded.labels(node, code).inc()

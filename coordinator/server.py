@@ -19,7 +19,11 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coordinator.clients import ClientPool, shard_runner
+from coordinator.breaker import BreakerState, CircuitBreaker
+from coordinator.budget import CostMeter, TokenBucket
+from coordinator.cascade import Cascade, Drainer
+from coordinator.clients import ClientPool, cloud_transport, shard_runner
+from coordinator.cloud import CloudTier
 from coordinator.config import CoordinatorConfig
 from coordinator.dispatcher import Dispatcher
 from coordinator.fleet_servicer import FleetServicer
@@ -30,6 +34,8 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.router import Router
 from coordinator.servicer import FrontServicer
+from coordinator.spool import SpoolLimits
+from coordinator.spoolqueue import SpoolQueue
 from protos import fleet_pb2, fleet_pb2_grpc, oip_pb2
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
@@ -60,6 +66,10 @@ class CoordinatorServer:
         self._server: grpc.Server | None = None
         self._max_batch: dict[str, int] = {}
         self._lock_file = None
+        self.cascade: Cascade | None = None
+        self.cloud: CloudTier | None = None
+        self.cost: CostMeter | None = None
+        self.drainer: Drainer | None = None
 
     # -- helpers for the servicers ---------------------------------------------------------
     def max_batch_size(self, model: str) -> int | None:
@@ -91,12 +101,19 @@ class CoordinatorServer:
         self.store = JobStore(str(cfg.state_dir / "jobs.sqlite3"))
         for address in cfg.node:
             self.registry.add_candidate(address, "seed")
+        self.cascade = self._build_cascade()
         self.dispatcher = Dispatcher(
-            self.store, self.registry, shard_runner(self.clients, cfg.shard_deadline_s),
-            cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed)
+            self.store, self.registry,
+            shard_runner(self.clients, cfg.shard_deadline_s, self.cascade, cfg.cloud_timeout_s),
+            cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed,
+            spool_limits=SpoolLimits(cfg.spool_max_items, cfg.spool_max_bytes, cfg.spool_ttl_s))
+        if self.cascade is not None:
+            self.drainer = Drainer(SpoolQueue(self.store), self.cascade, cfg.cloud_timeout_s,
+                                   on_change=self.dispatcher.notify)
         self.front = FrontServicer(self.registry, self.router, self.clients,
                                    cfg.request_timeout_s, cfg.max_in_flight,
-                                   on_result=self.metrics.forwarded_result)
+                                   on_result=self.metrics.forwarded_result,
+                                   cascade=self.cascade)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="coord-grpc"),
@@ -121,6 +138,8 @@ class CoordinatorServer:
         self.membership.run_round()  # admit reachable seeds before taking work
         self.membership.start()
         self.dispatcher.start()
+        if self.drainer is not None:
+            self.drainer.start()
         if cfg.discover:
             self._start_discovery()
         if cfg.metrics_port is not None:
@@ -135,6 +154,24 @@ class CoordinatorServer:
             tmp.write_text(json.dumps({"grpc_port": self.port,
                                        "metrics_port": self.metrics_port, "pid": os.getpid()}))
             os.replace(tmp, cfg.ready_file)
+
+    def _build_cascade(self) -> Cascade | None:
+        cfg = self.config
+        rules = cfg.cascade_rules()
+        if not rules:
+            return None
+        # Burst: one second's worth of the budget (at least one item).
+        budget = TokenBucket(cfg.cloud_budget_per_s, max(1.0, cfg.cloud_budget_per_s or 1.0))
+        self.cost = CostMeter(cfg.cloud_cost_per_call, cfg.cloud_cost_per_item)
+        cloud = CloudTier(cloud_transport(self.clients, cfg.cloud, cfg.cloud_output),
+                          CircuitBreaker(cfg.breaker_failures, cfg.breaker_reset_s),
+                          budget, self.cost, cfg.cloud_concurrency, cfg.cloud_max_batch,
+                          on_call=self.metrics.cloud_call)
+        self.cloud = cloud
+        for rule in rules.values():
+            log.info("cascade: %s escalates to %s at %s when %s < %g", rule.model,
+                     rule.cloud_model, cfg.cloud, rule.policy.name, rule.policy.threshold)
+        return Cascade(rules, cloud, on_decision=self.metrics.decision)
 
     def _lock_state_dir(self) -> None:
         """One coordinator per state dir: the store assumes a single writer."""
@@ -168,6 +205,12 @@ class CoordinatorServer:
                 self.metrics.nodes.labels(state).set(states.get(state, 0))
             self.metrics.requeued.set(self.dispatcher.requeued)
             self.metrics.in_flight.set(self.front.admission.current)
+            if self.cloud is not None:
+                items, size = SpoolQueue(self.store).totals()
+                self.metrics.spool_items.set(items)
+                self.metrics.spool_bytes.set(size)
+                self.metrics.cloud_cost.set(self.cost.cost)
+                self.metrics.breaker_open.set(int(self.cloud.breaker.state == BreakerState.OPEN))
 
     def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME, *FLEET_SERVICES):
@@ -188,6 +231,8 @@ class CoordinatorServer:
             self._server.stop(grace).wait()
         if self.dispatcher is not None:
             self.dispatcher.close(timeout=grace)
+        if self.drainer is not None:
+            self.drainer.close()
         self.membership.close()
         self.clients.close()
         self.metrics.close()

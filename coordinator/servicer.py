@@ -12,11 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
+import numpy as np
 
 from coordinator import errors
+from coordinator.cascade import Cascade
+from coordinator.cascade_rules import CascadeRule
 from coordinator.clients import ClientPool
 from coordinator.registry import Registry
 from coordinator.router import Router
@@ -91,7 +95,8 @@ class Admission:
 
 class FrontServicer(InferenceServicer):
     def __init__(self, registry: Registry, router: Router, clients: ClientPool,
-                 request_timeout: float, max_in_flight: int, on_result=None):
+                 request_timeout: float, max_in_flight: int, on_result=None,
+                 cascade: Cascade | None = None):
         self.registry = registry
         self.router = router
         self.clients = clients
@@ -99,6 +104,7 @@ class FrontServicer(InferenceServicer):
         self.admission = Admission(max_in_flight)
         self.ready = threading.Event()
         self.on_result = on_result  # metrics hook: (node_id, code_name, seconds)
+        self.cascade = cascade
 
     # -- health and metadata ---------------------------------------------------------------
     @guard
@@ -165,6 +171,13 @@ class FrontServicer(InferenceServicer):
         timeout = time_left(context, self.request_timeout)
         deadline = time.monotonic() + timeout
         tried: set[str] = set()
+        rule = self.cascade.rule(request.model_name) if self.cascade is not None else None
+        requested = [o.name for o in request.outputs]
+        if rule is not None:  # the cascade needs every edge output, probabilities above all
+            forwarded = oip_pb2.ModelInferRequest()
+            forwarded.CopyFrom(request)
+            del forwarded.outputs[:]
+            request = forwarded
         with self.admission:
             for attempt in range(2):
                 node = self.router.choose(request.model_name, request.model_version, key,
@@ -192,13 +205,48 @@ class FrontServicer(InferenceServicer):
                 elapsed = time.monotonic() - started
                 self.registry.release(node.address, elapsed)
                 self._observe(node.node_id, "OK", started)
-                codec.set_param(response.parameters, "tier", "edge")
                 if not response.parameters["node"].string_param:
                     codec.set_param(response.parameters, "node", node.node_id)
                 if attempt:
                     codec.set_param(response.parameters, "retried", True)
+                if rule is not None:
+                    return self._cascade(rule, request, response, requested, deadline)
+                codec.set_param(response.parameters, "tier", "edge")
                 return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _cascade(self, rule: CascadeRule, request, response, requested: list[str],
+                 deadline: float):
+        """Escalate the items the policy is unsure of; answer with the tier that decided.
+
+        Escalated items the cloud cannot answer in time keep the edge answer, flagged
+        ``degraded`` (online answers are not spooled: the caller already has one).
+        """
+        probs = codec.decode_output(response, "probabilities")
+        (items,) = codec.decode_inputs(request).values()
+        d = self.cascade.decide(rule, items, probs, _online_ids(request, len(probs)),
+                                max(0.001, deadline - time.monotonic()))
+        out = oip_pb2.ModelInferResponse(model_name=response.model_name,
+                                         model_version=response.model_version, id=response.id)
+        for k, v in response.parameters.items():
+            out.parameters[k].CopyFrom(v)
+        answered = int(d.cloud_answered.sum())
+        tier = "edge" if not answered else "cloud" if answered == len(probs) else "mixed"
+        codec.set_param(out.parameters, "tier", tier)
+        codec.set_param(out.parameters, "escalated", int(d.escalated.sum()))
+        codec.set_param(out.parameters, "degraded", int(d.degraded.sum()))
+        if len(probs) == 1:
+            codec.set_param(out.parameters, "edge_label", int(probs[0].argmax()))
+            codec.set_param(out.parameters, "edge_confidence", float(probs[0].max()))
+            if answered:
+                codec.set_param(out.parameters, "cloud_label", int(d.cloud_labels[0]))
+                codec.set_param(out.parameters, "cloud_confidence",
+                                float(d.cloud_confidences[0]))
+        outputs = {"probabilities": probs, "label": d.labels, "confidence": d.confidences,
+                   "tier": np.array(d.tiers, dtype=object)}
+        codec.encode_outputs(out, outputs, requested or ["probabilities", "label",
+                                                          "confidence"])
+        return out
 
     def _observe(self, node_id: str, code: str, started: float) -> None:
         if self.on_result is not None:
@@ -229,3 +277,9 @@ def _merge_stats(merged: dict, s) -> None:
             x, y = getattr(t, f), getattr(b, f)
             x.count += y.count
             x.ns += y.ns
+
+
+def _online_ids(request, n: int) -> list[str]:
+    """Stable per-item ids for online requests (the random policy hashes them)."""
+    base = request.id or uuid.uuid4().hex
+    return [f"{base}:{i}" for i in range(n)]

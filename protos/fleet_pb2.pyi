@@ -178,7 +178,7 @@ class NodeShare(_message.Message):
     def __init__(self, node: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "model", "state", "total_items", "done_items", "shards_total", "shards_done", "shards_leased", "created_at", "finished_at", "error", "shares", "requeued_shards", "duplicates_discarded")
+    __slots__ = ("job_id", "model", "state", "total_items", "done_items", "shards_total", "shards_done", "shards_leased", "created_at", "finished_at", "error", "shares", "requeued_shards", "duplicates_discarded", "pending_escalations", "cloud_answered", "degraded")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,9 @@ class JobStatus(_message.Message):
     SHARES_FIELD_NUMBER: _ClassVar[int]
     REQUEUED_SHARDS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_DISCARDED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: str
     state: str
@@ -207,7 +210,10 @@ class JobStatus(_message.Message):
     shares: _containers.RepeatedCompositeFieldContainer[NodeShare]
     requeued_shards: int
     duplicates_discarded: int
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[str] = ..., total_items: _Optional[int] = ..., done_items: _Optional[int] = ..., shards_total: _Optional[int] = ..., shards_done: _Optional[int] = ..., shards_leased: _Optional[int] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[NodeShare, _Mapping]]] = ..., requeued_shards: _Optional[int] = ..., duplicates_discarded: _Optional[int] = ...) -> None: ...
+    pending_escalations: int
+    cloud_answered: int
+    degraded: int
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[str] = ..., total_items: _Optional[int] = ..., done_items: _Optional[int] = ..., shards_total: _Optional[int] = ..., shards_done: _Optional[int] = ..., shards_leased: _Optional[int] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[NodeShare, _Mapping]]] = ..., requeued_shards: _Optional[int] = ..., duplicates_discarded: _Optional[int] = ..., pending_escalations: _Optional[int] = ..., cloud_answered: _Optional[int] = ..., degraded: _Optional[int] = ...) -> None: ...
 
 class FetchResultsRequest(_message.Message):
     __slots__ = ("job_id", "after_seq", "follow")

@@ -1,0 +1,49 @@
+"""``edge-coordinator calibrate`` on the shipped data, with real edge and cloud nodes.
+
+The issue's acceptance: with the threshold calibration picks for a 15 % escalation
+budget, the hold-out cascade accuracy is within 0.5 points of cloud-only (or above) and
+above the random baseline at the same escalation rate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_calibrate_picks_a_threshold_that_meets_the_acceptance(tmp_path, shipped_repository):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(shipped_repository, repo)
+    out = subprocess.run(
+        [sys.executable, "-m", "coordinator", "calibrate", "--model", "mnist_edge",
+         "--budget", "0.15", "--out", str(tmp_path / "out"), "--model-repository", str(repo),
+         "--write"], capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "use: --escalation mnist_edge=max_prob:" in out.stdout
+    doc = json.loads((tmp_path / "out" / "mnist_edge_max_prob_sweep.json").read_text())
+    assert (tmp_path / "out" / "mnist_edge_max_prob_sweep.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "mnist_edge_max_prob_sweep.csv").read_text().count("\n") > 50
+    chosen, hold = doc["summary"]["chosen"], doc["summary"]["holdout"]
+    assert chosen["escalation_rate"] <= 0.15
+    assert hold["cascade_accuracy"] >= hold["cloud_only_accuracy"] - 0.005
+    assert hold["cascade_accuracy"] > hold["random_accuracy"]
+    assert hold["escalation_rate"] <= 0.2
+    calibration = json.loads((repo / "mnist_edge" / "1" / "calibration.json").read_text())
+    assert calibration["temperature"] == pytest.approx(doc["summary"]["temperature"])
+    assert calibration["threshold"] == chosen["threshold"]
+
+
+def test_calibrate_rejects_unknown_policy_and_unreachable_target(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "coordinator", "calibrate", "--policy", "vibes",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=150)
+    assert bad.returncode == 2 and "vibes" in bad.stderr
+    high = subprocess.run([sys.executable, "-m", "coordinator", "calibrate",
+                           "--target-accuracy", "0.999", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=150)
+    assert high.returncode == 2 and "target_accuracy" in high.stderr
