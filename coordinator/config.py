@@ -82,7 +82,7 @@ class CoordinatorConfig:
     epsilon: float = field(default=0.25, metadata=_help("bounded-load slack for routing keys"))
     """Consistent hashing with bounded loads: a node takes at most (1+ε)·average load."""
 
-    shard_size: int = field(default=32, metadata=_help("items per job shard"))
+    shard_size: int = field(default=64, metadata=_help("items per job shard"))
     """Default items per shard (one batched request to a node)."""
 
     shards_per_node: int = field(default=2, metadata=_help("concurrent shards per node"))

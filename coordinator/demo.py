@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="escalation budget the calibration picks the threshold for (0.15)")
     p.add_argument("--repeat", type=int, default=10,
                    help="copies of the 1,000-image hold-out set in the job (10)")
-    p.add_argument("--shard-size", type=int, default=32, help="items per shard (32)")
+    p.add_argument("--shard-size", type=int, default=64, help="items per shard (64)")
     p.add_argument("--online", type=int, default=300,
                    help="single-image online requests for the latency figure (300)")
     p.add_argument("--workdir", type=Path, help="keep logs and state here (default: temp)")
@@ -151,7 +151,7 @@ def _split_repository(workdir: Path) -> tuple[Path, Path]:
     return edge_repo, cloud_repo
 
 
-def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: int = 32,
+def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: int = 64,
         online: int = 300, workdir: Path | None = None, out=print, progress: bool = True,
         cloud: bool = True, cloud_outage: float = 0.0, budget: float = 0.15) -> Report:
     model = edgeshard_models.EDGE_MODEL

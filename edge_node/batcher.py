@@ -1,10 +1,16 @@
 """Bounded request queue and worker threads with dynamic batching.
 
-Each worker thread owns one interpreter per model version (interpreters are not
-thread-safe) and repeatedly takes the oldest queued request, adds later requests for
-the same model version while the batch stays within ``max_batch_size`` (waiting up to
+There are ``workers`` interpreter sets (one interpreter per model version each;
+interpreters are not thread-safe, so a set is used by one thread at a time). A worker
+thread takes the oldest queued request and a free set, adds later requests for the same
+model version while the batch stays within ``max_batch_size`` (waiting up to
 ``max_delay`` for more when the queue runs dry), runs them as one batch and splits the
 result rows back to each request.
+
+Inline fast path (``inline=True``, only with ``max_delay == 0``): when nothing is queued
+and a set is free, the submitting thread runs its request itself with that set. An idle
+node then answers without two thread hand-offs (queue -> worker -> future), which cost
+more than the inference of a small model; under load requests queue and batch as above.
 
 Failure behaviour: a full queue refuses new requests at once (``OverloadedError``)
 instead of queueing without bound; a request whose deadline passed while queued is
@@ -75,6 +81,7 @@ class Batcher:
         max_queue_size: int = 256,
         max_delay: float = 0.0,
         on_batch: Callable[[Any, int, list[Request]], None] | None = None,
+        inline: bool = False,
     ):
         self._make = make_interpreters
         self._execute = execute
@@ -83,6 +90,8 @@ class Batcher:
         self._max_queue = max_queue_size
         self._max_delay = max_delay
         self._on_batch = on_batch
+        self._inline = inline and max_delay == 0
+        self._idle: list[dict] = []  # free interpreter sets
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -134,9 +143,28 @@ class Batcher:
                 raise OverloadedError(
                     f"queue full ({self._max_queue} requests waiting); retry later or elsewhere"
                 )
-            self._queue.append(req)
-            self._cond.notify()
+            interpreters = None
+            if self._inline and not self._queue and self._idle:
+                interpreters = self._idle.pop()
+                self.in_flight += 1
+            else:
+                self._queue.append(req)
+                self._cond.notify()
+        if interpreters is not None:
+            try:
+                if self._usable(req):
+                    self._run_batch(interpreters, [req])
+                else:  # pragma: no cover - a fresh request is neither cancelled nor late
+                    with self._cond:
+                        self.in_flight -= 1
+            finally:
+                self._give_back(interpreters)
         return req
+
+    def _give_back(self, interpreters: dict) -> None:
+        with self._cond:
+            self._idle.append(interpreters)
+            self._cond.notify()
 
     # -- worker side -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -146,23 +174,29 @@ class Batcher:
             self._startup_errors.append(exc)
             self._ready.wait()
             return
+        self._give_back(interpreters)
         self._ready.wait()
         while True:
-            batch = self._take()
-            if batch is None:
+            taken = self._take()
+            if taken is None:
                 return
-            self._run_batch(interpreters, batch)
+            batch, interpreters = taken
+            try:
+                self._run_batch(interpreters, batch)
+            finally:
+                self._give_back(interpreters)
 
-    def _take(self) -> list[Request] | None:
+    def _take(self) -> tuple[list[Request], dict] | None:
         with self._cond:
             while True:
-                while not self._queue:
-                    if self._stopping:
+                while not (self._queue and self._idle):
+                    if self._stopping and not self._queue:
                         return None
                     self._cond.wait()
                 head = self._queue.popleft()
                 if self._usable(head):
                     break
+            interpreters = self._idle.pop()
             batch = [head]
             limit = self._max_batch(head.key)
             rows = head.rows
@@ -174,7 +208,7 @@ class Batcher:
                     break
                 self._cond.wait(remaining)
             self.in_flight += len(batch)
-            return batch
+            return batch, interpreters
 
     def _gather(self, key: Any, batch: list[Request], rows: int, limit: int) -> int:
         """Move queued requests for ``key`` that still fit into ``batch`` (keeps order)."""

@@ -65,6 +65,7 @@ class InferenceEngine:
             max_queue_size=config.max_queue_size,
             max_delay=config.max_batch_delay_ms / 1000.0,
             on_batch=self._on_batch,
+            inline=True,
         )
         for key in self.pipelines:
             self.stats.register(key)

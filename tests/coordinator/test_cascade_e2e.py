@@ -78,9 +78,11 @@ def test_cloud_outage_spools_and_drains_and_survives_a_coordinator_kill(fleet, h
     coord_port = fleet.coordinator.info["grpc_port"]
     fleet.add_node("edge-1", *PACED)
     fleet.wait_live(1)
-    cloud.kill()  # the cloud is away for the whole job
-    source, truth = items(holdout, 2)
+    source, truth = items(holdout, 4)
     status = fleet.client.submit(EDGE, source, shard_size=32)
+    while fleet.client.get(status.job_id).done_items < len(truth) // 5:
+        time.sleep(0.02)
+    cloud.kill()  # the cloud goes away mid-job
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # every shard handled: confident items final, rest spooled
         st = fleet.client.get(status.job_id)
@@ -109,6 +111,8 @@ def test_cloud_outage_spools_and_drains_and_survives_a_coordinator_kill(fleet, h
     spooled_records = [r for r in records if r.extra.get("spooled")]
     assert len(spooled_records) == spooled
     assert all(r.tier == "cloud" and not r.extra["degraded"] for r in spooled_records)
+    before_outage = [r for r in records if r.tier == "cloud" and not r.extra.get("spooled")]
+    assert before_outage  # escalations answered directly before the cloud went away
 
 
 def test_budget_caps_what_the_cloud_sees(fleet, holdout):

@@ -127,3 +127,46 @@ def test_interpreter_build_failure_surfaces_at_start():
     b = Batcher(broken, Recorder().execute, max_batch_size=lambda key: 8, workers=2)
     with pytest.raises(RuntimeError, match="cannot build"):
         b.start()
+
+
+class ThreadRecorder(Recorder):
+    def __init__(self):
+        super().__init__()
+        self.threads: list[str] = []
+
+    def execute(self, key, interpreter, batch):
+        self.threads.append(threading.current_thread().name)
+        return super().execute(key, interpreter, batch)
+
+
+def test_inline_runs_on_the_caller_when_idle_and_queues_when_busy():
+    rec = ThreadRecorder()
+    b = Batcher(lambda: {"a": None}, rec.execute, max_batch_size=lambda key: 8, workers=1,
+                inline=True)
+    b.start()
+    req = b.submit("a", np.ones((1, 1)), None)
+    assert req.future.done()  # answered before submit returned
+    assert rec.threads == [threading.current_thread().name]
+
+    rec.gate.clear()  # the next inline call blocks while holding the only interpreter set
+    held = threading.Thread(target=lambda: b.submit("a", np.ones((1, 1)), None))
+    held.start()
+    time.sleep(0.05)
+    queued = b.submit("a", np.full((2, 1), 3.0), None)  # no free set: it queues
+    assert not queued.future.done() and b.depth == 1
+    rec.gate.set()
+    held.join(5)
+    (out,) = queued.future.result(5)
+    np.testing.assert_array_equal(out, np.full((2, 1), 6.0))
+    assert rec.threads[-1].startswith("edge-worker")  # the queued one ran on a worker
+    assert b.stop(1)
+
+
+def test_inline_is_off_with_a_batching_delay():
+    rec = ThreadRecorder()
+    b = Batcher(lambda: {"a": None}, rec.execute, max_batch_size=lambda key: 8, workers=1,
+                max_delay=0.001, inline=True)
+    b.start()
+    b.submit("a", np.ones((1, 1)), None).future.result(5)
+    assert rec.threads[0].startswith("edge-worker")
+    b.stop(1)
