@@ -137,7 +137,8 @@ class Drainer:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(self.timeout + 2)
+        if self._thread.ident is not None:  # started
+            self._thread.join(self.timeout + 2)
 
     def run_once(self, now: float | None = None) -> int:
         """One round; returns how many entries got their cloud answer."""

@@ -6,15 +6,15 @@ import argparse
 import json
 import logging
 import os
-import signal
+import sqlite3
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
 
 from coordinator.config import CoordinatorConfig, build
+from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, config_file_from
 
 log = logging.getLogger("coordinator")
@@ -127,26 +127,11 @@ def serve(args) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from coordinator.errors import CoordinatorError
     from coordinator.server import CoordinatorServer
 
-    server = CoordinatorServer(config)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server.start()
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    while not stop.wait(0.5):
-        pass
-    server.stop()
-    return 0
+    return run_until_signal(CoordinatorServer(config),
+                            (OSError, CoordinatorError, sqlite3.DatabaseError), log)
 
 
 def _print_nodes(nodes, as_json: bool) -> None:

@@ -89,7 +89,8 @@ class Dispatcher:
         for threads in list(self._pullers.values()):
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
-        self._sweeper.join(max(0.0, deadline - time.monotonic()))
+        if self._sweeper.ident is not None:  # started
+            self._sweeper.join(max(0.0, deadline - time.monotonic()))
 
     def notify(self) -> None:
         """Wake idle pullers: a job arrived or shards were re-queued."""

@@ -40,7 +40,8 @@ class Membership:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(self.interval + self.timeout + 1)
+        if self._thread.ident is not None:  # started
+            self._thread.join(self.interval + self.timeout + 1)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def probe_now(self, address: str) -> bool:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from edge_node.config import NodeConfig, build
 from edge_node.errors import ModelLoadError
+from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, config_file_from
 
 log = logging.getLogger("edge_node")
@@ -59,26 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
 
-    server = EdgeNodeServer(config)
-    stop_requested = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("received %s", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server.start()
-    except (ModelLoadError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        server.stop(0)
-        return 1
-    while not stop_requested.wait(0.5):
-        pass
-    drained = server.stop()
-    return 0 if drained else 1
-
+    return run_until_signal(EdgeNodeServer(config), (ModelLoadError, OSError), log)
 
 if __name__ == "__main__":
     sys.exit(main())
