@@ -1,0 +1,109 @@
+"""The coordinator's control plane refuses malformed requests with a status naming the field."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import codec, fleet_pb2, fleet_pb2_grpc
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def stubs(fleet):
+    fleet.start_coordinator()
+    fleet.add_node("n0")
+    fleet.wait_live(1)
+    channel = grpc.insecure_channel(fleet.coordinator.address)
+    yield fleet_pb2_grpc.FleetStub(channel), fleet_pb2_grpc.JobsStub(channel)
+    channel.close()
+
+
+def header(**kw):
+    return fleet_pb2.SubmitRequest(header=fleet_pb2.JobHeader(model="mnist_edge", **kw))
+
+
+def items(array, ids=()):
+    datatype, shape, raw = codec.encode_array(array)
+    return fleet_pb2.SubmitRequest(items=fleet_pb2.ItemBatch(ids=list(ids), datatype=datatype,
+                                                             shape=shape, data=raw))
+
+
+IMAGES = np.zeros((4, 28, 28), np.uint8)
+BAD_SUBMITS = [
+    ("no header", [items(IMAGES)], grpc.StatusCode.INVALID_ARGUMENT, "header"),
+    ("two headers", [header(), header(), items(IMAGES)], grpc.StatusCode.INVALID_ARGUMENT,
+     "second header"),
+    ("no items", [header()], grpc.StatusCode.INVALID_ARGUMENT, "no items"),
+    ("empty message", [header(), fleet_pb2.SubmitRequest()], grpc.StatusCode.INVALID_ARGUMENT,
+     "empty"),
+    ("unknown model", [fleet_pb2.SubmitRequest(header=fleet_pb2.JobHeader(model="nope")),
+                       items(IMAGES)], grpc.StatusCode.NOT_FOUND, "nope"),
+    ("short data", [header(), fleet_pb2.SubmitRequest(items=fleet_pb2.ItemBatch(
+        datatype="UINT8", shape=[4, 28, 28], data=b"\0" * 10))],
+     grpc.StatusCode.INVALID_ARGUMENT, "items[1].data"),
+    ("bad datatype", [header(), fleet_pb2.SubmitRequest(items=fleet_pb2.ItemBatch(
+        datatype="WORDS", shape=[1], data=b"x"))], grpc.StatusCode.INVALID_ARGUMENT,
+     "datatype"),
+    ("ids count", [header(), items(IMAGES, ids=["a", "b"])], grpc.StatusCode.INVALID_ARGUMENT,
+     "ids"),
+    ("duplicate ids", [header(), items(IMAGES, ids=["a", "a", "b", "c"])],
+     grpc.StatusCode.INVALID_ARGUMENT, "a"),
+    ("mixed shapes", [header(), items(IMAGES), items(np.zeros((2, 14, 14), np.uint8))],
+     grpc.StatusCode.INVALID_ARGUMENT, "item shape"),
+    ("total mismatch", [header(total_items=10), items(IMAGES)],
+     grpc.StatusCode.INVALID_ARGUMENT, "total_items"),
+    ("bad job id", [header(job_id="has spaces"), items(IMAGES)],
+     grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
+]
+
+
+@pytest.mark.parametrize("case,messages,code,text", BAD_SUBMITS, ids=[c[0] for c in BAD_SUBMITS])
+def test_bad_submit_is_refused(stubs, case, messages, code, text):
+    _, jobs = stubs
+    with pytest.raises(grpc.RpcError) as err:
+        jobs.Submit(iter(messages), timeout=20)
+    assert err.value.code() == code, err.value.details()
+    assert text in err.value.details()
+    ok = jobs.Submit(iter([header(), items(IMAGES)]), timeout=20)  # still serving
+    assert ok.total_items == 4
+
+
+def test_unknown_job_and_node(stubs):
+    fleet, jobs = stubs
+    for call in (jobs.GetJob, jobs.Cancel):
+        with pytest.raises(grpc.RpcError) as err:
+            call(fleet_pb2.JobRef(job_id="missing"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        list(jobs.FetchResults(fleet_pb2.FetchResultsRequest(job_id="missing"), timeout=10))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.Drain(fleet_pb2.DrainRequest(node_id="ghost"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "ghost" in err.value.details()
+
+
+def test_register_needs_id_and_address_and_unknown_beats_reregister(stubs):
+    fleet, _ = stubs
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.Register(fleet_pb2.RegisterRequest(node_id="x"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "address" in err.value.details()
+    beat = fleet.Heartbeat(fleet_pb2.HeartbeatRequest(node_id="x", epoch=7), timeout=10)
+    assert beat.reregister
+
+
+def test_reflection_lists_the_control_services(stubs, fleet):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    channel = grpc.insecure_channel(fleet.coordinator.address)
+    try:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    finally:
+        channel.close()
+    assert {"edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "inference.GRPCInferenceService",
+            "grpc.health.v1.Health"} <= set(services)
