@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from coordinator.errors import UnknownNodeError
 from coordinator.jobs import Lease, ResultRow
 from coordinator.jobstore import JobStore
 from coordinator.registry import NodeRecord, Registry
@@ -121,7 +122,7 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 rec = self.registry.get(address)
-            except Exception:  # noqa: BLE001 - the node left the registry
+            except UnknownNodeError:  # the node left the registry
                 return
             if not rec.routable:
                 return  # node_live starts new pullers if it comes back

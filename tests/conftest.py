@@ -65,8 +65,6 @@ class Fleet:
     """A coordinator process and edge-node processes on loopback, for one test."""
 
     def __init__(self, workdir: Path, repository: Path):
-        from coordinator.fleet_clients import CoordinatorClient  # noqa: F401 (import check)
-
         self.workdir = workdir
         self.repository = repository
         self.state_dir = workdir / "state"
