@@ -26,6 +26,7 @@ class Record:
     node: str
     model_version: str
     extra: dict
+    provisional: bool = False
 
     def as_json(self) -> str:
         out = {"id": self.id, "label": self.label, "confidence": round(self.confidence, 6),
@@ -90,9 +91,11 @@ class CoordinatorClient:
                                timeout=timeout)
 
     def results(self, job_id: str, after_seq: int = 0, follow: bool = False,
-                timeout: float | None = None) -> Iterator[Record]:
+                timeout: float | None = None, include_pending: bool = False
+                ) -> Iterator[Record]:
         stream = self.jobs.FetchResults(fleet_pb2.FetchResultsRequest(
-            job_id=job_id, after_seq=after_seq, follow=follow), timeout=timeout)
+            job_id=job_id, after_seq=after_seq, follow=follow,
+            include_pending=include_pending), timeout=timeout)
         for r in stream:
             yield Record(r.seq, r.id, r.label, r.confidence, r.tier, r.node, r.model_version,
-                         json.loads(r.extra_json) if r.extra_json else {})
+                         json.loads(r.extra_json) if r.extra_json else {}, r.provisional)

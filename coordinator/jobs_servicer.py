@@ -28,7 +28,8 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
     def __init__(self, store: JobStore, default_shard_size: int,
                  max_batch_size: Callable[[str], int | None],
                  on_submit: Callable[[], None], shares: Callable[[str], dict[str, int]],
-                 stopping: threading.Event, model_known: Callable[[str], bool]):
+                 stopping: threading.Event, model_known: Callable[[str], bool],
+                 pending: Callable[[str], list] = lambda job_id: []):
         self.store = store
         self.default_shard_size = default_shard_size
         self.max_batch_size = max_batch_size  # model -> its max batch at the nodes (or None)
@@ -36,6 +37,7 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
         self.shares = shares
         self.stopping = stopping
         self.model_known = model_known  # does any known node serve this model?
+        self.pending = pending  # job -> degraded edge answers waiting in the spool
 
     def _status(self, p: JobProgress) -> fleet_pb2.JobStatus:
         return fleet_pb2.JobStatus(
@@ -138,13 +140,20 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
             state = self.store.progress(request.job_id).state  # before reading: no gap
             rows = self.store.results(request.job_id, after_seq=after, limit=RESULT_PAGE)
             for r in rows:
-                yield fleet_pb2.ResultRecord(
-                    seq=r.seq, id=r.item_id, label=r.label, confidence=r.confidence,
-                    tier=r.tier, node=r.node, model_version=r.model_version,
-                    extra_json=json.dumps(r.extra) if r.extra else "")
+                yield _record(r)
                 after = r.seq
             if len(rows) == RESULT_PAGE:
                 continue
             if not request.follow or state in FINISHED or self.stopping.is_set():
+                if request.include_pending and not request.follow:
+                    for r in self.pending(request.job_id):
+                        yield _record(r, provisional=True)
                 return
             time.sleep(0.1)
+
+
+def _record(r, provisional: bool = False) -> fleet_pb2.ResultRecord:
+    return fleet_pb2.ResultRecord(
+        seq=r.seq, id=r.item_id, label=r.label, confidence=r.confidence, tier=r.tier,
+        node=r.node, model_version=r.model_version,
+        extra_json=json.dumps(r.extra) if r.extra else "", provisional=provisional)

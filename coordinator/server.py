@@ -130,7 +130,8 @@ class CoordinatorServer:
         fleet_pb2_grpc.add_JobsServicer_to_server(
             JobsServicer(self.store, cfg.shard_size, self.max_batch_size,
                          self.dispatcher.notify, self.job_shares, self.stopping,
-                         model_known=self.model_known), self._server)
+                         model_known=self.model_known,
+                         pending=SpoolQueue(self.store).pending), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))

@@ -29,6 +29,13 @@ class SpoolQueue:
             return select(self.store.db, "WHERE expires_at > ? AND job_id IN "
                           "(SELECT job_id FROM jobs WHERE state = 'running')", (now,), limit)
 
+    def pending(self, job_id: str) -> list[ResultRow]:
+        """The job's items waiting for the cloud, as their degraded edge answers."""
+        with self.store.lock:
+            entries = select(self.store.db, "WHERE job_id = ?", (job_id,))
+        return [replace(e.fallback, extra={**e.fallback.extra, "degraded": True})
+                for e in entries]
+
     def resolve(self, answers: Sequence[tuple[int, ResultRow]], now: float | None = None) -> int:
         """The cloud answered spooled items: write their final results, drop the entries."""
         now = time.time() if now is None else now

@@ -216,17 +216,19 @@ class JobStatus(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[str] = ..., total_items: _Optional[int] = ..., done_items: _Optional[int] = ..., shards_total: _Optional[int] = ..., shards_done: _Optional[int] = ..., shards_leased: _Optional[int] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[NodeShare, _Mapping]]] = ..., requeued_shards: _Optional[int] = ..., duplicates_discarded: _Optional[int] = ..., pending_escalations: _Optional[int] = ..., cloud_answered: _Optional[int] = ..., degraded: _Optional[int] = ...) -> None: ...
 
 class FetchResultsRequest(_message.Message):
-    __slots__ = ("job_id", "after_seq", "follow")
+    __slots__ = ("job_id", "after_seq", "follow", "include_pending")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PENDING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     after_seq: int
     follow: bool
-    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    include_pending: bool
+    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ..., include_pending: _Optional[bool] = ...) -> None: ...
 
 class ResultRecord(_message.Message):
-    __slots__ = ("seq", "id", "label", "confidence", "tier", "node", "model_version", "extra_json")
+    __slots__ = ("seq", "id", "label", "confidence", "tier", "node", "model_version", "extra_json", "provisional")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +237,7 @@ class ResultRecord(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
     seq: int
     id: str
     label: int
@@ -243,7 +246,8 @@ class ResultRecord(_message.Message):
     node: str
     model_version: str
     extra_json: str
-    def __init__(self, seq: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., tier: _Optional[str] = ..., node: _Optional[str] = ..., model_version: _Optional[str] = ..., extra_json: _Optional[str] = ...) -> None: ...
+    provisional: bool
+    def __init__(self, seq: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., tier: _Optional[str] = ..., node: _Optional[str] = ..., model_version: _Optional[str] = ..., extra_json: _Optional[str] = ..., provisional: _Optional[bool] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

@@ -92,6 +92,12 @@ def test_cloud_outage_spools_and_drains_and_survives_a_coordinator_kill(fleet, h
     assert st.state == "running" and st.pending_escalations > 0
     assert st.done_items + st.pending_escalations == len(truth)
     spooled = st.pending_escalations
+    # The job keeps answering: every item has an answer, the spooled ones degraded.
+    now = list(fleet.client.results(status.job_id, include_pending=True))
+    assert Counter(r.id for r in now) == Counter(set(truth))
+    provisional = [r for r in now if r.provisional]
+    assert len(provisional) == spooled
+    assert all(r.tier == "edge" and r.extra["degraded"] and r.seq == 0 for r in provisional)
 
     fleet.coordinator.kill()  # SIGKILL with a non-empty spool
     store = JobStore(str(fleet.state_dir / "jobs.sqlite3"))
