@@ -153,22 +153,25 @@ class InferenceEngine:
             outcome = OUTCOMES.get(type(exc), "error")
             raise
         finally:
-            total = time.perf_counter() - t_start
-            with self._lock:
-                self._in_flight -= 1
-                if outcome == "success":
-                    ms = total * 1000.0
-                    self.latency_ewma_ms = ms if not self.latency_ewma_ms else (
-                        LATENCY_ALPHA * ms + (1 - LATENCY_ALPHA) * self.latency_ewma_ms)
-            self.metrics.in_flight.dec()
-            self.metrics.queue_depth.set(self.batcher.depth)
-            self.metrics.requests.labels(mv.spec.name, mv.version, outcome).inc()
-            self.metrics.latency.labels(mv.spec.name, "total").observe(total)
-            if outcome == "success":
-                t = req.timings
-                for phase in ("queue", "preprocess", "inference", "postprocess"):
-                    self.metrics.latency.labels(mv.spec.name, phase).observe(getattr(t, phase))
-                self.stats.request(mv.key, True, total, t.queue, t.preprocess, t.inference,
-                                   t.postprocess)
-            elif outcome in ("error", "deadline_exceeded"):
-                self.stats.request(mv.key, False, total, 0, 0, 0, 0)
+            self._finished(mv, outcome, time.perf_counter() - t_start,
+                           req.timings if outcome == "success" else None)
+
+    def _finished(self, mv: ModelVersion, outcome: str, total: float, timings) -> None:
+        """Account one request in the gauges, metrics, statistics and latency EWMA."""
+        with self._lock:
+            self._in_flight -= 1
+            if timings is not None:
+                ms = total * 1000.0
+                self.latency_ewma_ms = ms if not self.latency_ewma_ms else (
+                    LATENCY_ALPHA * ms + (1 - LATENCY_ALPHA) * self.latency_ewma_ms)
+        self.metrics.in_flight.dec()
+        self.metrics.queue_depth.set(self.batcher.depth)
+        self.metrics.requests.labels(mv.spec.name, mv.version, outcome).inc()
+        self.metrics.latency.labels(mv.spec.name, "total").observe(total)
+        if timings is not None:
+            for phase in ("queue", "preprocess", "inference", "postprocess"):
+                self.metrics.latency.labels(mv.spec.name, phase).observe(getattr(timings, phase))
+            self.stats.request(mv.key, True, total, timings.queue, timings.preprocess,
+                               timings.inference, timings.postprocess)
+        elif outcome in ("error", "deadline_exceeded"):
+            self.stats.request(mv.key, False, total, 0, 0, 0, 0)
