@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from coordinator.config import CoordinatorConfig, build
+from edgeshard import VERSION
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, config_file_from
 
@@ -38,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
         description="edgeshard coordinator: one Open Inference Protocol front for a fleet of "
         "edge nodes, sharded batch jobs, and the admin commands for both.",
     )
+    p.add_argument("--version", action="version", version=f"edge-coordinator {VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the coordinator service",

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 import uuid
-from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 import numpy as np
@@ -24,6 +23,7 @@ from coordinator.cascade_rules import CascadeRule
 from coordinator.clients import ClientPool
 from coordinator.registry import Registry
 from coordinator.router import Router
+from edgeshard import VERSION
 from edgeshard.rpc import guarded, time_left
 from protos import codec, oip_pb2
 from protos.oip_service import InferenceServicer
@@ -45,10 +45,6 @@ STATUS = {
 }
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
-try:
-    SERVER_VERSION = version("edgeshard")
-except PackageNotFoundError:  # a source tree without install
-    SERVER_VERSION = "0+unknown"
 
 
 class NodeStatus(Exception):
@@ -119,7 +115,7 @@ class FrontServicer(InferenceServicer):
     @guard
     def ServerMetadata(self, request, context):
         return oip_pb2.ServerMetadataResponse(
-            name="edgeshard-coordinator", version=SERVER_VERSION,
+            name="edgeshard-coordinator", version=VERSION,
             extensions=["model_configuration", "statistics", "binary_tensor_data"],
         )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_node.config import NodeConfig, build
 from edge_node.errors import ModelLoadError
+from edgeshard import VERSION
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, config_file_from
 
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"edge-node {VERSION}")
     p.add_argument("--config", type=Path, help="TOML config file; env EDGESHARD_CONFIG")
     add_flags(p, NodeConfig)
     return p

@@ -24,7 +24,8 @@ from edge_node.errors import ModelLoadError
 from edge_node.metrics import NodeMetrics
 from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
-from edge_node.servicer import SERVER_VERSION, NodeServicer
+from edge_node.servicer import NodeServicer
+from edgeshard import VERSION
 from protos.discovery import NodeAdvert
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
@@ -111,7 +112,7 @@ class EdgeNodeServer:
         if cfg.coordinator:
             self._link = CoordinatorLink(cfg.coordinator, self.node_id, address,
                                          self.models_served, self.load_report,
-                                         software_version=SERVER_VERSION)
+                                         software_version=VERSION)
             self._link.start()
         if cfg.advertise:
             from edge_node.advertise import Advertiser  # zeroconf only when asked for

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 
@@ -18,6 +17,7 @@ from edge_node.engine import InferenceEngine
 from edge_node.pipeline import OUTPUT_NAMES
 from edge_node.repository import ModelVersion
 from edge_node.stats import Duration
+from edgeshard import VERSION
 from edgeshard.rpc import guarded, time_left
 from protos import codec, oip_pb2
 from protos import model_config_pb2 as mc
@@ -38,10 +38,6 @@ STATUS = {
 SERVER_NAME = "edgeshard-edge-node"
 EXTENSIONS = ["model_configuration", "statistics", "binary_tensor_data"]
 
-try:
-    SERVER_VERSION = version("edgeshard")
-except PackageNotFoundError:  # running from a source tree without install
-    SERVER_VERSION = "0+unknown"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -79,7 +75,7 @@ class NodeServicer(InferenceServicer):
     @_guard
     def ServerMetadata(self, request, context):
         return oip_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+            name=SERVER_NAME, version=VERSION, extensions=EXTENSIONS
         )
 
     @_guard
