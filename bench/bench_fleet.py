@@ -46,15 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving import (  # noqa: E402
     Result,
-    drive,
     fmt,
     machine_busy_seconds,
     machine_info,
     proc_cpu_seconds,
+    served_ours,
 )
 
 import edgeshard_models  # noqa: E402
-from coordinator.clients import OIPClient  # noqa: E402
 from coordinator.fleet_clients import CoordinatorClient  # noqa: E402
 from coordinator.jobinput import ItemSource  # noqa: E402
 from coordinator.launcher import NodeProcess, start_coordinator, start_node  # noqa: E402
@@ -119,28 +118,6 @@ def fleet(nodes: int, workers: int = 1, standalone_workers: int = 0, coordinator
 
 
 # -- online ----------------------------------------------------------------------------------
-def online_case(addresses: list[str], label: str, model: str, images: np.ndarray, batch: int,
-                threads: int, seconds: float, warmup: float, pids: list[int]) -> Result:
-    clients: list[OIPClient] = []
-    lock = threading.Lock()
-
-    def make_call(i: int):
-        client = OIPClient(addresses[i % len(addresses)])
-        with lock:
-            clients.append(client)
-        client.wait_ready(10)
-        x = np.ascontiguousarray(images[:batch])
-        return lambda: client.classify(model, x, timeout=30.0)
-
-    try:
-        n, elapsed, lat, (scpu, ccpu, other), errs = drive(make_call, threads, seconds, warmup,
-                                                           pids)
-    finally:
-        for c in clients:
-            c.close()
-    return Result(label, "OIPClient", batch, threads, n, elapsed, lat, scpu, ccpu, errs, other)
-
-
 def run_online(model: str, seconds: float, warmup: float, threads: list[int],
                batches: list[int]) -> list[tuple[Result, Result]]:
     images, _ = edgeshard_models.load_holdout()
@@ -149,10 +126,10 @@ def run_online(model: str, seconds: float, warmup: float, threads: list[int],
         direct = [n.address for n in f.nodes]
         for batch in batches:
             for t in threads:
-                d = online_case(direct, "direct (2 nodes)", model, images, batch, t,
-                                seconds, warmup, f.pids)
-                c = online_case([f.coordinator.address], "via coordinator", model, images,
-                                batch, t, seconds, warmup, f.pids)
+                d = served_ours(direct, model, images, batch, t, seconds, warmup, f.pids,
+                                "direct (2 nodes)")
+                c = served_ours([f.coordinator.address], model, images, batch, t, seconds,
+                                warmup, f.pids, "via coordinator")
                 pairs.append((d, c))
     return pairs
 

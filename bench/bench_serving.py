@@ -240,13 +240,15 @@ def drive(make_call, threads: int, seconds: float, warmup: float, pids: list[int
     return len(all_lat), elapsed, all_lat, (node_cpu, client_cpu, other), sum(errs)
 
 
-def served_ours(address: str, model: str, images: np.ndarray, batch: int, threads: int,
-                seconds: float, warmup: float, pid: int) -> Result:
+def served_ours(addresses: list[str], model: str, images: np.ndarray, batch: int,
+                threads: int, seconds: float, warmup: float, pids: list[int],
+                label: str = "served") -> Result:
+    """Client threads with our OIPClient, spread over ``addresses`` round-robin."""
     clients: list[OIPClient] = []
     lock = threading.Lock()
 
-    def make_call(_: int):
-        client = OIPClient(address)
+    def make_call(i: int):
+        client = OIPClient(addresses[i % len(addresses)])
         with lock:
             clients.append(client)
         client.wait_ready(10)
@@ -254,13 +256,12 @@ def served_ours(address: str, model: str, images: np.ndarray, batch: int, thread
         return lambda: client.classify(model, x, timeout=30.0)
 
     try:
-        n, elapsed, lat, (ncpu, ccpu, other), errs = drive(make_call, threads, seconds, warmup,
-                                                           [pid])
+        n, elapsed, lat, (scpu, ccpu, other), errs = drive(make_call, threads, seconds, warmup,
+                                                           pids)
     finally:
         for c in clients:
             c.close()
-    return Result("served", "OIPClient", batch, threads, n, elapsed, lat, ncpu, ccpu, errs,
-                  other)
+    return Result(label, "OIPClient", batch, threads, n, elapsed, lat, scpu, ccpu, errs, other)
 
 
 def served_triton(address: str, model: str, images: np.ndarray, batch: int, threads: int,
@@ -375,8 +376,8 @@ def main() -> int:
         pid = node.process.pid
         for batch in batches:
             for threads in thread_counts:
-                served.append(served_ours(node.address, args.model, images, batch, threads,
-                                          seconds, warmup, pid))
+                served.append(served_ours([node.address], args.model, images, batch, threads,
+                                          seconds, warmup, [pid]))
         if not args.no_triton:
             served.append(served_triton(node.address, args.model, images, 32, 4, seconds,
                                         warmup, pid))
