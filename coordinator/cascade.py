@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 class Decision:
     """The cascade's answer for a batch, item by item."""
 
-    labels: np.ndarray
+    labels: np.ndarray  # the answer: the cloud's where it answered, else the edge's
     confidences: np.ndarray
+    edge_labels: np.ndarray
+    edge_confidences: np.ndarray
     tiers: list[str]
     escalated: np.ndarray  # bool: the policy sent the item to the cloud
     cloud_answered: np.ndarray  # bool
@@ -85,8 +87,8 @@ class Cascade:
             for outcome, count in counts.items():
                 if count:
                     self.on_decision(rule.model, outcome, count)
-        return Decision(labels, confidences, tiers, escalate, answered, cloud_labels,
-                        cloud_conf, reason, counts)
+        return Decision(labels, confidences, edge_labels, edge_conf, tiers, escalate, answered,
+                        cloud_labels, cloud_conf, reason, counts)
 
     def job_results(self, rule: CascadeRule, ids: Sequence[str], items: np.ndarray,
                     probabilities: np.ndarray, node: str, version: str,
@@ -94,10 +96,9 @@ class Cascade:
         """Final results for a shard, and the escalations the cloud left for the spool."""
         d = self.decide(rule, items, probabilities, ids, timeout)
         results, pending = [], []
-        edge_labels = probabilities.argmax(axis=1)
-        edge_conf = probabilities.max(axis=1)
         for i, item in enumerate(ids):
-            extra = {"edge_label": int(edge_labels[i]), "edge_confidence": float(edge_conf[i]),
+            extra = {"edge_label": int(d.edge_labels[i]),
+                     "edge_confidence": float(d.edge_confidences[i]),
                      "escalated": bool(d.escalated[i]), "degraded": False}
             if d.cloud_answered[i]:
                 extra.update(cloud_label=int(d.cloud_labels[i]),

@@ -232,8 +232,8 @@ class FrontServicer(InferenceServicer):
         codec.set_param(out.parameters, "escalated", int(d.escalated.sum()))
         codec.set_param(out.parameters, "degraded", int(d.degraded.sum()))
         if len(probs) == 1:
-            codec.set_param(out.parameters, "edge_label", int(probs[0].argmax()))
-            codec.set_param(out.parameters, "edge_confidence", float(probs[0].max()))
+            codec.set_param(out.parameters, "edge_label", int(d.edge_labels[0]))
+            codec.set_param(out.parameters, "edge_confidence", float(d.edge_confidences[0]))
             if answered:
                 codec.set_param(out.parameters, "cloud_label", int(d.cloud_labels[0]))
                 codec.set_param(out.parameters, "cloud_confidence",
