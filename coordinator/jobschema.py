@@ -68,7 +68,8 @@ CREATE INDEX results_by_shard ON results (shard_id);
 
 # Version 2: the escalation spool. An item the edge answered without confidence, that the
 # cloud could not answer yet, waits here with its data and its edge answer (the fallback,
-# final if the escalation expires); its final result is written when it leaves.
+# final if the escalation expires); its final result is written when it leaves. Jobs count
+# their cloud and degraded results as they are written, so progress reads never rescan.
 SPOOL_SCHEMA = """
 CREATE TABLE spool (
     spool_id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- drain order: oldest first
@@ -84,7 +85,11 @@ CREATE TABLE spool (
     expires_at    REAL NOT NULL,
     UNIQUE (job_id, item_id)
 );
-CREATE INDEX spool_by_shard ON spool (shard_id)
+CREATE INDEX spool_by_shard ON spool (shard_id);
+-- final results the cloud gave, and edge answers kept degraded (no trailing comment on an
+-- ALTER: SQLite copies it into the table's stored CREATE statement and breaks it)
+ALTER TABLE jobs ADD COLUMN cloud_items INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN degraded_items INTEGER NOT NULL DEFAULT 0
 """
 
 

@@ -59,7 +59,7 @@ from coordinator.errors import (
 from coordinator.jobinput import ItemSource
 from coordinator.jobs import CompleteOutcome, JobInfo, JobProgress, Lease, ResultRow
 from coordinator.jobschema import migrate
-from coordinator.resultrows import count_done, insert_results, result_params
+from coordinator.resultrows import insert_results, result_params
 from coordinator.spool import Escalation, SpoolLimits
 
 log = logging.getLogger(__name__)
@@ -210,9 +210,7 @@ class JobStore:
             "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'leased'), "
             "j.created_at, j.finished_at, j.error, "
             "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
-            "(SELECT COUNT(*) FROM results r WHERE r.job_id = j.job_id AND r.tier = 'cloud'), "
-            "(SELECT COUNT(*) FROM results r WHERE r.job_id = j.job_id "
-            "AND json_extract(r.extra, '$.degraded') = 1) "
+            "j.cloud_items, j.degraded_items "
             f"FROM jobs j {where} ORDER BY j.num",
             args).fetchall()
         return [JobProgress(*row) for row in rows]
@@ -405,7 +403,7 @@ class JobStore:
             spooled, overflow = spool.admit(db, job_id, shard_id, model, fresh,
                                             spool_limits or SpoolLimits(), now)
             rows += [result_params(r) for r in overflow]
-            accepted = insert_results(db, job_id, shard_id, attempt, rows)
+            accepted = insert_results(db, job_id, shard_id, attempt, rows, now)
             answered = db.execute("SELECT COUNT(*) FROM results WHERE shard_id = ?",
                                   (shard_id,)).fetchone()[0]
             if answered + spool.pending_for_shard(db, shard_id) == item_count:
@@ -417,7 +415,6 @@ class JobStore:
                 db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
                            "lease_expires = NULL, last_error = 'partial results' "
                            "WHERE shard_id = ?", (shard_id,))
-            count_done(db, job_id, accepted, now)
         return CompleteOutcome(accepted, len(rows) - accepted, stale, spooled=spooled,
                                overflow=len(overflow))
 

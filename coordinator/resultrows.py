@@ -18,25 +18,27 @@ from coordinator.jobs import ResultRow
 
 
 def insert_results(db: sqlite3.Connection, job_id: str, shard_id: int, attempt: int,
-                    rows: Sequence[tuple]) -> int:
-    """Insert validated result rows; an item that already has a result keeps it."""
-    accepted = 0
+                   rows: Sequence[tuple], now: float) -> int:
+    """Insert validated result rows (an item that already has a result keeps it), count the
+    accepted ones on the job, and finish the job when every item has its result."""
+    accepted = cloud = degraded = 0
     for params in rows:
         cur = db.execute(
             "INSERT INTO results (job_id, item_id, shard_id, attempt, label, confidence, "
             "tier, node, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (job_id, item_id) DO NOTHING",
             (job_id, params[0], shard_id, attempt, *params[1:]))
-        accepted += cur.rowcount
-    return accepted
-
-
-def count_done(db: sqlite3.Connection, job_id: str, accepted: int, now: float) -> None:
+        if cur.rowcount:
+            accepted += 1
+            cloud += params[3] == "cloud"
+            degraded += bool(json.loads(params[6]).get("degraded"))
     if accepted:
-        db.execute("UPDATE jobs SET done_items = done_items + ? WHERE job_id = ?",
-                   (accepted, job_id))
+        db.execute("UPDATE jobs SET done_items = done_items + ?, cloud_items = cloud_items + ?, "
+                   "degraded_items = degraded_items + ? WHERE job_id = ?",
+                   (accepted, cloud, degraded, job_id))
         db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE job_id = ? "
                    "AND done_items = total_items AND state = 'running'", (now, job_id))
+    return accepted
 
 
 def result_params(r: ResultRow) -> tuple:

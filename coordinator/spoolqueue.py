@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from coordinator.jobs import ResultRow
 from coordinator.jobstore import JobStore
-from coordinator.resultrows import count_done, insert_results, result_params
+from coordinator.resultrows import insert_results, result_params
 from coordinator.spool import SpoolEntry, select, totals
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ class SpoolQueue:
                     continue  # expired or cancelled meanwhile: its final result stands
                 job_id, shard_id = row
                 db.execute("DELETE FROM spool WHERE spool_id = ?", (spool_id,))
-                n = insert_results(db, job_id, shard_id, 0, [result_params(result)])
-                count_done(db, job_id, n, now)
-                accepted += n
+                accepted += insert_results(db, job_id, shard_id, 0, [result_params(result)], now)
         return accepted
 
     def failed(self, spool_ids: Sequence[int], error: str) -> None:
@@ -66,8 +64,7 @@ class SpoolQueue:
                 db.execute("DELETE FROM spool WHERE spool_id = ?", (e.spool_id,))
                 final = replace(e.fallback, extra={**e.fallback.extra, "degraded": True,
                                                    "expired": True})
-                n = insert_results(db, e.job_id, e.shard_id, 0, [result_params(final)])
-                count_done(db, e.job_id, n, now)
+                insert_results(db, e.job_id, e.shard_id, 0, [result_params(final)], now)
         if entries:
             log.warning("%d escalation(s) expired in the spool; their edge answers are final",
                         len(entries))
