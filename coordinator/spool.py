@@ -117,10 +117,6 @@ def pending_for_shard(db: sqlite3.Connection, shard_id: int) -> int:
                       (shard_id,)).fetchone()[0]
 
 
-def pending_for_job(db: sqlite3.Connection, job_id: str) -> int:
-    return db.execute("SELECT COUNT(*) FROM spool WHERE job_id = ?", (job_id,)).fetchone()[0]
-
-
 def select(db: sqlite3.Connection, where: str, args: tuple, limit: int = -1) -> list[SpoolEntry]:
     rows = db.execute(
         "SELECT spool_id, job_id, item_id, shard_id, model, payload, attempts, created_at, "

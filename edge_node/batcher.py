@@ -98,7 +98,6 @@ class Batcher:
         self._threads: list[threading.Thread] = []
         self._ready = threading.Barrier(workers + 1)
         self._startup_errors: list[BaseException] = []
-        self.in_flight = 0  # requests taken by workers and not yet answered
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> None:
@@ -146,17 +145,13 @@ class Batcher:
             interpreters = None
             if self._inline and not self._queue and self._idle:
                 interpreters = self._idle.pop()
-                self.in_flight += 1
             else:
                 self._queue.append(req)
                 self._cond.notify()
         if interpreters is not None:
             try:
-                if self._usable(req):
+                if self._usable(req):  # a fresh request: neither cancelled nor late
                     self._run_batch(interpreters, [req])
-                else:  # pragma: no cover - a fresh request is neither cancelled nor late
-                    with self._cond:
-                        self.in_flight -= 1
             finally:
                 self._give_back(interpreters)
         return req
@@ -207,7 +202,6 @@ class Batcher:
                 if rows >= limit or remaining <= 0 or self._stopping:
                     break
                 self._cond.wait(remaining)
-            self.in_flight += len(batch)
             return batch, interpreters
 
     def _gather(self, key: Any, batch: list[Request], rows: int, limit: int) -> int:
@@ -258,8 +252,6 @@ class Batcher:
             for req in batch:
                 _fail(req, exc)
         finally:
-            with self._cond:
-                self.in_flight -= len(batch)
             if self._on_batch is not None:
                 self._on_batch(key, sum(r.rows for r in batch), batch)
 
