@@ -52,19 +52,10 @@ class NodeStatus(Exception):
 
     def __init__(self, code: grpc.StatusCode, details: str):
         super().__init__(details)
-        self.code = code
+        self.status_code = code  # edgeshard.rpc.status_for answers with it
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, NodeStatus):
-        return exc.code, str(exc)
-    for kind, code in STATUS.items():
-        if isinstance(exc, kind):
-            return code, str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error (see the coordinator's log)"
-
-
-guard = guarded(status_for, log)
+guard = guarded(STATUS, "coordinator", log)
 
 
 class Admission:

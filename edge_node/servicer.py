@@ -40,14 +40,7 @@ EXTENSIONS = ["model_configuration", "statistics", "binary_tensor_data"]
 
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    for kind, code in STATUS.items():
-        if isinstance(exc, kind):
-            return code, str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error (see the node's log)"
-
-
-_guard = guarded(status_for, log)
+_guard = guarded(STATUS, "node", log)
 
 
 class NodeServicer(InferenceServicer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -19,7 +19,21 @@ def time_left(context: grpc.ServicerContext, default: float | None = None) -> fl
     return remaining
 
 
-def guarded(status_for: Callable[[BaseException], tuple[grpc.StatusCode, str]],
+def status_for(exc: BaseException, table: Mapping[type, grpc.StatusCode],
+               process: str) -> tuple[grpc.StatusCode, str]:
+    """The status for an exception: its own ``status_code`` attribute (a peer's status
+    passed through), else the first ``table`` entry it is an instance of, else INTERNAL
+    with a generic message that points at ``process``'s log."""
+    own = getattr(exc, "status_code", None)
+    if isinstance(own, grpc.StatusCode):
+        return own, str(exc)
+    for kind, code in table.items():
+        if isinstance(exc, kind):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (see the {process}'s log)"
+
+
+def guarded(table: Mapping[type, grpc.StatusCode], process: str,
             log: logging.Logger) -> Callable:
     """Decorator for servicer methods: an exception becomes the status ``status_for`` maps
     it to; INTERNAL ones (anything unexpected) are logged with their traceback and answered
@@ -27,7 +41,7 @@ def guarded(status_for: Callable[[BaseException], tuple[grpc.StatusCode, str]],
 
     def decorate(method: Callable) -> Callable:
         def abort(context, exc: Exception):
-            code, message = status_for(exc)
+            code, message = status_for(exc, table, process)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
             context.abort(code, message)
