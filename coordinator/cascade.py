@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,8 +41,6 @@ class Decision:
     cloud_answered: np.ndarray  # bool
     cloud_labels: np.ndarray
     cloud_confidences: np.ndarray
-    reason: str = ""  # why escalated items went unanswered
-    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def degraded(self) -> np.ndarray:
@@ -69,7 +67,6 @@ class Cascade:
         cloud_labels = np.full(n, -1, dtype=np.int64)
         cloud_conf = np.zeros(n, dtype=np.float32)
         answered = np.zeros(n, dtype=bool)
-        reason = ""
         idx = np.flatnonzero(escalate)
         if len(idx):
             answer = self.cloud.ask(rule.cloud_model, items[idx], timeout)
@@ -77,7 +74,6 @@ class Cascade:
             cloud_labels[got] = answer.labels
             cloud_conf[got] = answer.confidences
             answered[got] = True
-            reason = answer.reason
         labels = np.where(answered, cloud_labels, edge_labels)
         confidences = np.where(answered, cloud_conf, edge_conf).astype(np.float32)
         tiers = ["cloud" if a else "edge" for a in answered]
@@ -88,7 +84,7 @@ class Cascade:
                 if count:
                     self.on_decision(rule.model, outcome, count)
         return Decision(labels, confidences, edge_labels, edge_conf, tiers, escalate, answered,
-                        cloud_labels, cloud_conf, reason, counts)
+                        cloud_labels, cloud_conf)
 
     def job_results(self, rule: CascadeRule, ids: Sequence[str], items: np.ndarray,
                     probabilities: np.ndarray, node: str, version: str,

@@ -42,10 +42,6 @@ class CloudAnswer:
     answered: int
     reason: str = ""  # why the remaining items were not answered
 
-    @property
-    def complete(self) -> bool:
-        return not self.reason
-
 
 class CloudTier:
     def __init__(self, transport: Transport, breaker: CircuitBreaker, budget: TokenBucket,
