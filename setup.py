@@ -40,7 +40,11 @@ directives = {
 }
 
 setup(
-    packages=["edgeshard", "edge_node", "coordinator", "protos", "ext", "edgeshard_models"],
+    packages=[
+        "edgeshard", "edge_node", "protos", "ext", "edgeshard_models",
+        "coordinator", "coordinator.api", "coordinator.cascade", "coordinator.cli",
+        "coordinator.fleet", "coordinator.jobs",
+    ],
     package_dir={"edgeshard_models": "models"},
     package_data={
         "ext": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],

@@ -54,9 +54,9 @@ from bench_serving import (  # noqa: E402
 )
 
 import edgeshard_models  # noqa: E402
-from coordinator.fleet_clients import CoordinatorClient  # noqa: E402
-from coordinator.jobinput import ItemSource  # noqa: E402
-from coordinator.launcher import NodeProcess, start_coordinator, start_node  # noqa: E402
+from coordinator.api.control_client import CoordinatorClient  # noqa: E402
+from coordinator.cli.launcher import NodeProcess, start_coordinator, start_node  # noqa: E402
+from coordinator.jobs.items import ItemSource  # noqa: E402
 
 QUIET = ["--log-level", "WARNING"]
 

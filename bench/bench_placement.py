@@ -12,7 +12,7 @@ import statistics
 import timeit
 from collections import Counter
 
-from coordinator.placement import (
+from coordinator.fleet.placement import (
     BoundedLoadAssigner,
     Candidate,
     moved_keys,
@@ -22,7 +22,7 @@ from coordinator.placement import (
     rendezvous_score,
     top_choice,
 )
-from coordinator.rebalance import SlowNodePolicy
+from coordinator.fleet.rebalance import SlowNodePolicy
 
 
 def per_call_us(stmt, number: int) -> float:

@@ -38,8 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgeshard_models  # noqa: E402
-from coordinator.clients import OIPClient  # noqa: E402
-from coordinator.launcher import start_node  # noqa: E402
+from coordinator.api.clients import OIPClient  # noqa: E402
+from coordinator.cli.launcher import start_node  # noqa: E402
 
 MAX_REQUESTS_PER_THREAD = 200_000  # a hard bound next to the time bound
 CLK_TCK = os.sysconf("SC_CLK_TCK")

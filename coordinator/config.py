@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.cascade_rules import CascadeRule, parse_cascade
+from coordinator.cascade.rules import CascadeRule, parse_cascade
 from edgeshard import settings
 from edgeshard.settings import check, check_port
 
@@ -129,7 +129,7 @@ class CoordinatorConfig:
     cloud_budget_per_s: float | None = field(
         default=None, metadata=_help("escalated items per second the cloud may see"))
     """Rate budget (token bucket, burst = one second's worth); items over it are spooled
-    and drained within the budget. Unset: unlimited."""
+    and replayed within the budget. Unset: unlimited."""
 
     cloud_cost_per_call: float = field(default=0.0, metadata=_help("cost of one cloud call"))
     """Counted in metrics and reports (currency of your choice)."""

@@ -1,11 +1,14 @@
-"""Exceptions of the coordinator. Transport-free: server code maps them to gRPC codes."""
+"""Exceptions of the coordinator. Transport-free: each subclasses one of
+``edgeshard.errors``' kinds, which ``edgeshard.rpc.STATUS`` maps to a gRPC status."""
+
+from edgeshard import errors as kinds
 
 
-class CoordinatorError(Exception):
+class CoordinatorError(kinds.EdgeshardError):
     """Base class of every error the coordinator raises on purpose."""
 
 
-class JobInputError(CoordinatorError):
+class JobInputError(CoordinatorError, kinds.InvalidArgumentError):
     """A job's input file (or array) is malformed; the message names file, item and field."""
 
     def __init__(self, message: str, path: str | None = None, item: int | None = None,
@@ -16,15 +19,15 @@ class JobInputError(CoordinatorError):
         self.field = field
 
 
-class InvalidJobError(CoordinatorError):
+class InvalidJobError(CoordinatorError, kinds.InvalidArgumentError):
     """A job request's own arguments (model, shard size, params, job id) are invalid."""
 
 
-class JobConflictError(CoordinatorError):
+class JobConflictError(CoordinatorError, kinds.AlreadyExistsError):
     """A caller-supplied job id already names a job with different content."""
 
 
-class JobNotFoundError(CoordinatorError):
+class JobNotFoundError(CoordinatorError, kinds.NotFoundError):
     """No job has the given id."""
 
 
@@ -36,25 +39,25 @@ class InvalidResultError(CoordinatorError):
     """Results name an item outside their shard, or an attempt that was never leased."""
 
 
-class UnknownNodeError(CoordinatorError):
+class UnknownNodeError(CoordinatorError, kinds.NotFoundError):
     """An admin command names a node the coordinator does not know."""
 
 
-class ModelNotServedError(CoordinatorError):
+class ModelNotServedError(CoordinatorError, kinds.NotFoundError):
     """No known node has ever offered the requested model (version)."""
 
 
-class NoNodeAvailableError(CoordinatorError):
+class NoNodeAvailableError(CoordinatorError, kinds.UnavailableError):
     """Nodes offer the model but none is live and undrained right now."""
 
 
-class FleetSaturatedError(CoordinatorError):
+class FleetSaturatedError(CoordinatorError, kinds.ResourceExhaustedError):
     """Every eligible node is at capacity, or the coordinator's own bound is reached."""
 
 
-class ShuttingDownError(CoordinatorError):
+class ShuttingDownError(CoordinatorError, kinds.UnavailableError):
     """The coordinator is draining and accepts no new work."""
 
 
-class InvalidRequestError(CoordinatorError):
+class InvalidRequestError(CoordinatorError, kinds.InvalidArgumentError):
     """A control-plane request lacks a required field or has a malformed one."""

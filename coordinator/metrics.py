@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 
 
 class CoordinatorMetrics:
+    """The coordinator's Prometheus metrics in a registry of its own, and their HTTP endpoint."""
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.forwarded = Counter(
@@ -53,30 +54,36 @@ class CoordinatorMetrics:
         self._server = None
 
     def decision(self, model: str, outcome: str, items: int) -> None:
+        """Count ``items`` cascade decisions of ``outcome`` (accepted, answered, unanswered)."""
         self.escalations.labels(model, outcome).inc(items)
 
     def cloud_call(self, model: str, outcome: str, items: int, seconds: float) -> None:
+        """Count a cloud call and its ``items`` by outcome; time (``seconds``) answered ones."""
         self.cloud_calls.labels(model, outcome).inc()
         self.cloud_items.labels(model, outcome).inc(items)
         if outcome == "answered":
             self.cloud_seconds.labels(model).observe(seconds)
 
     def forwarded_result(self, node: str, code: str, seconds: float) -> None:
+        """Count an online request forwarded to ``node`` by status; time (``seconds``) OK ones."""
         self.forwarded.labels(node, code).inc()
         if code == "OK":
             self.forward_seconds.labels(node).observe(seconds)
 
     def committed(self, node: str, accepted: int, duplicates: int) -> None:
+        """Count ``accepted`` job results committed from ``node`` and ``duplicates`` discarded."""
         self.items.labels(node).inc(accepted)
         if duplicates:
             self.duplicates.inc(duplicates)
 
     def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` over HTTP on ``host:port`` (0: a free port); returns the port."""
         self._server, _ = start_http_server(port, addr=host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
         return self._server.server_port
 
     def close(self) -> None:
+        """Stop the HTTP endpoint, if serving."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

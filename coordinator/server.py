@@ -19,24 +19,35 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coordinator.breaker import BreakerState, CircuitBreaker
-from coordinator.budget import CostMeter, TokenBucket
-from coordinator.cascade import Cascade, Drainer
-from coordinator.clients import ClientPool, cloud_transport, shard_runner
-from coordinator.cloud import CloudTier
+from coordinator.api.clients import (
+    ClientPool,
+    cloud_transport,
+    max_batch_asker,
+    node_classifier,
+)
+from coordinator.api.fleet_servicer import FleetServicer
+from coordinator.api.inference_servicer import InferenceServicer
+from coordinator.api.jobs_servicer import JobsServicer
+from coordinator.cascade.breaker import BreakerState, CircuitBreaker
+from coordinator.cascade.budget import CostMeter, TokenBucket
+from coordinator.cascade.cloud import CloudTier
+from coordinator.cascade.decision import Cascade
 from coordinator.config import CoordinatorConfig
-from coordinator.dispatcher import Dispatcher
-from coordinator.fleet_servicer import FleetServicer
-from coordinator.jobs_servicer import JobsServicer
-from coordinator.jobstore import JobStore
-from coordinator.membership import Membership
+from coordinator.fleet.catalog import ModelCatalog
+from coordinator.fleet.forwarder import Forwarder
+from coordinator.fleet.membership import Membership
+from coordinator.fleet.registry import Registry
+from coordinator.fleet.router import Router
+from coordinator.jobs.dispatcher import Dispatcher
+from coordinator.jobs.replayer import SpoolReplayer
+from coordinator.jobs.runner import ShardRunner
+from coordinator.jobs.service import JobService
+from coordinator.jobs.spool import SpoolLimits
+from coordinator.jobs.spool_queue import SpoolQueue
+from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.registry import Registry
-from coordinator.router import Router
-from coordinator.servicer import FrontServicer
-from coordinator.spool import SpoolLimits
-from coordinator.spoolqueue import SpoolQueue
-from protos import fleet_pb2, fleet_pb2_grpc, oip_pb2
+from edgeshard.transport import add_port, message_options
+from protos import fleet_pb2, fleet_pb2_grpc
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
 
@@ -46,12 +57,22 @@ FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs")
 
 
 class CoordinatorServer:
+    """One coordinator process: builds the domain objects, serves the gRPC API, drains.
+
+    ``start`` raises ``OSError`` (port or state dir unavailable), ``sqlite3.DatabaseError``
+    (a corrupt store) or ``CoordinatorError``; ``stop(grace)`` drains for ``grace`` seconds
+    (the config's ``grace_seconds`` by default).
+    """
+
     def __init__(self, config: CoordinatorConfig):
         self.config = config
         self.metrics = CoordinatorMetrics()
         self.registry = Registry(config.suspect_after_s, config.dead_after_s)
         self.clients = ClientPool(config.max_message_bytes)
         self.router = Router(self.registry, config.epsilon)
+        self.forwarder = Forwarder(self.registry, self.router, config.max_in_flight,
+                                   on_result=self.metrics.forwarded_result)
+        self.catalog = ModelCatalog(self.registry, max_batch_asker(self.clients))
         self.membership = Membership(
             self.registry, lambda address, timeout: self.clients.get(address).probe(timeout),
             config.probe_interval_s, config.probe_timeout_s)
@@ -59,42 +80,20 @@ class CoordinatorServer:
         self.stopping = threading.Event()
         self.store: JobStore | None = None
         self.dispatcher: Dispatcher | None = None
-        self.front: FrontServicer | None = None
+        self.front: InferenceServicer | None = None
         self.discovery = None
         self.port = 0
         self.metrics_port: int | None = None
         self._server: grpc.Server | None = None
-        self._max_batch: dict[str, int] = {}
         self._lock_file = None
         self.cascade: Cascade | None = None
         self.cloud: CloudTier | None = None
         self.cost: CostMeter | None = None
-        self.drainer: Drainer | None = None
-
-    # -- helpers for the servicers ---------------------------------------------------------
-    def max_batch_size(self, model: str) -> int | None:
-        """The model's max batch size at the nodes (asked once, from a live node)."""
-        if model not in self._max_batch:
-            nodes = self.registry.routable(model)
-            if not nodes:
-                return None
-            try:
-                config = self.clients.get(nodes[0].address).stub.ModelConfig(
-                    oip_pb2.ModelConfigRequest(name=model), timeout=5.0).config
-            except grpc.RpcError:
-                return None
-            if config.max_batch_size > 0:
-                self._max_batch[model] = config.max_batch_size
-        return self._max_batch.get(model)
-
-    def model_known(self, model: str) -> bool:
-        return any(n.serves(model) for n in self.registry.snapshot())
-
-    def job_shares(self, job_id: str) -> dict[str, int]:
-        return self.store.shares(job_id)
+        self.replayer: SpoolReplayer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Open the state, start membership, jobs and the cascade, then serve."""
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
@@ -102,36 +101,30 @@ class CoordinatorServer:
         for address in cfg.node:
             self.registry.add_candidate(address, "seed")
         self.cascade = self._build_cascade()
+        spool = SpoolQueue(self.store)
         self.dispatcher = Dispatcher(
             self.store, self.registry,
-            shard_runner(self.clients, cfg.shard_deadline_s, self.cascade, cfg.cloud_timeout_s),
+            ShardRunner(self.forwarder, node_classifier(self.clients), cfg.shard_deadline_s,
+                        self.cascade, cfg.cloud_timeout_s),
             cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed,
             spool_limits=SpoolLimits(cfg.spool_max_items, cfg.spool_max_bytes, cfg.spool_ttl_s))
         if self.cascade is not None:
-            self.drainer = Drainer(SpoolQueue(self.store), self.cascade, cfg.cloud_timeout_s,
-                                   on_change=self.dispatcher.notify)
-        self.front = FrontServicer(self.registry, self.router, self.clients,
-                                   cfg.request_timeout_s, cfg.max_in_flight,
-                                   on_result=self.metrics.forwarded_result,
-                                   cascade=self.cascade)
+            self.replayer = SpoolReplayer(spool, self.cascade, cfg.cloud_timeout_s,
+                                          on_change=self.dispatcher.notify)
+        self.front = InferenceServicer(self.registry, self.forwarder, self.clients,
+                                       cfg.request_timeout_s, cascade=self.cascade)
+        jobs = JobService(self.store, self.catalog, cfg.shard_size, self.dispatcher.notify,
+                          self.stopping, pending=spool.pending)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="coord-grpc"),
-            options=[("grpc.max_send_message_length", cfg.max_message_bytes),
-                     ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                     ("grpc.so_reuseport", 0)],
+            options=[*message_options(cfg.max_message_bytes), ("grpc.so_reuseport", 0)],
         )
-        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-        if self.port == 0:
-            raise OSError(f"port: cannot bind {cfg.host}:{cfg.port} (in use?)")
+        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s), self._server)
-        fleet_pb2_grpc.add_JobsServicer_to_server(
-            JobsServicer(self.store, cfg.shard_size, self.max_batch_size,
-                         self.dispatcher.notify, self.job_shares, self.stopping,
-                         model_known=self.model_known,
-                         pending=SpoolQueue(self.store).pending), self._server)
+        fleet_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
@@ -139,8 +132,8 @@ class CoordinatorServer:
         self.membership.run_round()  # admit reachable seeds before taking work
         self.membership.start()
         self.dispatcher.start()
-        if self.drainer is not None:
-            self.drainer.start()
+        if self.replayer is not None:
+            self.replayer.start()
         if cfg.discover:
             self._start_discovery()
         if cfg.metrics_port is not None:
@@ -185,16 +178,12 @@ class CoordinatorServer:
                           "coordinator; give each coordinator its own --state-dir") from None
 
     def _start_discovery(self) -> None:
-        from coordinator.discovery import Discovery  # zeroconf only when asked for
+        from coordinator.fleet.discovery import Discovery  # zeroconf only when asked for
 
         def found(advert) -> None:
-            for host in advert.addresses or ("127.0.0.1",):
-                address = f"{host}:{advert.port}"
-                self.registry.add_candidate(address, "discovered", node_id=advert.node_id,
-                                            capacity=advert.capacity)
-                if self.membership.probe_now(address):
-                    log.info("discovered node %s at %s", advert.node_id, address)
-                    return
+            hosts = advert.addresses or ("127.0.0.1",)
+            self.membership.discovered([f"{h}:{advert.port}" for h in hosts],
+                                       advert.node_id, advert.capacity)
 
         self.discovery = Discovery(found, interfaces=list(self.config.mdns_interface) or None)
         self.discovery.start()
@@ -205,7 +194,7 @@ class CoordinatorServer:
             for state in ("candidate", "live", "suspect", "dead", "draining"):
                 self.metrics.nodes.labels(state).set(states.get(state, 0))
             self.metrics.requeued.set(self.dispatcher.requeued)
-            self.metrics.in_flight.set(self.front.admission.current)
+            self.metrics.in_flight.set(self.forwarder.admission.current)
             if self.cloud is not None:
                 items, size = SpoolQueue(self.store).totals()
                 self.metrics.spool_items.set(items)
@@ -218,6 +207,8 @@ class CoordinatorServer:
             self.health.set(service, status)
 
     def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new RPCs, give in-flight ones ``grace`` seconds,
+        then close threads, channels and the store. Idempotent."""
         if self.stopping.is_set():
             return
         grace = self.config.grace_seconds if grace is None else grace
@@ -232,8 +223,8 @@ class CoordinatorServer:
             self._server.stop(grace).wait()
         if self.dispatcher is not None:
             self.dispatcher.close(timeout=grace)
-        if self.drainer is not None:
-            self.drainer.close()
+        if self.replayer is not None:
+            self.replayer.close()
         self.membership.close()
         self.clients.close()
         self.metrics.close()

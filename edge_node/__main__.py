@@ -34,6 +34,7 @@ Example:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``edge-node`` argument parser: ``--config`` plus one flag per ``NodeConfig`` field."""
     p = argparse.ArgumentParser(
         prog="edge-node",
         description="Serve TFLite models over the Open Inference Protocol (KServe v2 gRPC).",
@@ -47,6 +48,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``edge-node`` with ``argv`` until SIGTERM/SIGINT; returns the exit code.
+
+    2 on a configuration error, 1 when the node cannot start (no loadable model, port in
+    use) or the drain cut work off, else 0.
+    """
     args = parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
     try:

@@ -51,6 +51,11 @@ class Timings:
 
 @dataclass
 class Request:
+    """One queued inference request: ``tensor`` ``[rows, ...]`` for the model version ``key``.
+
+    ``future`` resolves to a tuple of result arrays holding this request's rows (or to the
+    error); ``deadline`` and ``enqueued`` are ``time.monotonic()`` seconds.
+    """
     key: Any  # the model version's key; requests with equal keys may share a batch
     tensor: np.ndarray
     deadline: float | None  # time.monotonic() deadline, None for none
@@ -60,6 +65,7 @@ class Request:
 
     @property
     def rows(self) -> int:
+        """Number of items in the request (the tensor's first dimension)."""
         return int(self.tensor.shape[0])
 
 
@@ -130,10 +136,17 @@ class Batcher:
 
     @property
     def depth(self) -> int:
+        """Number of requests waiting in the queue."""
         return len(self._queue)
 
     # -- producer side ---------------------------------------------------------------------
     def submit(self, key: Any, tensor: np.ndarray, deadline: float | None) -> Request:
+        """Queue ``tensor`` for the model version ``key``; returns the request (await its future).
+
+        With the inline fast path the request may have run in the calling thread already.
+        ``deadline`` is ``time.monotonic()`` seconds (None: no deadline). Raises
+        ``ShuttingDownError`` while stopping and ``OverloadedError`` when the queue is full.
+        """
         req = Request(key, tensor, deadline)
         with self._cond:
             if self._stopping:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from edgeshard.transport import open_channel
 from protos import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ MAX_BACKOFF_S = 5.0
 
 @dataclass(frozen=True)
 class LoadReport:
+    """The node's load for heartbeats: queue depth, in flight, latency EWMA (ms), capacity."""
     queue_depth: int
     in_flight: int
     ewma_latency_ms: float
@@ -44,7 +46,7 @@ class CoordinatorLink:
         self._load = load
         self._software_version = software_version
         self._stop = threading.Event()
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_channel(address)
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="coordinator-link", daemon=True)
         self.epoch = 0
@@ -52,9 +54,11 @@ class CoordinatorLink:
         self.drained = False
 
     def start(self) -> None:
+        """Start the registration and heartbeat thread."""
         self._thread.start()
 
     def close(self) -> None:
+        """Stop the thread (waits up to ``RPC_TIMEOUT_S + 1`` seconds) and close the channel."""
         self._stop.set()
         self._thread.join(RPC_TIMEOUT_S + 1)
         self._channel.close()

@@ -142,11 +142,16 @@ class NodeConfig:
 
     @property
     def public_host(self) -> str:
+        """Host others reach this node at: ``advertise_address``, else ``host``.
+
+        A wildcard ``host`` (``0.0.0.0``, ``::``, empty) gives ``127.0.0.1``.
+        """
         if self.advertise_address:
             return self.advertise_address
         return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
 
     def resolved_node_id(self, bound_port: int) -> str:
+        """``node_id``, or ``<hostname>:<bound_port>`` when none was configured."""
         return self.node_id or f"{socket.gethostname()}:{bound_port}"
 
 

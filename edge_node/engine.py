@@ -39,6 +39,10 @@ OUTCOMES = {  # metric label of each way a request can end
 
 @dataclass(frozen=True)
 class InferResult:
+    """One request's answer: the model version that ran, its outputs and the served request.
+
+    ``request.timings`` holds the per-phase seconds and the batch size it ran in.
+    """
     version: ModelVersion
     outputs: Outputs
     request: Request
@@ -81,12 +85,14 @@ class InferenceEngine:
                  len(self.pipelines), self.config.workers, time.monotonic() - t0)
 
     def stop(self, grace: float) -> bool:
+        """Mark every version not ready, drain the batcher within ``grace`` s; True if drained."""
         for key in self.pipelines:
             self.metrics.ready.labels(*key).set(0)
         return self.batcher.stop(grace)
 
     @property
     def in_flight(self) -> int:
+        """Requests now inside :meth:`infer` (being validated, queued or running)."""
         return self._in_flight
 
     def _make_interpreters(self) -> dict:

@@ -1,11 +1,14 @@
-"""Exceptions of the edge node. Transport-free: server code maps them to gRPC codes."""
+"""Exceptions of the edge node. Transport-free: each subclasses one of
+``edgeshard.errors``' kinds, which ``edgeshard.rpc.STATUS`` maps to a gRPC status."""
+
+from edgeshard import errors as kinds
 
 
-class EdgeNodeError(Exception):
+class EdgeNodeError(kinds.EdgeshardError):
     """Base class of every error the edge node raises on purpose."""
 
 
-class InvalidInputError(EdgeNodeError):
+class InvalidInputError(EdgeNodeError, kinds.InvalidArgumentError):
     """A request field is malformed; ``field`` names it (e.g. ``inputs[0].shape``)."""
 
     def __init__(self, field: str, message: str):
@@ -13,11 +16,11 @@ class InvalidInputError(EdgeNodeError):
         self.field = field
 
 
-class ModelNotFoundError(EdgeNodeError):
+class ModelNotFoundError(EdgeNodeError, kinds.NotFoundError):
     """The requested model or version does not exist in the repository."""
 
 
-class ModelUnavailableError(EdgeNodeError):
+class ModelUnavailableError(EdgeNodeError, kinds.UnavailableError):
     """The model exists but failed to load or is not ready."""
 
 
@@ -25,13 +28,13 @@ class ModelLoadError(EdgeNodeError):
     """A model version could not be loaded (bad config, missing or corrupt file)."""
 
 
-class OverloadedError(EdgeNodeError):
+class OverloadedError(EdgeNodeError, kinds.ResourceExhaustedError):
     """The request queue is full; the client should back off or go elsewhere."""
 
 
-class ShuttingDownError(EdgeNodeError):
+class ShuttingDownError(EdgeNodeError, kinds.UnavailableError):
     """The node is draining and accepts no new work."""
 
 
-class DeadlineExceededError(EdgeNodeError):
+class DeadlineExceededError(EdgeNodeError, kinds.DeadlineExceededError):
     """The request's deadline passed before it could be served."""

@@ -56,6 +56,7 @@ class NodeMetrics:
         return bound
 
     def close(self) -> None:
+        """Stop the /metrics HTTP endpoint, if serving."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

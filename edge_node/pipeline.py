@@ -32,11 +32,17 @@ OUTPUT_NAMES = ("probabilities", "label", "confidence")
 
 @dataclass(frozen=True)
 class Outputs:
+    """A batch's outputs, row-aligned with its inputs.
+
+    ``probabilities`` float32 ``[N, K]``, ``label`` int64 ``[N]``, ``confidence`` float32
+    ``[N]`` (the top-1 probability).
+    """
     probabilities: np.ndarray
     label: np.ndarray
     confidence: np.ndarray
 
     def as_dict(self) -> dict[str, np.ndarray]:
+        """The outputs by their OIP output names."""
         return {
             "probabilities": self.probabilities,
             "label": self.label,

@@ -49,6 +49,11 @@ class ModelSpec:
 
     @classmethod
     def from_toml(cls, path: Path, dir_name: str) -> ModelSpec:
+        """Parse and validate the model config at ``path`` for the model directory ``dir_name``.
+
+        Raises ``ModelLoadError`` naming the file for a missing file, invalid TOML, a missing or
+        mistyped key, a name that differs from the directory, or an unsupported value.
+        """
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
@@ -132,13 +137,16 @@ class ModelVersion:
 
     @property
     def key(self) -> tuple[str, str]:
+        """``(model name, version)``: the version's key in pipelines, batches and statistics."""
         return (self.spec.name, self.version)
 
     @property
     def num_classes(self) -> int:
+        """Number of output classes K (the last dimension of the output tensor)."""
         return int(self.output.shape[-1])
 
     def new_interpreter(self, num_threads: int = 1) -> TFLiteModel:
+        """A new TFLite interpreter for this version, using ``num_threads`` threads."""
         return TFLiteModel(self.content, num_threads=num_threads, source=str(self.path))
 
 
@@ -153,6 +161,7 @@ class ModelEntry:
 
     @property
     def latest(self) -> ModelVersion | None:
+        """The loaded version with the highest number; ``None`` when no version loaded."""
         if not self.versions:
             return None
         return self.versions[max(self.versions, key=int)]
@@ -225,6 +234,10 @@ class ModelRepository:
         self.models: dict[str, ModelEntry] = {}
 
     def load(self) -> None:
+        """Load every model directory under ``root``, recording (not raising) what fails to load.
+
+        Raises ``ModelLoadError`` only when ``root`` is not a directory.
+        """
         if not self.root.is_dir():
             raise ModelLoadError(f"model repository {self.root} is not a directory")
         for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
@@ -254,6 +267,7 @@ class ModelRepository:
         return entry
 
     def ready_versions(self) -> list[ModelVersion]:
+        """Every version that loaded, over all models."""
         return [v for e in self.models.values() for v in e.versions.values()]
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:

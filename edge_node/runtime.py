@@ -43,6 +43,7 @@ class TensorSpec:
 
     @property
     def quantized(self) -> bool:
+        """True when the tensor is quantized (non-zero ``scale``)."""
         return self.scale != 0.0
 
 

@@ -26,6 +26,7 @@ from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
 from edge_node.servicer import NodeServicer
 from edgeshard import VERSION
+from edgeshard.transport import add_port, message_options
 from protos.discovery import NodeAdvert
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
@@ -52,6 +53,10 @@ class EdgeNodeServer:
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        """Load the models, bind the port, warm every worker up, then turn SERVING and announce.
+
+        Raises ``ModelLoadError`` when no model loads and ``OSError`` when the port cannot be bound.
+        """
         cfg = self.config
         log.info("edge node starting: runtime %s, ext kernels %s", RUNTIME, ext.IMPLEMENTATION)
         self.repository.load()
@@ -68,15 +73,9 @@ class EdgeNodeServer:
             futures.ThreadPoolExecutor(max_workers=max(8, 2 * cfg.workers + 4),
                                        thread_name_prefix="edge-grpc"),
             maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers,
-            options=[
-                ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=[*message_options(cfg.max_message_bytes), ("grpc.so_reuseport", 0)],
         )
-        self.port = self._server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-        if self.port == 0:
-            raise OSError(f"port: cannot bind {cfg.host}:{cfg.port} (in use?)")
+        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
         self.node_id = cfg.resolved_node_id(self.port)
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)
         self.servicer = NodeServicer(self.engine, self.node_id)
@@ -96,10 +95,12 @@ class EdgeNodeServer:
             self._write_ready_file()
 
     def models_served(self) -> dict[str, list[str]]:
+        """Sorted version names of each model with at least one loaded version."""
         return {name: sorted(e.versions, key=int)
                 for name, e in self.repository.models.items() if e.versions}
 
     def load_report(self) -> LoadReport:
+        """The node's current load, for heartbeats to the coordinator."""
         return LoadReport(queue_depth=self.engine.batcher.depth,
                           in_flight=self.engine.in_flight,
                           ewma_latency_ms=self.engine.latency_ewma_ms,
@@ -161,4 +162,5 @@ class EdgeNodeServer:
         return drained
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: forever) for ``stop()``; True once stopped."""
         return self._stopped.wait(timeout)

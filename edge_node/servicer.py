@@ -1,16 +1,14 @@
 """Open Inference Protocol servicer of the edge node: decode -> engine -> encode.
 
-The only edge_node module besides server.py that touches generated protobuf code.
-One table maps domain exceptions to gRPC status codes; anything unexpected becomes
-INTERNAL with a generic message (the traceback goes to the log).
+With server.py and clients.py, the only edge_node modules that touch generated code.
+Domain exceptions become status codes through ``edgeshard.rpc``'s one table; anything
+unexpected becomes INTERNAL with a generic message (the traceback goes to the log).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-
-import grpc
 
 from edge_node import errors
 from edge_node.engine import InferenceEngine
@@ -25,25 +23,21 @@ from protos.oip_service import InferenceServicer
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    errors.InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
-    codec.TensorError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
-    errors.ModelUnavailableError: grpc.StatusCode.UNAVAILABLE,
-    errors.OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 
 SERVER_NAME = "edgeshard-edge-node"
 EXTENSIONS = ["model_configuration", "statistics", "binary_tensor_data"]
 
 
 
-_guard = guarded(STATUS, "node", log)
+_guard = guarded("node", log)
 
 
 class NodeServicer(InferenceServicer):
+    """The edge node's Open Inference Protocol servicer over one ``InferenceEngine``.
+
+    ``node_id`` names this node in responses; ``ready`` is set once the node is warm and
+    cleared when it drains.
+    """
     def __init__(self, engine: InferenceEngine, node_id: str):
         self.engine = engine
         self.node_id = node_id

@@ -14,16 +14,19 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Duration:
+    """A count of events and their cumulative duration in nanoseconds."""
     count: int = 0
     ns: int = 0
 
     def add(self, seconds: float, count: int = 1) -> None:
+        """Add ``count`` events lasting ``seconds`` in total."""
         self.count += count
         self.ns += int(seconds * 1e9)
 
 
 @dataclass
 class BatchStat:
+    """Cumulative compute durations of the batches of one size."""
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
@@ -31,6 +34,11 @@ class BatchStat:
 
 @dataclass
 class VersionStats:
+    """Statistics of one model version: request outcomes and phase durations, and per batch size.
+
+    ``inference_count`` counts items, ``execution_count`` model invocations;
+    ``last_inference_ms`` is a Unix time in milliseconds.
+    """
     name: str
     version: str
     last_inference_ms: int = 0
@@ -59,6 +67,7 @@ class StatsBook:
         return stats
 
     def register(self, key: tuple[str, str]) -> None:
+        """Start statistics for ``key`` (model, version): listed before its first request."""
         with self._lock:
             self._get(key)
 
@@ -88,6 +97,7 @@ class StatsBook:
             b.compute_output.add(post)
 
     def snapshot(self, name: str = "", version: str = "") -> list[VersionStats]:
+        """Copies of the statistics by (model, version), optionally filtered by name and version."""
         with self._lock:
             return [
                 _copy(s)

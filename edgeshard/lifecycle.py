@@ -9,9 +9,15 @@ from typing import Protocol
 
 
 class Daemon(Protocol):
-    def start(self) -> None: ...
+    """What :func:`run_until_signal` runs: a server with ``start`` and a draining ``stop``."""
 
-    def stop(self, grace: float | None = None) -> bool | None: ...
+    def start(self) -> None:
+        """Start serving; raises on failure."""
+        ...
+
+    def stop(self, grace: float | None = None) -> bool | None:
+        """Drain within ``grace`` s (None: the daemon's default); False if work was cut off."""
+        ...
 
 
 def run_until_signal(daemon: Daemon, start_errors: tuple[type[BaseException], ...],

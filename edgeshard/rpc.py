@@ -1,14 +1,34 @@
-"""gRPC server helpers shared by the edge node and the coordinator."""
+"""The one exception -> gRPC status table and the servicer guard, for both daemons."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import grpc
 
+from edgeshard import errors
+from protos.codec import TensorError
+
 NO_DEADLINE = 1e6  # grpc reports "no deadline" as ~9e18 s remaining
+
+# The first entry an exception is an instance of decides its status; anything else is
+# INTERNAL with a generic message (and its traceback in the log).
+STATUS: dict[type[BaseException], grpc.StatusCode] = {
+    errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    TensorError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# Status codes worth retrying on another server (clients, the coordinator's forwarder).
+RETRYABLE: frozenset[grpc.StatusCode] = frozenset(
+    grpc.StatusCode[name] for name in errors.RETRYABLE_STATUSES)
 
 
 def time_left(context: grpc.ServicerContext, default: float | None = None) -> float | None:
@@ -19,34 +39,40 @@ def time_left(context: grpc.ServicerContext, default: float | None = None) -> fl
     return remaining
 
 
-def status_for(exc: BaseException, table: Mapping[type, grpc.StatusCode],
-               process: str) -> tuple[grpc.StatusCode, str]:
-    """The status for an exception: its own ``status_code`` attribute (a peer's status
-    passed through), else the first ``table`` entry it is an instance of, else INTERNAL
-    with a generic message that points at ``process``'s log."""
-    own = getattr(exc, "status_code", None)
-    if isinstance(own, grpc.StatusCode):
-        return own, str(exc)
-    for kind, code in table.items():
+def peer_error(exc: grpc.RpcError, fallback: str) -> errors.PeerStatusError:
+    """A peer's failed call as a transport-free ``PeerStatusError`` (``fallback`` when
+    the peer gave no details)."""
+    return errors.PeerStatusError(exc.code().name, exc.details() or fallback)
+
+
+def status_for(exc: BaseException, process: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for ``exc``.
+
+    A ``PeerStatusError`` keeps the peer's own status; otherwise the first ``STATUS``
+    entry ``exc`` is an instance of; otherwise INTERNAL with a generic message that
+    points at ``process``'s log (the details stay on the server).
+    """
+    if isinstance(exc, errors.PeerStatusError):
+        return grpc.StatusCode[exc.status], exc.details
+    for kind, code in STATUS.items():
         if isinstance(exc, kind):
             return code, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error (see the {process}'s log)"
 
 
-def guarded(table: Mapping[type, grpc.StatusCode], process: str,
-            log: logging.Logger) -> Callable:
+def guarded(process: str, log: logging.Logger) -> Callable[[Callable], Callable]:
     """Decorator for servicer methods: an exception becomes the status ``status_for`` maps
     it to; INTERNAL ones (anything unexpected) are logged with their traceback and answered
     with a generic message. Works for unary and server-streaming handlers."""
 
     def decorate(method: Callable) -> Callable:
         def abort(context, exc: Exception):
-            code, message = status_for(exc, table, process)
+            code, message = status_for(exc, process)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
             context.abort(code, message)
 
-        if _is_generator(method):
+        if inspect.isgeneratorfunction(method):
             @functools.wraps(method)
             def stream(self, request, context):
                 try:
@@ -64,9 +90,3 @@ def guarded(table: Mapping[type, grpc.StatusCode], process: str,
         return unary
 
     return decorate
-
-
-def _is_generator(fn: Callable) -> bool:
-    import inspect
-
-    return inspect.isgeneratorfunction(fn)

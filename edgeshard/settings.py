@@ -24,11 +24,13 @@ class SettingsError(ValueError):
 
 
 def check(ok: bool, name: str, message: str) -> None:
+    """Raise ``SettingsError`` (``name: message``) unless ``ok``."""
     if not ok:
         raise SettingsError(f"{name}: {message}")
 
 
 def check_port(name: str, value: int) -> None:
+    """Raise ``SettingsError`` unless ``value`` is a port number in 0..65535."""
     check(0 <= value <= 65535, name, f"must be a port in 0..65535, got {value}")
 
 

@@ -78,6 +78,11 @@ def diff_against(committed: Path, fresh: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Regenerate the protobuf modules into ``--out`` (default ``protos/``); returns the exit code.
+
+    With ``--check``, generates into a temporary directory instead and, when the files in
+    ``--out`` differ, prints a diff and returns 1.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m protos.generate", description=(__doc__ or "").split("\n")[0]
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import edgeshard_models
-from coordinator.launcher import start_node
+from coordinator.cli.launcher import start_node
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +73,8 @@ class Fleet:
         self.client = None
 
     def start_coordinator(self, *args: str, name: str = "coordinator"):
-        from coordinator.fleet_clients import CoordinatorClient
-        from coordinator.launcher import start_coordinator
+        from coordinator.api.control_client import CoordinatorClient
+        from coordinator.cli.launcher import start_coordinator
 
         self.coordinator = start_coordinator(name, self.state_dir, self.workdir,
                                              extra_args=[*FAST_MEMBERSHIP, *args])

@@ -1,4 +1,4 @@
-"""Architecture rules: who may import generated protobuf code, and package directions."""
+"""Architecture rules: who may import generated protobuf code, and which way imports point."""
 
 from __future__ import annotations
 
@@ -8,8 +8,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TRANSPORT = {"servicer.py", "server.py", "convert.py", "clients.py"}
 PACKAGES = ("edgeshard", "edge_node", "coordinator", "ext", "protos")
+
+# Modules (relative to their package) that may touch generated code or gRPC: the
+# transport. Everything else sees NumPy arrays and dataclasses.
+TRANSPORT = {
+    "edge_node": ("servicer.py", "server.py", "clients.py"),
+    "coordinator": ("api/", "server.py", "cli/"),
+}
+# The coordinator's domain subpackages and what of the coordinator each may import.
+# api -> domain; domain never imports api, cli or server; no cycle among the domain.
+COORDINATOR_ALLOWED = {
+    "fleet": {"fleet", "errors"},
+    "cascade": {"cascade", "errors"},
+    "jobs": {"jobs", "fleet", "cascade", "errors"},
+    "api": {"api", "fleet", "jobs", "cascade", "errors", "config"},
+    "cli": {"cli", "api", "fleet", "jobs", "cascade", "errors", "config", "server"},
+}
 
 
 def imports(path: Path) -> set[str]:
@@ -23,27 +38,30 @@ def imports(path: Path) -> set[str]:
     return names
 
 
-def modules(package: str):
-    return sorted((ROOT / package).glob("*.py"))
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def relative(path: Path, package: str) -> str:
+    return path.relative_to(ROOT / package).as_posix()
+
+
+def generated(name: str) -> bool:
+    return name.endswith("_pb2") or "_pb2." in name or "_pb2_grpc" in name
 
 
 @pytest.mark.parametrize("package", ["edge_node", "coordinator"])
 def test_only_transport_modules_touch_generated_code(package):
-    def transport(name: str) -> bool:
-        return name in TRANSPORT or name.endswith(("_servicer.py", "_clients.py"))
-
-    def generated(name: str) -> bool:
-        return name.endswith("_pb2") or "_pb2." in name or "_pb2_grpc" in name
-
     offenders = [
-        p.name for p in modules(package)
-        if not transport(p.name) and any(generated(n) for n in imports(p))
+        relative(p, package) for p in modules(package)
+        if not relative(p, package).startswith(TRANSPORT[package])
+        and any(generated(n) or n.split(".")[0] == "grpc" for n in imports(p))
     ]
     assert offenders == []
 
 
 @pytest.mark.parametrize("package,forbidden", [
-    ("edgeshard", ("edge_node", "coordinator", "ext", "protos")),
+    ("edgeshard", ("edge_node", "coordinator", "ext")),
     ("ext", ("edgeshard", "edge_node", "coordinator", "protos")),
     ("protos", ("edgeshard", "edge_node", "coordinator", "ext")),
     ("edge_node", ("coordinator",)),
@@ -51,7 +69,39 @@ def test_only_transport_modules_touch_generated_code(package):
 ])
 def test_dependency_direction(package, forbidden):
     bad = [
-        (p.name, n) for p in modules(package) for n in imports(p)
+        (relative(p, package), n) for p in modules(package) for n in imports(p)
         if n.split(".")[0] in forbidden
     ]
     assert bad == []
+
+
+@pytest.mark.parametrize("subpackage", sorted(COORDINATOR_ALLOWED))
+def test_coordinator_subpackages_import_one_way(subpackage):
+    allowed = COORDINATOR_ALLOWED[subpackage]
+    files = sorted((ROOT / "coordinator" / subpackage).glob("*.py"))
+    assert files, f"coordinator/{subpackage} is missing"
+    bad = []
+    for p in files:
+        for name in imports(p):
+            parts = name.split(".")
+            if parts[0] == "coordinator" and len(parts) > 1 and parts[1] not in allowed:
+                bad.append((p.name, name))
+    assert bad == []
+
+
+def test_coordinator_top_level_holds_only_a_handful_of_modules():
+    top = sorted(p.name for p in (ROOT / "coordinator").glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "config.py", "errors.py", "metrics.py",
+                   "server.py"]
+
+
+def test_no_module_is_over_400_lines():
+    long = {}
+    for package in PACKAGES:
+        for p in modules(package):
+            if generated(p.stem) or p.name.endswith(".pyi"):
+                continue
+            lines = len(p.read_text().splitlines())
+            if lines > 420:  # ~400: a sign to split by responsibility
+                long[f"{package}/{relative(p, package)}"] = lines
+    assert long == {}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import edgeshard_models
-from coordinator.jobinput import ItemSource
+from coordinator.jobs.items import ItemSource
 
 EDGE, CLOUD = edgeshard_models.EDGE_MODEL, edgeshard_models.CLOUD_MODEL
 pytestmark = pytest.mark.timeout(240)

@@ -16,7 +16,7 @@ from ai_edge_litert.interpreter import Interpreter
 from grpc_health.v1 import health_pb2
 
 import edgeshard_models
-from coordinator.clients import OIPClient
+from coordinator.api.clients import OIPClient
 from protos import codec, oip_pb2
 
 MODEL = edgeshard_models.CLOUD_MODEL

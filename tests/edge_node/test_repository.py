@@ -10,7 +10,7 @@ import pytest
 import tritonclient.grpc as tc
 
 import edgeshard_models
-from coordinator.launcher import LaunchError, start_node
+from coordinator.cli.launcher import LaunchError, start_node
 from edge_node.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError
 from edge_node.repository import ModelRepository
 

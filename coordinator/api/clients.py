@@ -1,0 +1,211 @@
+"""Clients of Open Inference Protocol servers (edge nodes, the cloud tier).
+
+Every call has a deadline (``timeout=``). ``node_classifier``, ``cloud_transport`` and
+``max_batch_asker`` adapt a ``ClientPool`` to the functions the transport-free domain
+takes (``jobs.runner.Classify``, ``cascade.cloud.Transport``, ``fleet.catalog.AskMaxBatch``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coordinator.fleet.catalog import AskMaxBatch
+from coordinator.fleet.forwarder import NodeCall
+from coordinator.fleet.registry import NodeRecord
+from coordinator.jobs.runner import Classification, Classify
+from edgeshard.rpc import peer_error
+from edgeshard.transport import message_options, open_channel
+from protos import codec, oip_pb2
+from protos.oip_service import InferenceStub
+
+DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class OIPClient:
+    """A channel to one OIP server, with the calls the coordinator needs."""
+
+    def __init__(self, address: str, max_message_bytes: int = DEFAULT_MESSAGE_BYTES):
+        self.address = address
+        self.channel = open_channel(address, options=[
+            *message_options(max_message_bytes),
+            # A peer that was down (a cloud outage, a restarted node) is retried within
+            # 2 s, not on gRPC's default back-off that grows to 2 minutes.
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ])
+        self.stub = InferenceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self._input_names: dict[str, str] = {}
+
+    def input_name(self, model: str, timeout: float = 5.0) -> str:
+        """The model's (single) input tensor name, from ModelMetadata, cached."""
+        name = self._input_names.get(model)
+        if name is None:
+            meta = self.stub.ModelMetadata(oip_pb2.ModelMetadataRequest(name=model),
+                                           timeout=timeout)
+            name = self._input_names[model] = meta.inputs[0].name if meta.inputs else "input"
+        return name
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the channel connects; ``grpc.FutureTimeoutError`` after ``timeout`` s."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def server_ready(self, timeout: float = 2.0) -> bool:
+        """The server's ServerReady answer (raises ``grpc.RpcError`` if unreachable)."""
+        return self.stub.ServerReady(oip_pb2.ServerReadyRequest(), timeout=timeout).ready
+
+    def model_parameter(self, model: str, key: str, default: str = "",
+                        timeout: float = 5.0) -> str:
+        """A string parameter of the model's config (e.g. ``temperature``), or ``default``
+        when the server has no ModelConfig (MLServer) or no such parameter."""
+        try:
+            config = self.stub.ModelConfig(oip_pb2.ModelConfigRequest(name=model),
+                                           timeout=timeout).config
+        except grpc.RpcError:
+            return default
+        param = config.parameters.get(key)
+        return param.string_value if param is not None and param.string_value else default
+
+    def infer_raw(self, model: str, items: np.ndarray, outputs: list[str], timeout: float,
+                  version: str = ""):
+        """One ModelInfer of ``items`` as the model's single input; the raw response."""
+        deadline = time.monotonic() + timeout
+        name = self.input_name(model, timeout)
+        tensor, raw = codec.encode_input_tensor(name, items)
+        request = oip_pb2.ModelInferRequest(
+            model_name=model, model_version=version, inputs=[tensor], raw_input_contents=[raw],
+            outputs=[oip_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n)
+                     for n in outputs],
+        )
+        return self.stub.ModelInfer(request, timeout=max(0.001, deadline - time.monotonic()))
+
+    def classify(self, model: str, images: np.ndarray, version: str = "",
+                 timeout: float = 10.0, with_probabilities: bool = False) -> Classification:
+        """Classify ``images`` [N, ...] with ``model``: label int64 [N], confidence
+        float32 [N] and, when asked, probabilities float32 [N, K]. Raises ``grpc.RpcError``."""
+        wanted = ["label", "confidence"] + (["probabilities"] if with_probabilities else [])
+        response = self.infer_raw(model, images, wanted, timeout, version)
+        return Classification(
+            label=codec.decode_output(response, "label"),
+            confidence=codec.decode_output(response, "confidence"),
+            probabilities=(codec.decode_output(response, "probabilities")
+                           if with_probabilities else None),
+            model_version=response.model_version,
+            node=str(codec.get_param(response.parameters, "node", "")),
+        )
+
+    def probe(self, timeout: float) -> dict[str, tuple[str, ...]] | None:
+        """Health check; returns the models and versions served, or None if not SERVING.
+
+        Models come from ModelStatistics with an empty name (one entry per loaded
+        version), which every Triton-compatible server answers.
+        """
+        try:
+            status = self.health.Check(health_pb2.HealthCheckRequest(service=""),
+                                       timeout=timeout)
+            if status.status != health_pb2.HealthCheckResponse.SERVING:
+                return None
+            stats = self.stub.ModelStatistics(oip_pb2.ModelStatisticsRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+        models: dict[str, list[str]] = {}
+        for s in stats.model_stats:
+            models.setdefault(s.name, []).append(s.version)
+        return {name: tuple(sorted(v, key=lambda x: (len(x), x))) for name, v in models.items()}
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+
+class ClientPool:
+    """One channel per node address, created on first use, shared by all threads."""
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MESSAGE_BYTES):
+        self._max = max_message_bytes
+        self._clients: dict[str, OIPClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, address: str) -> OIPClient:
+        """The client for ``address`` (``host:port``), created on first use."""
+        with self._lock:
+            client = self._clients.get(address)
+            if client is None:
+                client = self._clients[address] = OIPClient(address, self._max)
+            return client
+
+    def close(self) -> None:
+        """Close every channel; the pool is empty afterwards."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            c.close()
+
+
+def node_call(clients: ClientPool, method: str, request) -> NodeCall:
+    """A ``fleet.forwarder.NodeCall`` that sends ``request`` as-is to a node's OIP
+    ``method`` (``ModelInfer``, ``ModelMetadata``...), a node's error status raised as
+    ``PeerStatusError``."""
+
+    def call(node: NodeRecord, timeout: float):
+        try:
+            return getattr(clients.get(node.address).stub, method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise peer_error(exc, f"node {node.node_id} failed") from None
+
+    return call
+
+
+def node_classifier(clients: ClientPool) -> Classify:
+    """A ``jobs.runner.Classify`` over ``clients``: one batched ModelInfer at the node,
+    a node's error status raised as ``PeerStatusError``."""
+
+    def classify(node: NodeRecord, model: str, items: np.ndarray, version: str,
+                 with_probabilities: bool, timeout: float) -> Classification:
+        try:
+            return clients.get(node.address).classify(
+                model, items, version=version, timeout=timeout,
+                with_probabilities=with_probabilities)
+        except grpc.RpcError as exc:
+            raise peer_error(exc, f"node {node.node_id} failed") from None
+
+    return classify
+
+
+def max_batch_asker(clients: ClientPool, timeout: float = 5.0) -> AskMaxBatch:
+    """A ``fleet.catalog.AskMaxBatch`` over ``clients``: the node's ModelConfig
+    ``max_batch_size``, or None when the node cannot answer."""
+
+    def ask(address: str, model: str) -> int | None:
+        try:
+            config = clients.get(address).stub.ModelConfig(
+                oip_pb2.ModelConfigRequest(name=model), timeout=timeout).config
+        except grpc.RpcError:
+            return None
+        return config.max_batch_size or None
+
+    return ask
+
+
+def cloud_transport(clients: ClientPool, address: str, output: str = "probabilities"):
+    """A ``CloudTier`` transport to any OIP server at ``address``.
+
+    ``output="probabilities"`` takes argmax and max of the ``probabilities`` output;
+    ``"label"`` reads ``label`` and ``confidence``. The input is the item as submitted.
+    """
+
+    def call(model: str, items: np.ndarray, timeout: float):
+        client = clients.get(address)
+        wanted = ["probabilities"] if output == "probabilities" else ["label", "confidence"]
+        response = client.infer_raw(model, items, wanted, timeout)
+        if output == "probabilities":
+            probs = codec.decode_output(response, "probabilities")
+            return probs.argmax(axis=1).astype(np.int64), probs.max(axis=1).astype(np.float32)
+        return (codec.decode_output(response, "label").astype(np.int64).reshape(-1),
+                codec.decode_output(response, "confidence").astype(np.float32).reshape(-1))
+
+    return call

@@ -1,0 +1,140 @@
+"""Run one call on a fleet node: admission, per-node accounting, one retry elsewhere.
+
+Both doors to the nodes use it: the online inference front (``Forwarder.forward``: pick a
+node, call it, retry once on another node) and the job dispatcher (``Forwarder.call``: a
+shard on the node that leased it). The call itself is a function the transport layer
+supplies; it raises ``edgeshard.errors.PeerStatusError`` when the node answers with an
+error status, so nothing here imports gRPC.
+
+Failure behaviour: a node that answers UNAVAILABLE is marked suspect (no new work until a
+health check passes); UNAVAILABLE or DEADLINE_EXCEEDED is retried once on another node
+while at least ``MIN_RETRY_S`` of the caller's deadline remains; every other status
+(INVALID_ARGUMENT above all) goes back to the caller unchanged and is never retried. When
+``max_in_flight`` online calls are already running, a new one is refused at once with
+``FleetSaturatedError`` (never queued).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from coordinator.errors import FleetSaturatedError
+from coordinator.fleet.registry import NodeRecord, Registry
+from coordinator.fleet.router import Router
+from edgeshard.errors import PeerStatusError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# call(node, timeout_s) -> the node's answer; raises PeerStatusError on an error status.
+NodeCall = Callable[[NodeRecord, float], T]
+
+MIN_RETRY_S = 0.005  # below this much time left, a retry could not finish anyway
+
+
+class Admission:
+    """Coordinator-wide bound on concurrent online requests (refuse, never queue)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.current = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Admission:
+        with self._lock:
+            if self.current >= self.limit:
+                raise FleetSaturatedError(
+                    f"coordinator at its limit of {self.limit} requests in flight; retry later"
+                )
+            self.current += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.current -= 1
+
+
+@dataclass(frozen=True)
+class Forwarded(Generic[T]):
+    """A call's answer, the node that gave it, and whether it took a retry."""
+
+    answer: T
+    node: NodeRecord
+    retried: bool
+
+
+class Forwarder:
+    """Runs calls on nodes and keeps the registry's per-node load and latency current.
+
+    ``on_result(node_id, status_name, seconds)`` is told the outcome of every online
+    attempt (a metrics hook).
+    """
+
+    def __init__(self, registry: Registry, router: Router, max_in_flight: int,
+                 on_result: Callable[[str, str, float], None] | None = None):
+        self.registry = registry
+        self.router = router
+        self.admission = Admission(max_in_flight)
+        self.on_result = on_result
+
+    def call(self, node: NodeRecord, call: NodeCall[T], timeout: float, items: int = 0,
+             shard: bool = False) -> T:
+        """Run ``call`` on ``node`` with the node's outstanding count raised meanwhile.
+
+        A success records the call's latency (and ``items``, ``shard`` in the node's
+        counters); a ``PeerStatusError`` of UNAVAILABLE marks the node suspect. Any
+        exception propagates unchanged.
+        """
+        self.registry.acquire(node.address)
+        started = time.monotonic()
+        try:
+            answer = call(node, timeout)
+        except PeerStatusError as exc:
+            self.registry.release(node.address, None)
+            if exc.status == "UNAVAILABLE":
+                self.registry.probe_failed(node.address)
+            raise
+        except BaseException:
+            self.registry.release(node.address, None)
+            raise
+        self.registry.release(node.address, time.monotonic() - started, items=items,
+                              shard=shard)
+        return answer
+
+    def forward(self, model: str, version: str, routing_key: str, timeout: float,
+                call: NodeCall[T]) -> Forwarded[T]:
+        """Route an online call for ``model`` to a node and run it there, within
+        ``timeout`` seconds overall; one retry on another node for a retryable status.
+
+        Raises ``FleetSaturatedError`` (admission or every node at capacity),
+        ``ModelNotServedError`` / ``NoNodeAvailableError`` (from the router) or the
+        node's ``PeerStatusError``.
+        """
+        deadline = time.monotonic() + timeout
+        tried: set[str] = set()
+        with self.admission:
+            while True:
+                node = self.router.choose(model, version, routing_key, frozenset(tried))
+                started = time.monotonic()
+                try:
+                    answer = self.call(node, call, deadline - started)
+                except PeerStatusError as exc:
+                    self._observe(node.node_id, exc.status, started)
+                    if exc.retryable and not tried and deadline - time.monotonic() > MIN_RETRY_S:
+                        log.info("retrying on another node: %s answered %s",
+                                 node.node_id, exc.status)
+                        tried.add(node.address)
+                        continue
+                    raise
+                self._observe(node.node_id, "OK", started)
+                return Forwarded(answer, node, retried=bool(tried))
+
+    def _observe(self, node_id: str, status: str, started: float) -> None:
+        if self.on_result is not None:
+            self.on_result(node_id, status, time.monotonic() - started)

@@ -1,0 +1,66 @@
+"""Online routing: which live node gets an inference request.
+
+Without a routing key: power of two choices on outstanding load per unit of weight.
+With one (a camera or stream id): weighted rendezvous hashing with bounded loads, so
+the key sticks to its node while that node is within (1 + epsilon) of its fair share.
+Slow nodes carry a smaller weight (``SlowNodePolicy``), so both rules send them less.
+
+Failure behaviour: no node ever offered the model -> ``ModelNotServedError``; nodes
+offer it but none is live -> ``NoNodeAvailableError``; all live ones are at capacity ->
+``FleetSaturatedError`` (answered at once, never queued).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from coordinator.errors import FleetSaturatedError, ModelNotServedError, NoNodeAvailableError
+from coordinator.fleet.placement import Candidate, pick_for_key, pick_least_loaded_of_two
+from coordinator.fleet.registry import NodeRecord, Registry
+
+
+class Router:
+    """Chooses the live node for an online request (see the module docstring).
+
+    ``epsilon`` is the bounded-load slack for keyed requests; ``rng`` the random source for
+    the two-choices pick (seed it for tests).
+    """
+    def __init__(self, registry: Registry, epsilon: float = 0.25,
+                 rng: random.Random | None = None):
+        self.registry = registry
+        self.epsilon = epsilon
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+
+    def choose(self, model: str, version: str = "", routing_key: str = "",
+               exclude: frozenset[str] = frozenset()) -> NodeRecord:
+        """Pick a routable node serving ``model`` (at ``version``), skipping ``exclude`` addresses.
+
+        With a ``routing_key``, rendezvous hashing with bounded loads; without, the less loaded
+        of two. Raises ``ModelNotServedError``, ``NoNodeAvailableError`` or
+        ``FleetSaturatedError`` as the module docstring describes.
+        """
+        nodes = [n for n in self.registry.routable(model, version) if n.address not in exclude]
+        if not nodes:
+            known = [n for n in self.registry.snapshot() if n.serves(model, version)]
+            what = f"{model}" + (f" version {version}" if version else "")
+            if not known:
+                raise ModelNotServedError(f"model_name: no node serves {what}")
+            raise NoNodeAvailableError(
+                f"no live node for {what} ({len(known)} known, none live and undrained"
+                + (", the others already failed this request" if exclude else "") + ")"
+            )
+        by_address = {n.address: n for n in nodes}
+        candidates = [Candidate(n.address, weight=n.weight, load=n.outstanding,
+                                capacity=n.capacity) for n in nodes]
+        if routing_key:
+            chosen = pick_for_key(routing_key, candidates, self.epsilon)
+        else:
+            with self._rng_lock:
+                chosen = pick_least_loaded_of_two(candidates, self._rng)
+        if chosen is None:
+            raise FleetSaturatedError(
+                f"all {len(nodes)} node(s) serving {model} are at capacity; retry later"
+            )
+        return by_address[chosen]

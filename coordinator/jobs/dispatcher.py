@@ -1,0 +1,171 @@
+"""Sharded jobs over the fleet: nodes with room pull shards (work stealing).
+
+Every live, undrained node gets ``shards_per_node`` puller threads. A puller leases the
+next queued shard for a model its node serves, runs it as one batched request with a
+deadline, and commits the results; each item keeps the first result committed for it,
+so a late duplicate is discarded by the store. The node's share of the job therefore
+follows its speed, and a node that joins mid-job starts pulling at once.
+
+Failure behaviour: a call that fails (UNAVAILABLE) or misses its deadline (a hung or
+SIGSTOPped node) releases the shard back to the queue and marks the node suspect, so
+the shard goes to another node; a node that dies or is drained has every shard it holds
+re-queued; a lease older than ``lease_s`` is re-queued by the sweeper whatever the
+reason. A shard that fails ``max_failures`` times fails its job with the last error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from coordinator.errors import UnknownNodeError
+from coordinator.fleet.registry import NodeRecord, Registry
+from coordinator.jobs.model import Lease
+from coordinator.jobs.runner import ShardOutput
+from coordinator.jobs.spool import SpoolLimits
+from coordinator.jobs.store import JobStore
+from edgeshard.errors import PeerStatusError
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.25
+
+
+# run_shard(node, lease) -> ShardOutput; raises PeerStatusError when the node fails it.
+RunShard = Callable[[NodeRecord, Lease], ShardOutput]
+
+
+class Dispatcher:
+    """Per-node shard pullers over one job store, plus the expired-lease sweeper.
+
+    ``run_shard(node, lease)`` runs a shard (``ShardRunner``); ``lease_s`` is the lease
+    length in seconds; ``on_commit(node_id, accepted, duplicates)`` is a metrics hook.
+    """
+
+    def __init__(self, store: JobStore, registry: Registry, run_shard: RunShard,
+                 shards_per_node: int = 2, lease_s: float = 15.0,
+                 on_commit: Callable[[str, int, int], None] | None = None,
+                 spool_limits: SpoolLimits | None = None):
+        self.store = store
+        self.registry = registry
+        self.run_shard = run_shard
+        self.shards_per_node = shards_per_node
+        self.lease_s = lease_s
+        self.on_commit = on_commit  # metrics hook: (node_id, accepted, duplicates)
+        self.spool_limits = spool_limits
+        self._cond = threading.Condition()
+        self._pullers: dict[str, list[threading.Thread]] = {}
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="shard-sweeper", daemon=True)
+        self.requeued = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Re-queue the previous process's leases, follow membership, start pulling."""
+        recovered = self.store.recover()
+        if recovered:
+            log.info("re-queued %d shard(s) leased before the restart", recovered)
+        self.registry.on_live.append(self.node_live)
+        self.registry.on_dead.append(self.node_gone)
+        self.registry.on_drain.append(self.node_gone)
+        for rec in self.registry.snapshot():
+            if rec.routable:
+                self.node_live(rec)
+        self._sweeper.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop pulling and sweeping; waits up to ``timeout`` seconds for the threads."""
+        self._stop.set()
+        self.notify()
+        deadline = time.monotonic() + timeout
+        for threads in list(self._pullers.values()):
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+        if self._sweeper.ident is not None:  # started
+            self._sweeper.join(max(0.0, deadline - time.monotonic()))
+
+    def notify(self) -> None:
+        """Wake idle pullers: a job arrived or shards were re-queued."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- membership events -----------------------------------------------------------------
+    def node_live(self, rec: NodeRecord) -> None:
+        """Start this node's pullers (up to ``shards_per_node``); membership calls it."""
+        with self._cond:
+            alive = [t for t in self._pullers.get(rec.address, []) if t.is_alive()]
+            for i in range(len(alive), self.shards_per_node):
+                t = threading.Thread(target=self._pull, args=(rec.address,),
+                                     name=f"pull-{rec.node_id}-{i}", daemon=True)
+                t.start()
+                alive.append(t)
+            self._pullers[rec.address] = alive
+
+    def node_gone(self, rec: NodeRecord) -> None:
+        """Re-queue every shard the dead or drained node holds and wake the pullers."""
+        n = self.store.requeue_node(rec.address)
+        if n:
+            self.requeued += n
+            log.warning("re-queued %d shard(s) held by %s (%s)", n, rec.node_id,
+                        "drained" if rec.drained else rec.state)
+        self.notify()
+
+    # -- work ------------------------------------------------------------------------------
+    def _pull(self, address: str) -> None:
+        while not self._stop.is_set():
+            try:
+                rec = self.registry.get(address)
+            except UnknownNodeError:  # the node left the registry
+                return
+            if not rec.routable:
+                return  # node_live starts new pullers if it comes back
+            lease = self.store.lease_next(address, self.lease_s, time.time(),
+                                          models=set(rec.models))
+            if lease is None:
+                with self._cond:
+                    self._cond.wait(IDLE_WAIT_S)
+                continue
+            self._run(rec, lease)
+
+    def _run(self, rec: NodeRecord, lease: Lease) -> None:
+        try:
+            output = self.run_shard(rec, lease)
+        except PeerStatusError as exc:
+            # A node that died or hung (a retryable status) is not the shard's fault: the
+            # node is suspect and only the shard's own errors (e.g. INVALID_ARGUMENT)
+            # count towards failing the job.
+            if exc.retryable:
+                self.registry.probe_failed(rec.address)
+            if self.store.release(lease.shard_id, lease.attempt,
+                                  f"{rec.node_id}: {exc.status}: {exc.details}",
+                                  counts_as_failure=not exc.retryable):
+                self.requeued += 1
+            self.notify()
+            return
+        except Exception as exc:  # noqa: BLE001 - never lose the shard on a bug
+            log.exception("shard %d on %s failed unexpectedly", lease.shard_id, rec.node_id)
+            self.store.release(lease.shard_id, lease.attempt, f"internal error: {exc}")
+            self.notify()
+            return
+        outcome = self.store.complete(lease.shard_id, lease.attempt, output.results,
+                                      escalations=output.escalations,
+                                      spool_limits=self.spool_limits)
+        if self.on_commit is not None:
+            self.on_commit(rec.node_id, outcome.accepted, outcome.duplicates)
+        if outcome.duplicates:
+            log.info("shard %d from %s: %d late duplicate result(s) discarded",
+                     lease.shard_id, rec.node_id, outcome.duplicates)
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                expired = self.store.requeue_expired(time.time())
+            except Exception:  # noqa: BLE001
+                log.exception("lease sweep failed")
+                continue
+            if expired:
+                self.requeued += len(expired)
+                log.warning("re-queued %d shard(s) whose lease expired", len(expired))
+                self.notify()

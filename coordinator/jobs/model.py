@@ -1,0 +1,120 @@
+"""Batch jobs: the records that the job store, the scheduler and the servicer exchange.
+
+Transport-free dataclasses. Where they come from: ``coordinator.jobs.items.load_items`` reads a
+job's items; ``coordinator.jobs.store.JobStore`` stores jobs, leases shards and keeps results.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class JobState(enum.StrEnum):
+    """A job's lifecycle: ``running`` until every item has its final result (``done``),
+    the client cancels it, or a shard fails too often (``failed``). Stored as its value."""
+
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        """True for the three end states: nothing about the job changes any more."""
+        return self is not JobState.RUNNING
+
+
+class ShardState(enum.StrEnum):
+    """A shard's lifecycle: ``queued`` -> ``leased`` (to one node) -> ``done``; back to
+    ``queued`` when its lease is lost; ``cancelled`` with its job."""
+
+    QUEUED = "queued"
+    LEASED = "leased"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """The answer for one item; ``seq`` is assigned by the store (0 before it is written)."""
+
+    item_id: str
+    label: int
+    confidence: float
+    tier: str
+    node: str
+    model_version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A created job; ``existing`` is True when a retried Submit found it already stored."""
+
+    job_id: str
+    model: str
+    state: JobState
+    total_items: int
+    shard_count: int
+    created_at: float
+    existing: bool = False
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One shard handed to one node: run ``array`` (items ``ids``) and report ``attempt``."""
+
+    job_id: str
+    shard_id: int
+    attempt: int
+    model: str
+    ids: list[str]
+    array: np.ndarray
+    params: dict[str, Any]
+    node_id: str = ""
+    lease_expires: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job's state and counters, as Watch and ListJobs report them."""
+
+    job_id: str
+    model: str
+    state: JobState
+    total_items: int
+    done_items: int
+    shards_total: int
+    shards_done: int
+    shards_leased: int
+    created_at: float
+    finished_at: float | None
+    error: str | None
+    pending_escalations: int = 0  # items waiting in the spool for the cloud
+    cloud_answered: int = 0  # final results that came from the cloud
+    degraded: int = 0  # final results that fell back to the edge answer
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", JobState(self.state))  # as stored: its value
+
+
+@dataclass(frozen=True)
+class CompleteOutcome:
+    """What ``complete`` did with a batch of results.
+
+    ``accepted`` were written; ``duplicates`` were already answered (first writer wins);
+    ``discarded`` arrived for a cancelled or failed job; ``stale`` means the attempt is not the
+    shard's current one (the shard was re-leased meanwhile).
+    """
+
+    accepted: int
+    duplicates: int
+    stale: bool
+    discarded: int = 0
+    spooled: int = 0  # escalations now waiting in the spool
+    overflow: int = 0  # escalations the full spool refused (final degraded answers)

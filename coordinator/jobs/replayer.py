@@ -1,0 +1,98 @@
+"""Replay the spool to the cloud tier when it is available again; expire old entries.
+
+One thread. Each round: finalize expired entries (their degraded edge answers), then take
+up to ``max_batch`` oldest entries per cloud model and ask the cloud (an open breaker or a
+spent budget answers at once, without a call). Answered entries get their final cloud
+result in the same transaction that removes them; unanswered ones stay, with the error
+noted. A round that fails is logged and the next one runs: replay never stops on an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+
+from coordinator.cascade.decision import Cascade
+from coordinator.jobs.model import ResultRow
+from coordinator.jobs.spool_queue import SpoolQueue
+
+log = logging.getLogger(__name__)
+
+
+class SpoolReplayer:
+    """Sends spooled escalations to the cloud; ``replayed`` counts the answered ones.
+
+    ``timeout`` (seconds) bounds each cloud call; ``interval`` is the pause after a
+    round that answered nothing; ``on_change`` is called after a round that wrote
+    results (e.g. to wake job watchers).
+    """
+
+    def __init__(self, queue: SpoolQueue, cascade: Cascade, timeout: float,
+                 interval: float = 0.2, on_change: Callable[[], None] | None = None):
+        self.queue = queue
+        self.cascade = cascade
+        self.timeout = timeout
+        self.interval = interval
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spool-replayer", daemon=True)
+        self.replayed = 0
+
+    def start(self) -> None:
+        """Start the replay thread."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop after the current round (waits up to ``timeout`` + 2 s)."""
+        self._stop.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join(self.timeout + 2)
+
+    def run_once(self, now: float | None = None) -> int:
+        """One round at wall-clock ``now`` (seconds); returns how many entries got their
+        cloud answer."""
+        now = time.time() if now is None else now
+        self.queue.expire(now)
+        cloud = self.cascade.cloud
+        entries = self.queue.take(cloud.max_batch * 4, now)
+        by_model = defaultdict(list)
+        for e in entries:
+            by_model[e.model].append(e)
+        resolved = 0
+        for model, group in by_model.items():
+            rule = self.cascade.rule(model)
+            if rule is None:
+                continue  # no cascade for it any more: the TTL will finalize the edge answer
+            group = group[:cloud.max_batch]
+            answer = cloud.ask(rule.cloud_model, np.stack([e.data for e in group]),
+                               self.timeout)
+            done = []
+            for e, label, conf in zip(group, answer.labels, answer.confidences, strict=False):
+                extra = {**e.fallback.extra, "cloud_label": int(label),
+                         "cloud_confidence": float(conf), "degraded": False, "spooled": True}
+                done.append((e.spool_id, ResultRow(e.item_id, int(label), float(conf), "cloud",
+                                                   e.fallback.node, e.fallback.model_version,
+                                                   extra)))
+            if done:
+                resolved += self.queue.resolve(done)
+            if answer.reason:
+                self.queue.failed([e.spool_id for e in group[answer.answered:]], answer.reason)
+        self.replayed += resolved
+        if resolved and self.on_change is not None:
+            self.on_change()
+        return resolved
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                resolved = self.run_once()
+            except Exception:  # noqa: BLE001 - keep replaying
+                log.exception("spool replay round failed")
+                resolved = 0
+            if not resolved:
+                self._stop.wait(self.interval)

@@ -1,0 +1,117 @@
+"""Run one leased shard on its node, and turn the answers into the shard's results.
+
+A shard is one batched classification request to the node that leased it, with a
+deadline (``ShardRunner``). Without a cascade rule for the model every item's edge answer
+is final. With one, the cascade decides per item; items the cloud answered get the
+cloud's answer (``tier`` = ``cloud``), items it could not answer become escalations for
+the spool, carrying the edge answer to fall back on (``shard_results``).
+
+Failure behaviour: the node's error status propagates as ``PeerStatusError`` (the
+dispatcher decides whether the node or the shard is at fault).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from coordinator.cascade.decision import Cascade, Decision
+from coordinator.fleet.forwarder import Forwarder
+from coordinator.fleet.registry import NodeRecord
+from coordinator.jobs.model import Lease, ResultRow
+from coordinator.jobs.spool import Escalation
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A batch of answers from one classification server.
+
+    ``label`` int64 [N], ``confidence`` float32 [N], ``probabilities`` float32 [N, K]
+    when they were asked for (else None); ``node`` is the id the server reported ("" if
+    none).
+    """
+
+    label: np.ndarray
+    confidence: np.ndarray
+    probabilities: np.ndarray | None
+    model_version: str
+    node: str
+
+
+# classify(node, model, items, version, with_probabilities, timeout_s) -> Classification;
+# raises edgeshard.errors.PeerStatusError when the node answers with an error status.
+Classify = Callable[[NodeRecord, str, np.ndarray, str, bool, float], Classification]
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    """What running a shard produced: final results, and escalations for the spool."""
+
+    results: list[ResultRow]
+    escalations: list[Escalation] = field(default_factory=list)
+
+
+def shard_results(decision: Decision, ids: Sequence[str], items: np.ndarray, node: str,
+                  version: str) -> ShardOutput:
+    """A shard's final results and spool escalations from the cascade's ``decision``.
+
+    ``ids`` [N] and ``items`` [N, ...] are the shard's; every result records the edge's
+    label and confidence (and the cloud's when it answered) in ``extra``.
+    """
+    d = decision
+    results, pending = [], []
+    for i, item in enumerate(ids):
+        extra = {"edge_label": int(d.edge_labels[i]),
+                 "edge_confidence": float(d.edge_confidences[i]),
+                 "escalated": bool(d.escalated[i]), "degraded": False}
+        if d.cloud_answered[i]:
+            extra.update(cloud_label=int(d.cloud_labels[i]),
+                         cloud_confidence=float(d.cloud_confidences[i]))
+        row = ResultRow(item, int(d.labels[i]), float(d.confidences[i]), d.tiers[i], node,
+                        version, extra)
+        if d.escalated[i] and not d.cloud_answered[i]:
+            pending.append(Escalation(item, items[i], row))
+        else:
+            results.append(row)
+    return ShardOutput(results, pending)
+
+
+class ShardRunner:
+    """The dispatcher's ``run_shard``: one batched request per shard, then the cascade.
+
+    ``deadline_s`` bounds the node's call; ``cloud_timeout_s`` the cloud's, for the
+    escalated items of the shard.
+    """
+
+    def __init__(self, forwarder: Forwarder, classify: Classify, deadline_s: float,
+                 cascade: Cascade | None = None, cloud_timeout_s: float = 5.0):
+        self.forwarder = forwarder
+        self.classify = classify
+        self.deadline_s = deadline_s
+        self.cascade = cascade
+        self.cloud_timeout_s = cloud_timeout_s
+
+    def __call__(self, node: NodeRecord, lease: Lease) -> ShardOutput:
+        """Run ``lease`` on ``node``; raises ``PeerStatusError`` from the node."""
+        rule = self.cascade.rule(lease.model) if self.cascade is not None else None
+        version = str(lease.params.get("model_version", ""))
+
+        def call(target: NodeRecord, timeout: float) -> Classification:
+            return self.classify(target, lease.model, lease.array, version, rule is not None,
+                                 timeout)
+
+        out = self.forwarder.call(node, call, self.deadline_s, items=len(lease.ids),
+                                  shard=True)
+        node_name = out.node or node.node_id
+        if rule is not None:
+            decision = self.cascade.decide(rule, lease.array, out.probabilities, lease.ids,
+                                           self.cloud_timeout_s)
+            return shard_results(decision, lease.ids, lease.array, node_name,
+                                 out.model_version)
+        return ShardOutput([
+            ResultRow(item_id=item, label=int(label), confidence=float(conf), tier="edge",
+                      node=node_name, model_version=out.model_version)
+            for item, label, conf in zip(lease.ids, out.label, out.confidence, strict=True)
+        ])

@@ -1,0 +1,59 @@
+"""Error kinds both daemons share. Transport-free: no gRPC import.
+
+Each package's own exceptions (``edge_node.errors``, ``coordinator.errors``) subclass one
+of these kinds; ``edgeshard.rpc.STATUS`` is the one table that maps a kind to a gRPC
+status code, so a new exception needs no new table entry.
+"""
+
+from __future__ import annotations
+
+# Status names (gRPC's) after which a call may be tried again on another server: the
+# server was unreachable or too slow. Anything else (INVALID_ARGUMENT above all) is the
+# caller's or the model's answer and is never retried.
+RETRYABLE_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+
+class EdgeshardError(Exception):
+    """Base class of every error edgeshard raises on purpose."""
+
+
+class InvalidArgumentError(EdgeshardError):
+    """The caller sent something malformed; the message names the field (INVALID_ARGUMENT)."""
+
+
+class NotFoundError(EdgeshardError):
+    """The named model, version, node or job does not exist (NOT_FOUND)."""
+
+
+class AlreadyExistsError(EdgeshardError):
+    """A caller-chosen id is taken by something different (ALREADY_EXISTS)."""
+
+
+class UnavailableError(EdgeshardError):
+    """The service cannot take the call now, e.g. draining or no node is live (UNAVAILABLE)."""
+
+
+class ResourceExhaustedError(EdgeshardError):
+    """A queue or concurrency bound is full; back off or go elsewhere (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceededError(EdgeshardError):
+    """The caller's deadline passed before the work was done (DEADLINE_EXCEEDED)."""
+
+
+class PeerStatusError(EdgeshardError):
+    """A peer server (edge node, cloud tier) answered a call with an error status.
+
+    ``status`` is the gRPC status name (``"UNAVAILABLE"``), ``details`` the peer's
+    message. Passed back to the caller with the peer's own status.
+    """
+
+    def __init__(self, status: str, details: str):
+        super().__init__(details)
+        self.status = status
+        self.details = details
+
+    @property
+    def retryable(self) -> bool:
+        """True when another server may succeed (``RETRYABLE_STATUSES``)."""
+        return self.status in RETRYABLE_STATUSES

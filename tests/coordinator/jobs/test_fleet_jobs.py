@@ -1,0 +1,175 @@
+"""Sharded jobs on a real fleet (coordinator + edge-node processes on loopback):
+nothing lost, nothing repeated, whatever happens to the nodes or the coordinator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import edgeshard_models
+from coordinator.jobs.items import ItemSource
+from coordinator.jobs.store import JobStore
+
+EDGE = edgeshard_models.EDGE_MODEL
+pytestmark = pytest.mark.timeout(180)
+# Nodes wait up to 10 ms to fill a batch: a job of a few thousand items then lasts a few
+# seconds (like a fleet of small devices), long enough to break things part-way.
+PACED = ("--max-batch-delay-ms", "10")
+
+
+def job_items(holdout, repeat: int) -> tuple[ItemSource, dict[str, int]]:
+    images, labels = holdout
+    ids = [f"{r}-{i}" for r in range(repeat) for i in range(len(images))]
+    truth = dict(zip(ids, np.tile(labels, repeat).tolist(), strict=True))
+    return ItemSource.from_arrays(ids, np.tile(images, (repeat, 1, 1))), truth
+
+
+def wait_done_items(client, job_id: str, at_least: int, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(job_id)
+        if status.done_items >= at_least or status.state != "running":
+            return status
+        time.sleep(0.02)
+    raise AssertionError(f"job stuck at {status.done_items} items")
+
+
+def wait_finished(client, job_id: str, timeout: float = 120.0):
+    for status in client.watch(job_id, interval=0.1, timeout=timeout):
+        if status.state != "running":
+            return status
+    return client.get(job_id)
+
+
+def check_exactly_once(client, job_id: str, truth: dict[str, int], min_accuracy=0.9):
+    records = list(client.results(job_id))
+    counts = Counter(r.id for r in records)
+    assert set(counts) == set(truth), "every item has a result"
+    assert max(counts.values()) == 1, "no item has two results"
+    accuracy = np.mean([truth[r.id] == r.label for r in records])
+    assert accuracy >= min_accuracy
+    seqs = [r.seq for r in records]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    return records
+
+
+def test_job_survives_a_node_killed_part_way(fleet, holdout):
+    fleet.start_coordinator()
+    for i in range(3):
+        fleet.add_node(f"n{i}", *PACED)
+    fleet.wait_live(3)
+    items, truth = job_items(holdout, 8)
+    status = fleet.client.submit(EDGE, items, shard_size=16)
+    assert status.total_items == len(truth) and status.shards_total == -(-len(truth) // 16)
+    wait_done_items(fleet.client, status.job_id, len(truth) // 4)
+    fleet.nodes[1].kill()
+    final = wait_finished(fleet.client, status.job_id)
+    assert final.state == "done", final
+    records = check_exactly_once(fleet.client, status.job_id, truth)
+    shares = Counter(r.node for r in records)
+    assert set(shares) <= {"n0", "n1", "n2"} and shares["n0"] and shares["n2"]
+    states = {n.node_id: n.state for n in fleet.client.nodes()}
+    assert states["n1"] in ("suspect", "dead")
+
+
+def test_stopped_node_shards_are_requeued_after_the_deadline(fleet, holdout):
+    fleet.start_coordinator()
+    for i in range(3):
+        fleet.add_node(f"n{i}", *PACED)
+    fleet.wait_live(3)
+    items, truth = job_items(holdout, 6)
+    status = fleet.client.submit(EDGE, items, shard_size=16)
+    wait_done_items(fleet.client, status.job_id, len(truth) // 4)
+    stopped = fleet.nodes[0]
+    os.kill(stopped.process.pid, signal.SIGSTOP)
+    try:
+        final = wait_finished(fleet.client, status.job_id)
+        assert final.state == "done", final
+        check_exactly_once(fleet.client, status.job_id, truth)
+        states = {n.node_id: n.state for n in fleet.client.nodes()}
+        assert states["n0"] in ("suspect", "dead")
+    finally:
+        os.kill(stopped.process.pid, signal.SIGCONT)
+
+
+def test_coordinator_sigkill_and_restart_resumes_the_job(fleet, holdout):
+    fleet.start_coordinator()
+    for i in range(2):
+        fleet.add_node(f"n{i}", *PACED)
+    fleet.wait_live(2)
+    items, truth = job_items(holdout, 8)
+    status = fleet.client.submit(EDGE, items, shard_size=16, job_id="restart-job")
+    wait_done_items(fleet.client, status.job_id, len(truth) // 3)
+    port = fleet.coordinator.info["grpc_port"]
+    fleet.coordinator.kill()  # SIGKILL mid-job
+    store = JobStore(str(fleet.state_dir / "jobs.sqlite3"))  # what was committed at the kill
+    before = {r.item_id: (r.seq, r.label, r.node) for r in store.results(status.job_id)}
+    assert store.progress(status.job_id).state == "running"
+    store.close()
+    assert 0 < len(before) < len(truth)
+
+    # Restart on the same state dir and port: the nodes' heartbeats are answered
+    # "reregister" and they join the new process by themselves.
+    fleet.start_coordinator("--port", str(port), name="coordinator-2")
+    fleet.wait_live(2)
+    final = wait_finished(fleet.client, status.job_id)
+    assert final.state == "done", final
+    records = check_exactly_once(fleet.client, status.job_id, truth)
+    after = {r.id: (r.seq, r.label, r.node) for r in records}
+    for item, committed in before.items():
+        assert after[item] == committed, "a delivered result changed after the restart"
+    # Resubmitting the same job id is idempotent: same job, nothing added.
+    again = fleet.client.submit(EDGE, items, shard_size=16, job_id="restart-job")
+    assert again.job_id == "restart-job" and again.done_items == len(truth)
+
+
+def test_node_added_mid_job_takes_a_share(fleet, holdout):
+    fleet.start_coordinator()
+    fleet.add_node("n0", *PACED)
+    fleet.wait_live(1)
+    items, truth = job_items(holdout, 12)
+    status = fleet.client.submit(EDGE, items, shard_size=16)
+    wait_done_items(fleet.client, status.job_id, len(truth) // 10)
+    fleet.add_node("late", *PACED)
+    final = wait_finished(fleet.client, status.job_id)
+    assert final.state == "done"
+    records = check_exactly_once(fleet.client, status.job_id, truth)
+    shares = Counter(r.node for r in records)
+    assert shares["late"] > 0, shares
+    reported = {s.node: s.items for s in final.shares}
+    assert reported == dict(shares)
+
+
+def test_drained_node_gets_no_new_shards(fleet, holdout):
+    fleet.start_coordinator()
+    for i in range(2):
+        fleet.add_node(f"n{i}", *PACED)
+    fleet.wait_live(2)
+    info = fleet.client.drain("n0")
+    assert info.state == "draining"
+    items, truth = job_items(holdout, 2)
+    status = fleet.client.submit(EDGE, items, shard_size=16)
+    wait_finished(fleet.client, status.job_id)
+    records = check_exactly_once(fleet.client, status.job_id, truth)
+    assert {r.node for r in records} == {"n1"}
+    assert fleet.client.drain("n0", undo=True).state == "live"
+
+
+def test_cancel_stops_a_job(fleet, holdout):
+    fleet.start_coordinator()
+    fleet.add_node("n0", *PACED)
+    fleet.wait_live(1)
+    items, truth = job_items(holdout, 20)
+    status = fleet.client.submit(EDGE, items, shard_size=16)
+    wait_done_items(fleet.client, status.job_id, 100)
+    cancelled = fleet.client.cancel(status.job_id)
+    assert cancelled.state == "cancelled"
+    time.sleep(0.5)
+    final = fleet.client.get(status.job_id)
+    assert final.state == "cancelled" and final.done_items < len(truth)
+    assert len(list(fleet.client.results(status.job_id))) == final.done_items
