@@ -10,7 +10,10 @@ Failure behaviour: a call that fails (UNAVAILABLE) or misses its deadline (a hun
 SIGSTOPped node) releases the shard back to the queue and marks the node suspect, so
 the shard goes to another node; a node that dies or is drained has every shard it holds
 re-queued; a lease older than ``lease_s`` is re-queued by the sweeper whatever the
-reason. A shard that fails ``max_failures`` times fails its job with the last error.
+reason. A shard that fails ``max_failures`` times fails its job with the last error;
+results the store refuses (``InvalidResultError``) count as such a failure. A store
+error is logged and the puller tries again after ``STORE_RETRY_S``: it never ends a
+puller (the shard it held comes back when its lease expires).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from coordinator.errors import UnknownNodeError
+from coordinator.errors import InvalidResultError, UnknownNodeError
 from coordinator.fleet.registry import NodeRecord, Registry
 from coordinator.jobs.model import Lease
 from coordinator.jobs.runner import ShardOutput
@@ -31,6 +34,7 @@ from edgeshard.errors import PeerStatusError
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.25
+STORE_RETRY_S = 1.0  # pause after a store error before a puller tries again
 
 
 # run_shard(node, lease) -> ShardOutput; raises PeerStatusError when the node fails it.
@@ -121,13 +125,18 @@ class Dispatcher:
                 return
             if not rec.routable:
                 return  # node_live starts new pullers if it comes back
-            lease = self.store.lease_next(address, self.lease_s, time.time(),
-                                          models=set(rec.models))
-            if lease is None:
-                with self._cond:
-                    self._cond.wait(IDLE_WAIT_S)
+            try:
+                lease = self.store.lease_next(address, self.lease_s, time.time(),
+                                              models=set(rec.models))
+                if lease is not None:
+                    self._run(rec, lease)
+                    continue
+            except Exception:  # noqa: BLE001 - a store error must not end the puller
+                log.exception("puller for %s: store error; retrying", rec.node_id)
+                self._stop.wait(STORE_RETRY_S)
                 continue
-            self._run(rec, lease)
+            with self._cond:
+                self._cond.wait(IDLE_WAIT_S)
 
     def _run(self, rec: NodeRecord, lease: Lease) -> None:
         try:
@@ -149,9 +158,18 @@ class Dispatcher:
             self.store.release(lease.shard_id, lease.attempt, f"internal error: {exc}")
             self.notify()
             return
-        outcome = self.store.complete(lease.shard_id, lease.attempt, output.results,
-                                      escalations=output.escalations,
-                                      spool_limits=self.spool_limits)
+        try:
+            outcome = self.store.complete(lease.shard_id, lease.attempt, output.results,
+                                          escalations=output.escalations,
+                                          spool_limits=self.spool_limits)
+        except InvalidResultError as exc:
+            # The node's answer is unusable (e.g. a NaN confidence): that counts against
+            # the shard like any error status of the node.
+            log.warning("shard %d from %s: results refused: %s", lease.shard_id,
+                        rec.node_id, exc)
+            self.store.release(lease.shard_id, lease.attempt, f"{rec.node_id}: {exc}")
+            self.notify()
+            return
         if self.on_commit is not None:
             self.on_commit(rec.node_id, outcome.accepted, outcome.duplicates)
         if outcome.duplicates:
