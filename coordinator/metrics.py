@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 class CoordinatorMetrics:
     """The coordinator's Prometheus metrics in a registry of its own, and their HTTP endpoint."""
+
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.forwarded = Counter(

@@ -56,6 +56,7 @@ class Request:
     ``future`` resolves to a tuple of result arrays holding this request's rows (or to the
     error); ``deadline`` and ``enqueued`` are ``time.monotonic()`` seconds.
     """
+
     key: Any  # the model version's key; requests with equal keys may share a batch
     tensor: np.ndarray
     deadline: float | None  # time.monotonic() deadline, None for none

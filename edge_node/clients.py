@@ -27,6 +27,7 @@ MAX_BACKOFF_S = 5.0
 @dataclass(frozen=True)
 class LoadReport:
     """The node's load for heartbeats: queue depth, in flight, latency EWMA (ms), capacity."""
+
     queue_depth: int
     in_flight: int
     ewma_latency_ms: float

@@ -43,6 +43,7 @@ class InferResult:
 
     ``request.timings`` holds the per-phase seconds and the batch size it ran in.
     """
+
     version: ModelVersion
     outputs: Outputs
     request: Request

@@ -37,6 +37,7 @@ class Outputs:
     ``probabilities`` float32 ``[N, K]``, ``label`` int64 ``[N]``, ``confidence`` float32
     ``[N]`` (the top-1 probability).
     """
+
     probabilities: np.ndarray
     label: np.ndarray
     confidence: np.ndarray

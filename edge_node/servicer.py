@@ -38,6 +38,7 @@ class NodeServicer(InferenceServicer):
     ``node_id`` names this node in responses; ``ready`` is set once the node is warm and
     cleared when it drains.
     """
+
     def __init__(self, engine: InferenceEngine, node_id: str):
         self.engine = engine
         self.node_id = node_id

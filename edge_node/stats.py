@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 @dataclass
 class Duration:
     """A count of events and their cumulative duration in nanoseconds."""
+
     count: int = 0
     ns: int = 0
 
@@ -27,6 +28,7 @@ class Duration:
 @dataclass
 class BatchStat:
     """Cumulative compute durations of the batches of one size."""
+
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
@@ -39,6 +41,7 @@ class VersionStats:
     ``inference_count`` counts items, ``execution_count`` model invocations;
     ``last_inference_ms`` is a Unix time in milliseconds.
     """
+
     name: str
     version: str
     last_inference_ms: int = 0

@@ -40,6 +40,7 @@ __all__ = ["BreakerState", "CircuitBreaker"]
 
 class BreakerState(enum.StrEnum):
     """State of a :class:`CircuitBreaker`: ``closed``, ``open`` or ``half_open``."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

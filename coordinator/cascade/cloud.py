@@ -43,6 +43,7 @@ class CloudAnswer:
     says why the remaining items were not answered (``breaker_open``, ``budget``, ``busy``,
     ``error: ...``), empty when all were.
     """
+
     labels: np.ndarray  # for the first `answered` items
     confidences: np.ndarray
     answered: int
@@ -56,6 +57,7 @@ class CloudTier:
     ``on_call(cloud_model, outcome, items, seconds)`` is told of every call (a metrics hook);
     ``clock`` (seconds, monotonic) feeds the breaker and the budget.
     """
+
     def __init__(self, transport: Transport, breaker: CircuitBreaker, budget: TokenBucket,
                  cost: CostMeter, concurrency: int = 4, max_batch: int = 32,
                  on_call: Callable[[str, str, int, float], None] | None = None,

@@ -48,6 +48,7 @@ class Cascade:
     ``rules`` maps an edge model to its rule; ``on_decision(model, outcome, items)`` is told
     how many items were accepted at the edge, answered or left unanswered by the cloud.
     """
+
     def __init__(self, rules: dict[str, CascadeRule], cloud: CloudTier,
                  on_decision: Callable[[str, str, int], None] | None = None):
         self.rules = rules

@@ -11,6 +11,7 @@ from edgeshard.settings import SettingsError, check
 @dataclass(frozen=True)
 class CascadeRule:
     """An edge model's cascade: its cloud model's name and the policy choosing what escalates."""
+
     model: str  # the edge model
     cloud_model: str  # its name at the cloud tier
     policy: EscalationPolicy

@@ -47,6 +47,7 @@ class CalibrationResult:
     fitted factor); ``ece_*`` are expected calibration errors on the calibration split before
     and after the fit; ``holdout`` holds the chosen threshold's figures on the hold-out split.
     """
+
     model: str
     policy: str
     temperature_before: float

@@ -66,6 +66,7 @@ class Report:
     ``seconds`` is the job's wall time, ``latencies_ms`` the online single-image latencies
     (ms), ``shares`` results per node id; ``cascade`` is empty when the cloud tier was off.
     """
+
     nodes: int
     items: int
     results: int

@@ -28,6 +28,7 @@ class NodeProcess:
     ``info`` is the JSON the daemon wrote to ``ready_file`` (``grpc_port`` and others);
     the process's stdout and stderr go to ``log_path``.
     """
+
     name: str
     process: subprocess.Popen
     ready_file: Path

@@ -12,6 +12,7 @@ class ProgressBar:
     On a TTY it redraws one line at most every ``min_interval`` seconds; otherwise it
     writes a plain line at most every 2 seconds.
     """
+
     def __init__(self, total: int, label: str = "", stream=None, width: int = 30,
                  min_interval: float = 0.1):
         self.total = max(0, total)

@@ -37,6 +37,7 @@ class SubmitOutcome:
     ``written`` counts result lines in the output file over all runs; ``error`` is the
     job's error message, empty if none.
     """
+
     job_id: str
     state: str
     total: int

@@ -74,6 +74,7 @@ class Ewma:
 
 class NodeState(enum.Enum):
     """A node's speed state under :class:`SlowNodePolicy`."""
+
     NORMAL = "normal"
     SLOW = "slow"
 

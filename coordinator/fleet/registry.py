@@ -37,6 +37,7 @@ class NodeRecord:
     flight the node accepts; ``queue_depth``, ``in_flight`` and ``node_latency_ms`` are as
     the node last reported; ``last_heard`` is on the registry's clock (seconds).
     """
+
     address: str
     node_id: str
     source: str  # seed | registered | discovered

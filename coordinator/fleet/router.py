@@ -26,6 +26,7 @@ class Router:
     ``epsilon`` is the bounded-load slack for keyed requests; ``rng`` the random source for
     the two-choices pick (seed it for tests).
     """
+
     def __init__(self, registry: Registry, epsilon: float = 0.25,
                  rng: random.Random | None = None):
         self.registry = registry
