@@ -150,7 +150,7 @@ class NodeServicer(InferenceServicer):
         if not self.ready.is_set():
             raise errors.ShuttingDownError("node is not ready (starting or draining)")
         arrays = codec.decode_inputs(request)
-        requested = [o.name for o in request.outputs] or None
+        requested = codec.requested_outputs(request)
         if requested:
             for i, name in enumerate(requested):
                 if name not in OUTPUT_NAMES:

@@ -37,6 +37,10 @@ InferOutputTensor = oip_pb2.ModelInferResponse.InferOutputTensor
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UINT64_MAX = 2**64 - 1
 _LENGTH_PREFIX = struct.Struct("<I")
+# No tensor can be larger: gRPC refuses messages of 2 GiB or more. A shape whose
+# elements would need more (its zero dimensions counted as 1, so that [0, 2^40, 2^40]
+# is caught too) is refused before anything is allocated for it.
+MAX_TENSOR_BYTES = 2**31 - 1
 
 
 class TensorError(ValueError):
@@ -115,10 +119,22 @@ def _lookup(datatype: str, field: str) -> Datatype:
     return found
 
 
-def _shape(shape: Sequence[int], field: str) -> tuple[int, ...]:
+def _shape(shape: Sequence[int], field: str, spec: Datatype) -> tuple[int, ...]:
+    """The validated shape: no negative dimension, and a size that could fit a message.
+
+    BYTES elements need at least their 4-byte length prefix each.
+    """
     dims = tuple(shape)
     if any(d < 0 for d in dims):
         raise TensorError(field, f"dimensions must be >= 0, got {list(dims)}")
+    element = _LENGTH_PREFIX.size if spec.name == "BYTES" else spec.dtype.itemsize
+    declared = math.prod(max(d, 1) for d in dims) * element
+    if declared > MAX_TENSOR_BYTES:
+        raise TensorError(
+            field,
+            f"{spec.name} shape {list(dims)} declares {declared} bytes; no tensor may exceed "
+            f"{MAX_TENSOR_BYTES} bytes (gRPC's message limit)",
+        )
     return dims
 
 
@@ -127,6 +143,12 @@ def _has_typed_contents(tensor: Any) -> bool:
 
 
 def _decode_raw_bytes(raw: bytes, count: int, field: str) -> np.ndarray:
+    if count * _LENGTH_PREFIX.size > len(raw):
+        raise TensorError(
+            field,
+            f"BYTES shape declares {count} elements but the data holds at most "
+            f"{len(raw) // _LENGTH_PREFIX.size} ({len(raw)} bytes, 4 per length prefix)",
+        )
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     offset = 0
@@ -173,7 +195,7 @@ def decode_array(field: str, datatype: str, shape: Sequence[int], raw: bytes) ->
     match the shape.
     """
     spec = _lookup(datatype, f"{field}.datatype")
-    return _decode_raw(raw, spec, _shape(shape, f"{field}.shape"), f"{field}.data")
+    return _decode_raw(raw, spec, _shape(shape, f"{field}.shape", spec), f"{field}.data")
 
 
 def encode_array(array: Any, field: str = "array") -> tuple[str, list[int], bytes]:
@@ -221,7 +243,7 @@ def _check_raw_count(
 def _decode_one(tensor: Any, raw: bytes | None, i: int, kind: str, raw_kind: str) -> np.ndarray:
     field = f"{kind}[{i}]"
     spec = _lookup(tensor.datatype, f"{field}.datatype")
-    shape = _shape(tensor.shape, f"{field}.shape")
+    shape = _shape(tensor.shape, f"{field}.shape", spec)
     if raw is None:
         return _decode_typed(tensor, spec, shape, field)
     if _has_typed_contents(tensor):
@@ -312,6 +334,25 @@ def encode_input_tensor(name: str, array: Any) -> tuple[InferInputTensor, bytes]
     return InferInputTensor(name=name, datatype=datatype, shape=shape), raw
 
 
+def requested_outputs(request: oip_pb2.ModelInferRequest) -> list[str]:
+    """The output names ``request`` asks for, in order (empty: every output).
+
+    Raises TensorError naming ``outputs[i].name`` for an empty name or a name asked for
+    twice (a response cannot hold two tensors of one name).
+    """
+    names: list[str] = []
+    for i, output in enumerate(request.outputs):
+        if not output.name:
+            raise TensorError(f"outputs[{i}].name", "empty; name the output to return")
+        if output.name in names:
+            raise TensorError(
+                f"outputs[{i}].name",
+                f"output {output.name!r} is requested twice; ask for each output once",
+            )
+        names.append(output.name)
+    return names
+
+
 def encode_outputs(
     response: oip_pb2.ModelInferResponse,
     outputs: Mapping[str, Any],
@@ -326,6 +367,8 @@ def encode_outputs(
     """
     names = list(requested) if requested else list(outputs)
     for i, name in enumerate(names):
+        if name in names[:i]:
+            raise TensorError(f"outputs[{i}].name", f"output {name!r} is requested twice")
         if name not in outputs:
             raise TensorError(
                 f"outputs[{i}].name",

@@ -101,6 +101,7 @@ class InferenceServicer(InferenceServicerBase):
     def ModelInfer(self, request, context):
         if not self.ready.is_set():
             raise errors.ShuttingDownError("coordinator is not ready (starting or draining)")
+        requested = codec.requested_outputs(request)
         rule = self.cascade.rule(request.model_name) if self.cascade is not None else None
         forwarded = convert.without_outputs(request) if rule is not None else request
         timeout = time_left(context, self.request_timeout)
@@ -122,5 +123,4 @@ class InferenceServicer(InferenceServicerBase):
         decision = self.cascade.decide(rule, items, probabilities,
                                        convert.online_ids(request, len(probabilities)),
                                        max(0.001, deadline - time.monotonic()))
-        return convert.cascade_response(response, probabilities, decision,
-                                        [o.name for o in request.outputs])
+        return convert.cascade_response(response, probabilities, decision, requested)

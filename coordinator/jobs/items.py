@@ -22,6 +22,7 @@ names the file, the item and the field, and says how to fix it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -294,7 +295,7 @@ def _msgpack_item(obj: object, index: int, path: str) -> _Item:
         raise fail("shape", f"{shape!r} must be a non-empty list of positive integers, "
                             "e.g. [28, 28] or [224, 224, 3]")
     shape = tuple(shape)
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap at 2**63
     if expected != len(data):
         raise fail("shape", f"{_fmt(shape)} does not match {len(data)} bytes of {dtype} "
                             f"(it needs {expected} bytes); fix shape or data")

@@ -62,6 +62,13 @@ CASES = [
     ("NaN in FP32", request([1, 28, 28, 1], "FP32",
                             raw=np.full((1, 28, 28, 1), np.nan, np.float32).tobytes()),
      grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+    # Declared sizes no payload backs: refused before anything is allocated for them.
+    ("huge zero-size shape", request([0, 2**40, 2**40], raw=b""),
+     grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].shape"),
+    ("huge BYTES shape", request([2**40], "BYTES", raw=b""), grpc.StatusCode.INVALID_ARGUMENT,
+     "inputs[0].shape"),
+    ("BYTES count beyond its data", request([2**20], "BYTES", raw=b""),
+     grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents[0]"),
     ("unknown model", request([1, 28, 28], model="resnet"), grpc.StatusCode.NOT_FOUND,
      "model_name"),
     ("unknown version", request([1, 28, 28], version="9"), grpc.StatusCode.NOT_FOUND,
@@ -98,6 +105,17 @@ def test_unknown_requested_output(stub):
         stub.ModelInfer(req, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "outputs[0].name" in err.value.details()
+    still_serving(stub)
+
+
+def test_an_output_requested_twice_is_refused(stub):
+    req = request([1, 28, 28])
+    req.outputs.add(name="label")
+    req.outputs.add(name="label")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(req, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "outputs[1].name" in err.value.details() and "twice" in err.value.details()
     still_serving(stub)
 
 

@@ -55,6 +55,12 @@ BAD_SUBMITS = [
      grpc.StatusCode.INVALID_ARGUMENT, "item shape"),
     ("total mismatch", [header(total_items=10), items(IMAGES)],
      grpc.StatusCode.INVALID_ARGUMENT, "total_items"),
+    ("huge declared shape", [header(), fleet_pb2.SubmitRequest(items=fleet_pb2.ItemBatch(
+        datatype="UINT8", shape=[0, 2**40, 2**40], data=b""))],
+     grpc.StatusCode.INVALID_ARGUMENT, "items[1].shape"),
+    ("huge BYTES shape", [header(), fleet_pb2.SubmitRequest(items=fleet_pb2.ItemBatch(
+        datatype="BYTES", shape=[2**40], data=b""))],
+     grpc.StatusCode.INVALID_ARGUMENT, "items[1].shape"),
     ("bad job id", [header(job_id="has spaces"), items(IMAGES)],
      grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
 ]

@@ -95,6 +95,32 @@ def test_invalid_argument_is_passed_through_not_retried(two_node_fleet):
         stats.close()
 
 
+def test_untrusted_sizes_and_repeated_outputs_are_refused_at_the_front(two_node_fleet):
+    from protos import oip_pb2
+    from protos.oip_service import InferenceStub
+
+    channel = grpc.insecure_channel(two_node_fleet.coordinator.address)
+    stub = InferenceStub(channel)
+    try:
+        huge = oip_pb2.ModelInferRequest(model_name=EDGE, raw_input_contents=[b""])
+        huge.inputs.add(name="image", datatype="UINT8", shape=[0, 2**40, 2**40])
+        twice = oip_pb2.ModelInferRequest(model_name=EDGE,
+                                          raw_input_contents=[bytes(28 * 28)])
+        twice.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+        twice.outputs.add(name="label")
+        twice.outputs.add(name="label")
+        for request, field in ((huge, "inputs[0].shape"), (twice, "outputs[1].name")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert field in err.value.details()
+        del twice.outputs[1:]
+        answer = stub.ModelInfer(twice, timeout=10)  # still serving
+        assert [o.name for o in answer.outputs] == ["label"]
+    finally:
+        channel.close()
+
+
 def test_dead_node_is_retried_elsewhere(two_node_fleet, holdout):
     fleet = two_node_fleet
     fleet.nodes[0].kill()

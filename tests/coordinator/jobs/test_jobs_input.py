@@ -129,6 +129,14 @@ def test_msgpack_shape_does_not_match_data(tmp_path):
     assert (err.item, err.field) == (17, "shape")
 
 
+def test_msgpack_shape_too_large_for_any_data_is_refused(tmp_path):
+    # 2**32 * 2**32 wraps to 0 in int64 arithmetic: an empty item must not pass for it.
+    items = [{"id": "big", "data": b"", "dtype": "uint8", "shape": [2**32, 2**32]}]
+    err = input_error(write_msgpack(tmp_path / "x.msgpack", items))
+    assert "item 0: shape [4294967296,4294967296] does not match 0 bytes" in str(err)
+    assert (err.item, err.field) == (0, "shape")
+
+
 def test_msgpack_items_must_share_shape(tmp_path):
     items = [image_item(0, shape=(4, 4)), image_item(1, shape=(4, 4)),
              image_item(2, shape=(4, 4, 3))]
