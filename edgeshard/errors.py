@@ -11,6 +11,10 @@ from __future__ import annotations
 # server was unreachable or too slow. Anything else (INVALID_ARGUMENT above all) is the
 # caller's or the model's answer and is never retried.
 RETRYABLE_STATUSES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+# Status names that blame the request, not the server that answered it: the server is
+# healthy, so they never count against a circuit breaker, and the caller who sent the
+# request is told.
+CALLER_FAULT_STATUSES = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION"})
 
 
 class EdgeshardError(Exception):
@@ -57,3 +61,8 @@ class PeerStatusError(EdgeshardError):
     def retryable(self) -> bool:
         """True when another server may succeed (``RETRYABLE_STATUSES``)."""
         return self.status in RETRYABLE_STATUSES
+
+    @property
+    def caller_fault(self) -> bool:
+        """True when the request itself was refused (``CALLER_FAULT_STATUSES``)."""
+        return self.status in CALLER_FAULT_STATUSES

@@ -196,12 +196,16 @@ def cloud_transport(clients: ClientPool, address: str, output: str = "probabilit
 
     ``output="probabilities"`` takes argmax and max of the ``probabilities`` output;
     ``"label"`` reads ``label`` and ``confidence``. The input is the item as submitted.
+    The cloud's error status is raised as ``PeerStatusError``.
     """
 
     def call(model: str, items: np.ndarray, timeout: float):
         client = clients.get(address)
         wanted = ["probabilities"] if output == "probabilities" else ["label", "confidence"]
-        response = client.infer_raw(model, items, wanted, timeout)
+        try:
+            response = client.infer_raw(model, items, wanted, timeout)
+        except grpc.RpcError as exc:
+            raise peer_error(exc, f"cloud tier {address} failed") from None
         if output == "probabilities":
             probs = codec.decode_output(response, "probabilities")
             return probs.argmax(axis=1).astype(np.int64), probs.max(axis=1).astype(np.float32)

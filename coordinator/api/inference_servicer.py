@@ -23,6 +23,7 @@ from coordinator.cascade.decision import Cascade
 from coordinator.fleet.forwarder import Forwarder
 from coordinator.fleet.registry import Registry
 from edgeshard import VERSION
+from edgeshard.errors import PeerStatusError
 from edgeshard.rpc import guarded, time_left
 from protos import codec, oip_pb2
 from protos.oip_service import InferenceServicer as InferenceServicerBase
@@ -123,4 +124,8 @@ class InferenceServicer(InferenceServicerBase):
         decision = self.cascade.decide(rule, items, probabilities,
                                        convert.online_ids(request, len(probabilities)),
                                        max(0.001, deadline - time.monotonic()))
+        if decision.refusal is not None:  # the caller's input, refused by the cloud model
+            raise PeerStatusError(decision.refusal.status,
+                                  f"cloud tier refused the escalated items: "
+                                  f"{decision.refusal.details}")
         return convert.cascade_response(response, probabilities, decision, requested)

@@ -13,7 +13,11 @@
 
 The answer says how many leading items were answered and why the rest were not
 (``breaker_open``, ``budget``, ``busy``, ``error: ...``), so the caller spools them.
-Calls, items and cost are counted for metrics.
+A call the cloud refuses as malformed (a ``PeerStatusError`` whose status blames the
+request, e.g. INVALID_ARGUMENT) proves the cloud healthy: it never counts against the
+breaker; the answer's ``refusal`` carries it, and its items are not worth retrying.
+Calls, items and cost are counted for metrics. A failing cloud is logged once when it
+starts failing and once when it answers again, not on every call.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import numpy as np
 
 from coordinator.cascade.breaker import CircuitBreaker
 from coordinator.cascade.budget import CostMeter, TokenBucket
+from edgeshard.errors import PeerStatusError
 
 log = logging.getLogger(__name__)
 
-# transport(cloud_model, items, timeout) -> (labels int64 [n], confidences float32 [n])
+# transport(cloud_model, items, timeout) -> (labels int64 [n], confidences float32 [n]);
+# raises PeerStatusError when the cloud answers with an error status.
 Transport = Callable[[str, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
 
 
@@ -41,13 +47,17 @@ class CloudAnswer:
 
     ``labels`` int64 ``[answered]`` and ``confidences`` float32 ``[answered]``; ``reason``
     says why the remaining items were not answered (``breaker_open``, ``budget``, ``busy``,
-    ``error: ...``), empty when all were.
+    ``error: ...``, ``refused: ...``), empty when all were. ``refusal`` is set when the
+    cloud refused the next ``refused`` items as malformed (a caller's fault, not the
+    cloud's): they would be refused again.
     """
 
     labels: np.ndarray  # for the first `answered` items
     confidences: np.ndarray
     answered: int
     reason: str = ""  # why the remaining items were not answered
+    refused: int = 0  # items after the answered ones that the cloud refused as malformed
+    refusal: PeerStatusError | None = None
 
 
 class CloudTier:
@@ -70,6 +80,7 @@ class CloudTier:
         self._slots = threading.BoundedSemaphore(concurrency)
         self.on_call = on_call  # metrics hook: (cloud_model, outcome, items, seconds)
         self.clock = clock
+        self._failing = False  # the last call failed (for logging each outage once)
 
     def ask(self, cloud_model: str, items: np.ndarray, timeout: float) -> CloudAnswer:
         """Ask ``cloud_model`` about ``items`` (``[n, ...]``) within ``timeout`` seconds overall.
@@ -90,7 +101,7 @@ class CloudTier:
             return CloudAnswer(labels[:0], confidences[:0], 0, "budget")
         if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return CloudAnswer(labels[:0], confidences[:0], 0, "busy")
-        done, reason = 0, ""
+        done, reason, refused, refusal = 0, "", 0, None
         try:
             while done < granted:
                 remaining = deadline - time.monotonic()
@@ -101,14 +112,24 @@ class CloudTier:
                 started = time.monotonic()
                 try:
                     got_labels, got_conf = self.transport(cloud_model, batch, remaining)
-                except Exception as exc:  # noqa: BLE001 - any failure counts against the cloud
-                    self.breaker.record_failure(self.clock())
-                    reason = f"error: {exc}"
-                    self._observe(cloud_model, "failed", len(batch), started)
-                    log.warning("cloud call for %d item(s) of %s failed: %s", len(batch),
-                                cloud_model, exc)
+                except PeerStatusError as exc:
+                    if not exc.caller_fault:
+                        reason = self._failed(cloud_model, batch, started, exc)
+                        break
+                    self.breaker.record_success(self.clock())  # it answered: it is healthy
+                    self._observe(cloud_model, "refused", len(batch), started)
+                    log.info("cloud refused %d item(s) of %s: %s: %s", len(batch),
+                             cloud_model, exc.status, exc.details)
+                    reason = f"refused: {exc.status}: {exc.details}"
+                    refused, refusal = len(batch), exc
+                    break
+                except Exception as exc:  # noqa: BLE001 - any other failure is the cloud's
+                    reason = self._failed(cloud_model, batch, started, exc)
                     break
                 self.breaker.record_success(self.clock())
+                if self._failing:
+                    self._failing = False
+                    log.info("cloud tier answers again (%s)", cloud_model)
                 self.cost.record(items=len(batch), calls=1)
                 self._observe(cloud_model, "answered", len(batch), started)
                 labels[done:done + len(batch)] = got_labels
@@ -118,7 +139,19 @@ class CloudTier:
             self._slots.release()
         if not reason and granted < n:
             reason = "budget"
-        return CloudAnswer(labels[:done], confidences[:done], done, reason)
+        return CloudAnswer(labels[:done], confidences[:done], done, reason, refused, refusal)
+
+    def _failed(self, model: str, batch: np.ndarray, started: float, exc: Exception) -> str:
+        """Count a failed call against the breaker; log only the first of a run of them."""
+        self.breaker.record_failure(self.clock())
+        self._observe(model, "failed", len(batch), started)
+        text = f"{exc.status}: {exc.details}" if isinstance(exc, PeerStatusError) else str(exc)
+        if not self._failing:
+            self._failing = True
+            log.warning("cloud call for %d item(s) of %s failed: %s (logged once until the "
+                        "cloud answers again; escalations wait in the spool)", len(batch),
+                        model, text)
+        return f"error: {text}"
 
     def _observe(self, model: str, outcome: str, items: int, started: float) -> None:
         if self.on_call is not None:

@@ -5,7 +5,9 @@ model's policy, asks the cloud tier for the escalated items and returns a ``Deci
 per item the answer, the edge's label and confidence, the cloud's where it answered, and
 the tier that gave the answer. Items the cloud did not answer are ``degraded``: the
 online front returns their edge answer flagged so; the job path spools them
-(``coordinator.jobs.runner``).
+(``coordinator.jobs.runner``). Items the cloud refused as malformed are ``cloud_refused``:
+the online front returns the refusal to its caller, the job path finalizes their edge
+answer instead of spooling what would be refused again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from coordinator.cascade.cloud import CloudTier
 from coordinator.cascade.rules import CascadeRule
+from edgeshard.errors import PeerStatusError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,13 @@ class Decision:
     cloud_answered: np.ndarray  # bool
     cloud_labels: np.ndarray
     cloud_confidences: np.ndarray
+    # bool [N]: escalated items the cloud refused as malformed (retrying cannot help)
+    cloud_refused: np.ndarray | None = None
+    refusal: PeerStatusError | None = None  # the cloud's status for them
+
+    def __post_init__(self) -> None:
+        if self.cloud_refused is None:
+            self.cloud_refused = np.zeros(len(self.labels), dtype=bool)
 
     @property
     def degraded(self) -> np.ndarray:
@@ -69,6 +79,8 @@ class Cascade:
         cloud_labels = np.full(n, -1, dtype=np.int64)
         cloud_conf = np.zeros(n, dtype=np.float32)
         answered = np.zeros(n, dtype=bool)
+        refused = np.zeros(n, dtype=bool)
+        refusal = None
         idx = np.flatnonzero(escalate)
         if len(idx):
             answer = self.cloud.ask(rule.cloud_model, items[idx], timeout)
@@ -76,6 +88,8 @@ class Cascade:
             cloud_labels[got] = answer.labels
             cloud_conf[got] = answer.confidences
             answered[got] = True
+            refused[idx[answer.answered:answer.answered + answer.refused]] = True
+            refusal = answer.refusal
         labels = np.where(answered, cloud_labels, edge_labels)
         confidences = np.where(answered, cloud_conf, edge_conf).astype(np.float32)
         tiers = ["cloud" if a else "edge" for a in answered]
@@ -86,4 +100,4 @@ class Cascade:
                 if count:
                     self.on_decision(rule.model, outcome, count)
         return Decision(labels, confidences, edge_labels, edge_conf, tiers, escalate, answered,
-                        cloud_labels, cloud_conf)
+                        cloud_labels, cloud_conf, refused, refusal)

@@ -3,8 +3,10 @@
 One thread. Each round: finalize expired entries (their degraded edge answers), then take
 up to ``max_batch`` oldest entries per cloud model and ask the cloud (an open breaker or a
 spent budget answers at once, without a call). Answered entries get their final cloud
-result in the same transaction that removes them; unanswered ones stay, with the error
-noted. A round that fails is logged and the next one runs: replay never stops on an error.
+result in the same transaction that removes them; entries the cloud refuses as malformed
+get their edge answer as final (flagged ``degraded``, with the cloud's error); unanswered
+ones stay, with the error noted. A round that fails is logged and the next one runs:
+replay never stops on an error.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -78,10 +81,17 @@ class SpoolReplayer:
                 done.append((e.spool_id, ResultRow(e.item_id, int(label), float(conf), "cloud",
                                                    e.fallback.node, e.fallback.model_version,
                                                    extra)))
+            refused = group[answer.answered:answer.answered + answer.refused]
+            for e in refused:  # would be refused again: the edge answer becomes final
+                error = f"{answer.refusal.status}: {answer.refusal.details}"
+                done.append((e.spool_id, replace(
+                    e.fallback, extra={**e.fallback.extra, "degraded": True, "spooled": True,
+                                       "cloud_error": error})))
             if done:
                 resolved += self.queue.resolve(done)
-            if answer.reason:
-                self.queue.failed([e.spool_id for e in group[answer.answered:]], answer.reason)
+            waiting = group[answer.answered + answer.refused:]
+            if answer.reason and waiting:
+                self.queue.failed([e.spool_id for e in waiting], answer.reason)
         self.replayed += resolved
         if resolved and self.on_change is not None:
             self.on_change()

@@ -4,7 +4,8 @@ A shard is one batched classification request to the node that leased it, with a
 deadline (``ShardRunner``). Without a cascade rule for the model every item's edge answer
 is final. With one, the cascade decides per item; items the cloud answered get the
 cloud's answer (``tier`` = ``cloud``), items it could not answer become escalations for
-the spool, carrying the edge answer to fall back on (``shard_results``).
+the spool, carrying the edge answer to fall back on (``shard_results``); items it refused
+as malformed keep their edge answer, final, flagged ``degraded`` with the cloud's error.
 
 Failure behaviour: the node's error status propagates as ``PeerStatusError`` (the
 dispatcher decides whether the node or the shard is at fault).
@@ -69,9 +70,11 @@ def shard_results(decision: Decision, ids: Sequence[str], items: np.ndarray, nod
         if d.cloud_answered[i]:
             extra.update(cloud_label=int(d.cloud_labels[i]),
                          cloud_confidence=float(d.cloud_confidences[i]))
+        if d.cloud_refused[i]:  # final: the cloud would refuse it again
+            extra.update(degraded=True, cloud_error=f"{d.refusal.status}: {d.refusal.details}")
         row = ResultRow(item, int(d.labels[i]), float(d.confidences[i]), d.tiers[i], node,
                         version, extra)
-        if d.escalated[i] and not d.cloud_answered[i]:
+        if d.escalated[i] and not d.cloud_answered[i] and not d.cloud_refused[i]:
             pending.append(Escalation(item, items[i], row))
         else:
             results.append(row)

@@ -175,3 +175,32 @@ def test_online_requests_cascade_and_degrade(fleet, holdout):
         assert degraded > 0  # the edge answered, flagged degraded
     finally:
         client.close()
+
+
+def test_a_request_the_cloud_refuses_is_the_callers_error_not_the_clouds(fleet, holdout):
+    # The int8 edge model takes its native INT8 tensor; the float cloud model refuses it
+    # (INVALID_ARGUMENT). That is the caller's mistake: it goes back to that caller, and
+    # the breaker (2 failures open it here) stays closed for everyone else.
+    cloud = start_cloud(fleet)
+    fleet.start_coordinator("--cloud", cloud.address, "--cascade", f"{EDGE}={CLOUD}",
+                            "--escalation", f"{EDGE}=always", "--breaker-failures", "2",
+                            "--breaker-reset-s", "60", "--cloud-timeout-s", "2")
+    fleet.add_node("edge-1")
+    fleet.wait_live(1)
+    client = tc.InferenceServerClient(fleet.coordinator.address)
+    try:
+        native = tc.InferInput("image", [1, 28, 28, 1], "INT8")
+        native.set_data_from_numpy(np.zeros((1, 28, 28, 1), np.int8))
+        for _ in range(5):
+            with pytest.raises(tc.InferenceServerException) as err:
+                client.infer(EDGE, [native])
+            assert "INVALID_ARGUMENT" in str(err.value.status())
+            assert "cloud tier refused" in err.value.message()
+        image = tc.InferInput("image", [1, 28, 28], "UINT8")
+        image.set_data_from_numpy(holdout[0][:1])
+        answer = client.infer(EDGE, [image])
+        params = answer.get_response().parameters
+        assert params["tier"].string_param == "cloud"
+        assert params["degraded"].int64_param == 0
+    finally:
+        client.close()

@@ -12,6 +12,7 @@ import pytest
 from coordinator.cascade.breaker import BreakerState, CircuitBreaker
 from coordinator.cascade.budget import CostMeter, TokenBucket
 from coordinator.cascade.cloud import CloudAnswer, CloudTier
+from edgeshard.errors import PeerStatusError
 
 
 class Clock:
@@ -232,3 +233,38 @@ def test_empty_request_is_answered_without_a_call():
     answer = make_tier(cloud).ask("big", items(0), timeout=1.0)
     assert answer.answered == 0
     assert cloud.batches == []
+
+
+def refusing(status: str):
+    """A cloud that answers every call with ``status`` (a PeerStatusError)."""
+    calls = []
+
+    def call(cloud_model: str, batch: np.ndarray, timeout: float):
+        calls.append(len(batch))
+        raise PeerStatusError(status, "inputs[0].datatype: expected FP32")
+
+    call.calls = calls
+    return call
+
+
+def test_a_refused_request_never_counts_against_the_breaker():
+    tier = make_tier(refusing("INVALID_ARGUMENT"), failures=2, max_batch=4)
+    for _ in range(5):
+        answer = tier.ask("big", items(6), timeout=2.0)
+        assert answer.answered == 0 and answer.refused == 4  # the first batch, then stop
+        assert answer.reason.startswith("refused: INVALID_ARGUMENT")
+        assert answer.refusal.status == "INVALID_ARGUMENT"
+    assert tier.breaker.state == BreakerState.CLOSED
+
+
+@pytest.mark.parametrize("status", ["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL",
+                                    "RESOURCE_EXHAUSTED", "NOT_FOUND"])
+def test_server_faults_count_against_the_breaker(status):
+    cloud = refusing(status)
+    tier = make_tier(cloud, failures=2)
+    for _ in range(2):
+        answer = tier.ask("big", items(3), timeout=2.0)
+        assert answer.refused == 0 and answer.reason.startswith(f"error: {status}")
+    assert tier.breaker.state == BreakerState.OPEN
+    assert tier.ask("big", items(3), timeout=2.0).reason == "breaker_open"
+    assert len(cloud.calls) == 2

@@ -342,16 +342,20 @@ class EdgeNode:
 
 
 class Cloud:
-    """The cloud model: label 40 + edge argmax, or a failure while ``down``."""
+    """The cloud model: label 40 + edge argmax, a failure while ``down``, or a refusal of
+    the request (INVALID_ARGUMENT) while ``refusing``."""
 
-    def __init__(self, down: bool):
+    def __init__(self, down: bool, refusing: bool = False):
         self.down = down
+        self.refusing = refusing
         self.sent = 0
 
     def __call__(self, cloud_model: str, array: np.ndarray, timeout: float):
         assert cloud_model == "m-cloud"
         if self.down:
             raise ConnectionError("cloud down")
+        if self.refusing:
+            raise PeerStatusError("INVALID_ARGUMENT", "inputs[0].datatype: expected FP32")
         self.sent += len(array)
         return 40 + array.argmax(axis=1).astype(np.int64), np.full(len(array), 0.99, np.float32)
 
@@ -528,3 +532,38 @@ def test_dispatcher_with_shard_runner_spools_then_replays(store, registry, dispa
     assert progress.state is JobState.DONE and progress.cloud_answered == 4
     results = assert_one_result_per_item(store, job.job_id, ids)
     assert sorted(r.item_id for r in results if r.tier == "cloud") == ["x1", "x3", "x5", "x7"]
+
+
+def test_items_the_cloud_refuses_get_their_edge_answer_as_final(store, registry):
+    job = store.create_job("m", (CASCADE_IDS, PROBS), shard_size=4)
+    lease = lease_one(store)
+    cascade = make_cascade(Cloud(down=False, refusing=True))
+    out = make_runner(registry, cascade, EdgeNode())(registry.get("a:1"), lease)
+    assert out.escalations == []  # nothing spooled: it would be refused again
+    refused = {r.item_id: r for r in out.results if r.extra.get("cloud_error")}
+    assert sorted(refused) == ["c1", "c3"]
+    for r in refused.values():
+        assert r.tier == "edge" and r.extra["degraded"] is True
+        assert "INVALID_ARGUMENT" in r.extra["cloud_error"]
+    store.complete(lease.shard_id, lease.attempt, out.results, escalations=out.escalations)
+    progress = store.progress(job.job_id)
+    assert progress.state is JobState.DONE and progress.degraded == 2
+    assert cascade.cloud.breaker.consecutive_failures == 0
+
+
+def test_spool_replayer_finalizes_entries_the_cloud_refuses(store, registry):
+    job = store.create_job("m", (CASCADE_IDS, PROBS), shard_size=4)
+    cloud = Cloud(down=True)
+    cascade = make_cascade(cloud)
+    lease = lease_one(store)
+    out = make_runner(registry, cascade, EdgeNode())(registry.get("a:1"), lease)
+    store.complete(lease.shard_id, lease.attempt, out.results, escalations=out.escalations)
+    assert store.progress(job.job_id).pending_escalations == 2
+    cloud.down, cloud.refusing = False, True
+    replayer = SpoolReplayer(SpoolQueue(store), cascade, timeout=1.0)
+    assert replayer.run_once() == 2
+    progress = store.progress(job.job_id)
+    assert progress.state is JobState.DONE and progress.pending_escalations == 0
+    results = {r.item_id: r for r in assert_one_result_per_item(store, job.job_id, CASCADE_IDS)}
+    assert results["c1"].tier == "edge" and results["c1"].extra["degraded"] is True
+    assert "INVALID_ARGUMENT" in results["c1"].extra["cloud_error"]
