@@ -70,7 +70,7 @@ class InferenceServicer(InferenceServicerBase):
         return oip_pb2.ModelReadyResponse(ready=ready)
 
     def _ask_a_node(self, call: str, request, context):
-        node = self.forwarder.router.choose(request.name, request.version)
+        node = self.forwarder.router.any_node(request.name, request.version)
         timeout = min(time_left(context, self.request_timeout), self.request_timeout)
         return node_call(self.clients, call, request)(node, timeout)
 

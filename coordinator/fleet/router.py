@@ -34,6 +34,29 @@ class Router:
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
 
+    def any_node(self, model: str, version: str = "") -> NodeRecord:
+        """A live node serving ``model`` for a control call (metadata, config): the least
+        loaded per unit of weight, at capacity or not, since such calls are cheap and must
+        answer when the fleet is busy. Raises ``ModelNotServedError`` or
+        ``NoNodeAvailableError`` as ``choose`` does."""
+        nodes = self._live(model, version, frozenset())
+        return min(nodes, key=lambda n: ((n.outstanding + 1) / max(n.weight, 1e-9), n.node_id))
+
+    def _live(self, model: str, version: str, exclude: frozenset[str]) -> list[NodeRecord]:
+        nodes = [n for n in self.registry.routable(model, version) if n.address not in exclude]
+        if not nodes:
+            known = [n for n in self.registry.snapshot() if n.serves(model, version)]
+            what = f"{model}" + (f" version {version}" if version else "")
+            if not known:
+                served = sorted({m for n in self.registry.snapshot() for m in n.models})
+                raise ModelNotServedError(f"model_name: no node serves {what} (served: "
+                                          f"{', '.join(served) or 'none'})")
+            raise NoNodeAvailableError(
+                f"no live node for {what} ({len(known)} known, none live and undrained"
+                + (", the others already failed this request" if exclude else "") + ")"
+            )
+        return nodes
+
     def choose(self, model: str, version: str = "", routing_key: str = "",
                exclude: frozenset[str] = frozenset()) -> NodeRecord:
         """Pick a routable node serving ``model`` (at ``version``), skipping ``exclude`` addresses.
@@ -42,16 +65,7 @@ class Router:
         of two. Raises ``ModelNotServedError``, ``NoNodeAvailableError`` or
         ``FleetSaturatedError`` as the module docstring describes.
         """
-        nodes = [n for n in self.registry.routable(model, version) if n.address not in exclude]
-        if not nodes:
-            known = [n for n in self.registry.snapshot() if n.serves(model, version)]
-            what = f"{model}" + (f" version {version}" if version else "")
-            if not known:
-                raise ModelNotServedError(f"model_name: no node serves {what}")
-            raise NoNodeAvailableError(
-                f"no live node for {what} ({len(known)} known, none live and undrained"
-                + (", the others already failed this request" if exclude else "") + ")"
-            )
+        nodes = self._live(model, version, exclude)
         by_address = {n.address: n for n in nodes}
         candidates = [Candidate(n.address, weight=n.weight, load=n.outstanding,
                                 capacity=n.capacity) for n in nodes]

@@ -160,6 +160,40 @@ def test_saturated_fleet_answers_resource_exhausted(fleet, holdout):
         channel.close()
 
 
+def test_control_calls_answer_while_the_fleet_is_at_capacity(fleet):
+    fleet.start_coordinator()
+    fleet.add_node("slow", "--capacity", "1", "--max-batch-delay-ms", "1500")
+    fleet.wait_live(1)
+    from protos import oip_pb2
+    from protos.oip_service import InferenceStub
+
+    channel = grpc.insecure_channel(fleet.coordinator.address)
+    stub = InferenceStub(channel)
+    req = oip_pb2.ModelInferRequest(model_name=EDGE, raw_input_contents=[bytes(28 * 28)])
+    req.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+    try:
+        held = stub.ModelInfer.future(req, timeout=20)  # the node's one slot, ~1.5 s
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=20)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the data path is full
+        meta = stub.ModelMetadata(oip_pb2.ModelMetadataRequest(name=EDGE), timeout=5)
+        assert meta.name == EDGE and meta.inputs
+        config = stub.ModelConfig(oip_pb2.ModelConfigRequest(name=EDGE), timeout=5)
+        assert config.config.max_batch_size > 0
+        assert stub.ModelStatistics(oip_pb2.ModelStatisticsRequest(name=EDGE), timeout=5)
+        assert stub.ModelReady(oip_pb2.ModelReadyRequest(name=EDGE), timeout=5).ready
+        assert stub.ServerReady(oip_pb2.ServerReadyRequest(), timeout=5).ready
+        assert not held.done()  # all of that while the slot was still taken
+        assert len(held.result().outputs) == 3
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelMetadata(oip_pb2.ModelMetadataRequest(name="nope"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert EDGE in err.value.details()  # names what is served
+    finally:
+        channel.close()
+
+
 def test_admin_cli_nodes_drain_undrain(two_node_fleet):
     address = two_node_fleet.coordinator.address
 
