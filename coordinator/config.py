@@ -79,6 +79,11 @@ class CoordinatorConfig:
     max_in_flight: int = field(default=512, metadata=_help("coordinator-wide request bound"))
     """Online requests in flight at once; beyond it RESOURCE_EXHAUSTED is answered at once."""
 
+    max_streams: int = field(default=16, metadata=_help("concurrent streams per Jobs method"))
+    """Concurrent Submit, Watch and FetchResults streams, each; one more is answered
+    RESOURCE_EXHAUSTED, so streams can never take every handler thread (the server has
+    32 + 3 x this many)."""
+
     epsilon: float = field(default=0.25, metadata=_help("bounded-load slack for routing keys"))
     """Consistent hashing with bounded loads: a node takes at most (1+ε)·average load."""
 
@@ -182,6 +187,7 @@ class CoordinatorConfig:
               "must be >= suspect_after_s")
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
+        check(1 <= self.max_streams <= 1024, "max_streams", "must be in 1..1024")
         check(0 < self.epsilon <= 10, "epsilon", f"must be in (0, 10], got {self.epsilon}")
         check(1 <= self.shard_size <= 4096, "shard_size", "must be in 1..4096")
         check(self.shards_per_node >= 1, "shards_per_node", "must be >= 1")

@@ -117,14 +117,18 @@ class CoordinatorServer:
                           self.stopping, pending=spool.pending)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="coord-grpc"),
+            # Streams are bounded (max_streams per method): they can never take every
+            # handler, so unary calls, heartbeats above all, always find one.
+            futures.ThreadPoolExecutor(max_workers=32 + 3 * cfg.max_streams,
+                                       thread_name_prefix="coord-grpc"),
             options=[*message_options(cfg.max_message_bytes), ("grpc.so_reuseport", 0)],
         )
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s), self._server)
-        fleet_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs), self._server)
+        fleet_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs, cfg.max_streams),
+                                                   self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))

@@ -3,31 +3,58 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from coordinator.api import convert
 from coordinator.jobs.model import JobProgress
 from coordinator.jobs.service import JobService
 from coordinator.jobs.submission import Submission
+from edgeshard.errors import ResourceExhaustedError
+from edgeshard.limits import ConcurrencyLimit
 from edgeshard.rpc import guarded
 from protos import codec, fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 guard = guarded("coordinator", log)
-DEFAULT_WATCH_INTERVAL_S = 0.5
+
+
+class StreamsExhaustedError(ResourceExhaustedError):
+    """A Jobs streaming method already has its most concurrent streams."""
+
+
+def _gone(context) -> threading.Event:
+    """An event set when the call ends for any reason (the client went away, too)."""
+    gone = threading.Event()
+    if not context.add_callback(gone.set):  # already over
+        gone.set()
+    return gone
 
 
 class JobsServicer(fleet_pb2_grpc.JobsServicer):
-    """Jobs RPCs over ``JobService``."""
+    """Jobs RPCs over ``JobService``; at most ``max_streams`` concurrent streams of each of
+    Submit, Watch and FetchResults (one more is refused with RESOURCE_EXHAUSTED)."""
 
-    def __init__(self, jobs: JobService):
+    def __init__(self, jobs: JobService, max_streams: int = 16):
         self.jobs = jobs
+        self.streams = {method: ConcurrencyLimit(max_streams, self._refusal(method))
+                        for method in ("Submit", "Watch", "FetchResults")}
+
+    @staticmethod
+    def _refusal(method: str):
+        return lambda limit: StreamsExhaustedError(
+            f"{method}: {limit} streams are open already (the coordinator's max_streams); "
+            "retry later")
 
     def _status(self, p: JobProgress) -> fleet_pb2.JobStatus:
         return convert.job_status(p, self.jobs.shares(p.job_id))
 
     @guard
     def Submit(self, request_iterator, context):
+        with self.streams["Submit"]:
+            return self._submit(request_iterator)
+
+    def _submit(self, request_iterator) -> fleet_pb2.JobStatus:
         submission = Submission()
         for i, part in enumerate(request_iterator):
             kind = part.WhichOneof("part")
@@ -55,13 +82,14 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
 
     @guard
     def Watch(self, request, context):
-        interval = request.interval_s if request.interval_s > 0 else DEFAULT_WATCH_INTERVAL_S
-        for p in self.jobs.watch(request.job_id, interval, context.is_active):
-            yield self._status(p)
+        with self.streams["Watch"]:
+            for p in self.jobs.watch(request.job_id, request.interval_s, _gone(context)):
+                yield self._status(p)
 
     @guard
     def FetchResults(self, request, context):
-        for row, provisional in self.jobs.results(request.job_id, request.after_seq,
-                                                  request.follow, request.include_pending,
-                                                  context.is_active):
-            yield convert.result_record(row, provisional)
+        with self.streams["FetchResults"]:
+            for row, provisional in self.jobs.results(
+                    request.job_id, request.after_seq, request.follow,
+                    request.include_pending, _gone(context)):
+                yield convert.result_record(row, provisional)

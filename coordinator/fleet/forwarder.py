@@ -17,7 +17,6 @@ while at least ``MIN_RETRY_S`` of the caller's deadline remains; every other sta
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from coordinator.errors import FleetSaturatedError
 from coordinator.fleet.registry import NodeRecord, Registry
 from coordinator.fleet.router import Router
 from edgeshard.errors import PeerStatusError
+from edgeshard.limits import ConcurrencyLimit
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +36,6 @@ T = TypeVar("T")
 NodeCall = Callable[[NodeRecord, float], T]
 
 MIN_RETRY_S = 0.005  # below this much time left, a retry could not finish anyway
-
-
-class Admission:
-    """Coordinator-wide bound on concurrent online requests (refuse, never queue)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.current = 0
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> Admission:
-        with self._lock:
-            if self.current >= self.limit:
-                raise FleetSaturatedError(
-                    f"coordinator at its limit of {self.limit} requests in flight; retry later"
-                )
-            self.current += 1
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._lock:
-            self.current -= 1
 
 
 @dataclass(frozen=True)
@@ -80,7 +58,8 @@ class Forwarder:
                  on_result: Callable[[str, str, float], None] | None = None):
         self.registry = registry
         self.router = router
-        self.admission = Admission(max_in_flight)
+        self.admission = ConcurrencyLimit(max_in_flight, lambda limit: FleetSaturatedError(
+            f"coordinator at its limit of {limit} requests in flight; retry later"))
         self.on_result = on_result
 
     def call(self, node: NodeRecord, call: NodeCall[T], timeout: float, items: int = 0,

@@ -2,17 +2,20 @@
 
 ``JobService`` sits between the Jobs servicer and the job store. ``watch`` and
 ``results`` are generators the servicer streams from; they poll the store and stop when
-the caller goes away, the job finishes or the coordinator shuts down.
+the caller goes away (``gone`` is set: they wake at once, whatever the interval), the
+job finishes or the coordinator shuts down. Client-chosen intervals and positions are
+checked (``InvalidJobError`` naming the field).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from coordinator.errors import ModelNotServedError
+from coordinator.errors import InvalidJobError, ModelNotServedError
 from coordinator.fleet.catalog import ModelCatalog
 from coordinator.jobs.model import JobProgress, ResultRow
 from coordinator.jobs.store import JobStore
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 RESULT_PAGE = 512  # results read from the store per query
 WATCH_KEEPALIVE_S = 2.0  # Watch repeats an unchanged status this often
 FOLLOW_POLL_S = 0.1  # how often a following results stream looks for new rows
+MAX_WATCH_INTERVAL_S = 60.0  # the longest poll interval a Watch caller may ask for
+STOP_CHECK_S = 0.25  # a waiting stream notices a coordinator shutdown this fast
 
 
 class JobService:
@@ -83,12 +88,17 @@ class JobService:
         return self.store.shares(job_id)
 
     def watch(self, job_id: str, interval: float,
-              active: Callable[[], bool]) -> Iterator[JobProgress]:
-        """The job's progress on every change (polled each ``interval`` seconds) and at
-        least every ``WATCH_KEEPALIVE_S``, until it finishes, ``active()`` turns false or
-        the coordinator stops."""
+              gone: threading.Event) -> Iterator[JobProgress]:
+        """The job's progress on every change (polled each ``interval`` seconds, 0: every
+        0.5 s, at most ``MAX_WATCH_INTERVAL_S``) and at least every ``WATCH_KEEPALIVE_S``,
+        until it finishes, the caller is ``gone`` or the coordinator stops."""
+        if not (math.isfinite(interval) and 0 <= interval <= MAX_WATCH_INTERVAL_S):
+            raise InvalidJobError(f"interval_s: must be between 0 and {MAX_WATCH_INTERVAL_S:g} "
+                                  f"seconds (0: the default 0.5), got {interval}")
+        interval = interval or 0.5
+        self.store.progress(job_id)  # JobNotFoundError before the first wait
         last, sent = None, 0.0
-        while active() and not self.stopping.is_set():
+        while not gone.is_set() and not self.stopping.is_set():
             p = self.store.progress(job_id)
             key = (p.state, p.done_items, p.shards_leased, p.pending_escalations)
             if key != last or time.monotonic() - sent >= WATCH_KEEPALIVE_S:
@@ -96,19 +106,19 @@ class JobService:
                 last, sent = key, time.monotonic()
             if p.state.finished:
                 return
-            self.stopping.wait(interval)
+            self._wait(gone, min(interval, WATCH_KEEPALIVE_S))
 
     def results(self, job_id: str, after_seq: int, follow: bool, include_pending: bool,
-                active: Callable[[], bool]) -> Iterator[tuple[ResultRow, bool]]:
+                gone: threading.Event) -> Iterator[tuple[ResultRow, bool]]:
         """``(result, provisional)`` with ``seq > after_seq`` in seq order.
 
-        With ``follow``, waits for new results until the job finishes (or ``active()``
-        turns false, or the coordinator stops). Without it, stops at the last committed
+        With ``follow``, waits for new results until the job finishes (or the caller is
+        ``gone``, or the coordinator stops). Without it, stops at the last committed
         result, then, with ``include_pending``, yields the degraded edge answers of items
         still waiting for the cloud, marked provisional.
         """
         after = after_seq
-        while active():
+        while not gone.is_set():
             state = self.store.progress(job_id).state  # before reading: no gap
             rows = self.store.results(job_id, after_seq=after, limit=RESULT_PAGE)
             for r in rows:
@@ -121,4 +131,12 @@ class JobService:
                     for r in self.pending(job_id):
                         yield r, True
                 return
-            time.sleep(FOLLOW_POLL_S)
+            self._wait(gone, FOLLOW_POLL_S)
+
+    def _wait(self, gone: threading.Event, seconds: float) -> None:
+        """Sleep ``seconds``, waking early when the caller is gone or the coordinator stops."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or gone.wait(min(remaining, STOP_CHECK_S)):
+                return
