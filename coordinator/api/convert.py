@@ -140,7 +140,8 @@ def job_status(p: JobProgress, shares: dict[str, int]) -> fleet_pb2.JobStatus:
         shards_leased=p.shards_leased, created_at=p.created_at,
         finished_at=p.finished_at or 0.0, error=p.error or "",
         pending_escalations=p.pending_escalations, cloud_answered=p.cloud_answered,
-        degraded=p.degraded,
+        degraded=p.degraded, requeued_shards=p.requeued_shards,
+        duplicates_discarded=p.duplicates,
         shares=[fleet_pb2.NodeShare(node=n, items=c) for n, c in sorted(shares.items())],
     )
 

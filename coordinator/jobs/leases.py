@@ -106,12 +106,15 @@ class ShardLeases:
                            "WHERE job_id = ? AND state IN ('queued', 'leased')", (job_id,))
                 log.warning("job %s failed: %s", job_id, error)
             else:
+                db.execute("UPDATE jobs SET requeued_shards = requeued_shards + 1 "
+                           "WHERE job_id = ?", (job_id,))
                 log.info("shard %d attempt %d failed (%s); re-queued", shard_id, attempt, reason)
         return True
 
     def requeue_node(self, node_id: str) -> int:
         """Re-queue every shard leased to ``node_id`` (dead or drained); returns the count."""
         with self._tx() as db:
+            _count_requeues(db, "state = 'leased' AND node_id = ?", (node_id,))
             cur = db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
                              "lease_expires = NULL WHERE state = 'leased' AND node_id = ?",
                              (node_id,))
@@ -124,6 +127,7 @@ class ShardLeases:
         with self._tx() as db:
             expired = db.execute("SELECT shard_id, node_id FROM shards WHERE state = 'leased' "
                                  "AND lease_expires <= ? ORDER BY shard_id", (now,)).fetchall()
+            _count_requeues(db, "state = 'leased' AND lease_expires <= ?", (now,))
             db.executemany("UPDATE shards SET state = 'queued', node_id = NULL, "
                            "lease_expires = NULL WHERE shard_id = ?",
                            [(shard_id,) for shard_id, _ in expired])
@@ -134,6 +138,7 @@ class ShardLeases:
     def recover(self) -> int:
         """At coordinator start: the previous process's leases are void; re-queue them all."""
         with self._tx() as db:
+            _count_requeues(db, "state = 'leased'", ())
             cur = db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
                              "lease_expires = NULL WHERE state = 'leased'")
         log.info("recovered job store %s: %d leased shards re-queued", self.path, cur.rowcount)
@@ -144,3 +149,10 @@ class ShardLeases:
         if db.execute("SELECT 1 FROM shards WHERE shard_id = ?", (shard_id,)).fetchone() is None:
             raise ShardNotFoundError(f"no shard {shard_id}")
 
+
+def _count_requeues(db: sqlite3.Connection, where: str, args: tuple) -> None:
+    """Add to each job's ``requeued_shards`` its shards matching ``where`` (run before they
+    are re-queued, in the same transaction; unqualified columns are the shard's)."""
+    db.execute("UPDATE jobs SET requeued_shards = requeued_shards + (SELECT COUNT(*) FROM "
+               f"shards s WHERE s.job_id = jobs.job_id AND {where}) WHERE job_id IN "
+               f"(SELECT job_id FROM shards WHERE {where})", args + args)

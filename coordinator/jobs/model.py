@@ -98,6 +98,8 @@ class JobProgress:
     pending_escalations: int = 0  # items waiting in the spool for the cloud
     cloud_answered: int = 0  # final results that came from the cloud
     degraded: int = 0  # final results that fell back to the edge answer
+    requeued_shards: int = 0  # times a shard went back to the queue
+    duplicates: int = 0  # late duplicate results discarded
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", JobState(self.state))  # as stored: its value

@@ -3,7 +3,8 @@
 Four tables: ``jobs`` (one row per Submit), ``shards`` (the unit of leasing; each holds its
 items' ids and data once, so a restarted coordinator needs nothing else), ``results`` (one
 row per answered item, ``UNIQUE(job_id, item_id)``; ``seq`` orders FetchResults) and
-``spool`` (escalations waiting for the cloud, schema version 2). The version
+``spool`` (escalations waiting for the cloud, schema version 2). Version 3 counts each
+job's re-queued shards and discarded duplicate results. The version
 lives in ``PRAGMA user_version``; a store written by a newer schema is refused.
 """
 
@@ -13,7 +14,7 @@ import sqlite3
 
 from coordinator.errors import CoordinatorError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE jobs (
@@ -92,6 +93,14 @@ ALTER TABLE jobs ADD COLUMN cloud_items INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN degraded_items INTEGER NOT NULL DEFAULT 0
 """
 
+# Version 3: what a job survived, counted in the transaction that does it: shards given
+# back to the queue (a node died, was drained, failed, answered partly or let its lease
+# expire) and late duplicate results discarded (first writer wins).
+COUNTERS_SCHEMA = """
+ALTER TABLE jobs ADD COLUMN requeued_shards INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN duplicate_results INTEGER NOT NULL DEFAULT 0
+"""
+
 
 def migrate(db: sqlite3.Connection, path: str) -> None:
     """Create the schema in an empty store or upgrade an older one, in the caller's transaction."""
@@ -102,6 +111,9 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
     if version == 1:
         _run(db, SPOOL_SCHEMA)
         version = 2
+    if version == 2:
+        _run(db, COUNTERS_SCHEMA)
+        version = 3
     if version == SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     else:

@@ -220,7 +220,7 @@ class JobStore(ShardLeases):
             "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'leased'), "
             "j.created_at, j.finished_at, j.error, "
             "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
-            "j.cloud_items, j.degraded_items "
+            "j.cloud_items, j.degraded_items, j.requeued_shards, j.duplicate_results "
             f"FROM jobs j {where} ORDER BY j.num",
             args).fetchall()
         return [JobProgress(*row) for row in rows]
@@ -314,6 +314,11 @@ class JobStore(ShardLeases):
                 db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
                            "lease_expires = NULL, last_error = 'partial results' "
                            "WHERE shard_id = ?", (shard_id,))
+                db.execute("UPDATE jobs SET requeued_shards = requeued_shards + 1 "
+                           "WHERE job_id = ?", (job_id,))
+            if len(rows) > accepted:
+                db.execute("UPDATE jobs SET duplicate_results = duplicate_results + ? "
+                           "WHERE job_id = ?", (len(rows) - accepted, job_id))
         return CompleteOutcome(accepted, len(rows) - accepted, stale, spooled=spooled,
                                overflow=len(overflow))
 

@@ -90,6 +90,7 @@ def test_stopped_node_shards_are_requeued_after_the_deadline(fleet, holdout):
     try:
         final = wait_finished(fleet.client, status.job_id)
         assert final.state == "done", final
+        assert final.requeued_shards >= 1, final  # the stopped node's shards, reported
         check_exactly_once(fleet.client, status.job_id, truth)
         states = {n.node_id: n.state for n in fleet.client.nodes()}
         assert states["n0"] in ("suspect", "dead")

@@ -357,3 +357,59 @@ def test_concurrent_leases_never_share_a_shard(store):
         t.join()
     assert len(got) == 200 and len(set(got)) == 200
     assert all(attempt == 1 for _, attempt in got)
+
+
+# -- what a job survived --------------------------------------------------------------------
+
+
+def test_jobs_count_their_requeued_shards_and_discarded_duplicates(tmp_path):
+    path = str(tmp_path / "jobs.db")
+    store = JobStore(path)
+    first = job(store, n=12, shard_size=2)
+    other = store.create_job("mnist", (None, images(2)), 2)
+    a = store.lease_next("n1", 10, now=0)
+    assert store.release(a.shard_id, a.attempt, "INVALID_ARGUMENT", counts_as_failure=True)
+    store.lease_next("n1", 10, now=0)
+    store.lease_next("n1", 10, now=0)
+    assert store.requeue_node("n1") == 2  # a dead or drained node
+    store.lease_next("n2", 10, now=0)
+    assert len(store.requeue_expired(now=10)) == 1  # a lease that ran out
+    partial = store.lease_next("n3", 10, now=20)
+    store.complete(partial.shard_id, partial.attempt, answer(partial, ids=partial.ids[:1]))
+    late = store.lease_next("n4", 10, now=20)  # the partly answered shard again
+    assert late.shard_id == partial.shard_id
+    store.complete(late.shard_id, late.attempt, answer(late))  # 1 of 2 already answered
+    store.complete(late.shard_id, late.attempt, answer(late))  # both again
+    store.lease_next("n5", 10, now=30)
+    store.close()
+    store = JobStore(path)
+    assert store.recover() == 1  # a restarted coordinator
+    progress = store.progress(first.job_id)
+    assert progress.requeued_shards == 1 + 2 + 1 + 1 + 1
+    assert progress.duplicates == 1 + 2
+    untouched = store.progress(other.job_id)
+    assert (untouched.requeued_shards, untouched.duplicates) == (0, 0)
+    store.close()
+
+
+def test_a_version_2_store_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    from coordinator.jobs.schema import SCHEMA, SPOOL_SCHEMA, _run
+
+    path = str(tmp_path / "v2.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    _run(db, SCHEMA)
+    _run(db, SPOOL_SCHEMA)
+    db.execute("PRAGMA user_version=2")
+    db.execute("COMMIT")
+    db.close()
+    store = JobStore(path)
+    info = job(store, n=2, shard_size=2)
+    lease = store.lease_next("n1", 10, now=0)
+    store.requeue_node("n1")
+    assert store.progress(info.job_id).requeued_shards == 1
+    assert lease.attempt == 1
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+    store.close()
