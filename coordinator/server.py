@@ -21,7 +21,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.api.clients import (
     ClientPool,
+    check_cloud,
     cloud_transport,
+    item_trier,
     max_batch_asker,
     node_classifier,
 )
@@ -30,7 +32,7 @@ from coordinator.api.inference_servicer import InferenceServicer
 from coordinator.api.jobs_servicer import JobsServicer
 from coordinator.cascade.breaker import BreakerState, CircuitBreaker
 from coordinator.cascade.budget import CostMeter, TokenBucket
-from coordinator.cascade.cloud import CloudTier
+from coordinator.cascade.cloud import CloudTier, CloudTierStatus
 from coordinator.cascade.decision import Cascade
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet.catalog import ModelCatalog
@@ -72,7 +74,8 @@ class CoordinatorServer:
         self.router = Router(self.registry, config.epsilon)
         self.forwarder = Forwarder(self.registry, self.router, config.max_in_flight,
                                    on_result=self.metrics.forwarded_result)
-        self.catalog = ModelCatalog(self.registry, max_batch_asker(self.clients))
+        self.catalog = ModelCatalog(self.registry, max_batch_asker(self.clients),
+                                    item_trier(self.clients))
         self.membership = Membership(
             self.registry, lambda address, timeout: self.clients.get(address).probe(timeout),
             config.probe_interval_s, config.probe_timeout_s)
@@ -126,13 +129,16 @@ class CoordinatorServer:
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s), self._server)
+            FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s,
+                          cloud=self.cloud_info), self._server)
         fleet_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs, cfg.max_streams),
                                                    self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
         self._server.start()
+        if self.cloud is not None:
+            self._check_cloud()
         self.membership.run_round()  # admit reachable seeds before taking work
         self.membership.start()
         self.dispatcher.start()
@@ -170,6 +176,30 @@ class CoordinatorServer:
             log.info("cascade: %s escalates to %s at %s when %s < %g", rule.model,
                      rule.cloud_model, cfg.cloud, rule.policy.name, rule.policy.threshold)
         return Cascade(rules, cloud, on_decision=self.metrics.decision)
+
+    def _check_cloud(self) -> None:
+        """Say once, at start-up, whether the cloud tier answers and serves its models."""
+        cfg = self.config
+        models = sorted({rule.cloud_model for rule in self.cascade.rules.values()})
+        error, missing = check_cloud(self.clients, cfg.cloud, models, cfg.probe_timeout_s)
+        self.cloud.note_probe(error)
+        if error is not None:
+            log.warning("cloud tier %s is unreachable (%s); escalated items wait in the "
+                        "spool (up to --spool-ttl-s %gs) until it answers", cfg.cloud, error,
+                        cfg.spool_ttl_s)
+        elif missing:
+            log.warning("cloud tier %s does not report %s ready; their escalations wait in "
+                        "the spool until it does", cfg.cloud, ", ".join(missing))
+        else:
+            log.info("cloud tier %s serves %s", cfg.cloud, ", ".join(models))
+
+    def cloud_info(self) -> CloudTierStatus | None:
+        """The cloud tier's state for ListNodes, or None without a cascade."""
+        if self.cloud is None:
+            return None
+        items, _ = SpoolQueue(self.store).totals()
+        return CloudTierStatus(self.config.cloud, self.cloud.state, self.cloud.last_error,
+                               items)
 
     def _lock_state_dir(self) -> None:
         """One coordinator per state dir: the store assumes a single writer."""

@@ -104,7 +104,8 @@ class Pipeline:
             raise InvalidInputError(
                 f"{field}.shape",
                 f"UINT8 images must be [N,H,W,{c}]" + (" or [N,H,W]" if c == 1 else "")
-                + f", got {list(images.shape)}",
+                + f", got {list(images.shape)}; {self.version.spec.name} takes {c} "
+                "channel(s): convert the images first (a node never drops or invents channels)",
             )
         if min(images.shape[1:3]) < 1:
             raise InvalidInputError(f"{field}.shape", "image height and width must be >= 1")

@@ -17,7 +17,7 @@ from edge_node.repository import ModelVersion
 from edge_node.stats import Duration
 from edgeshard import VERSION
 from edgeshard.rpc import guarded, time_left
-from protos import codec, oip_pb2
+from protos import codec, oip_pb2, parameters
 from protos import model_config_pb2 as mc
 from protos.oip_service import InferenceServicer
 
@@ -167,9 +167,9 @@ class NodeServicer(InferenceServicer):
             id=request.id,
         )
         codec.encode_outputs(response, result.outputs.as_dict(), requested)
-        codec.set_param(response.parameters, "model_version", result.version.version)
-        codec.set_param(response.parameters, "node", self.node_id)
-        codec.set_param(response.parameters, "batch_size", result.request.timings.batch_size)
+        parameters.set_param(response.parameters, "model_version", result.version.version)
+        parameters.set_param(response.parameters, "node", self.node_id)
+        parameters.set_param(response.parameters, "batch_size", result.request.timings.batch_size)
         return response
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,6 @@ from protos import oip_pb2
 InferInputTensor = oip_pb2.ModelInferRequest.InferInputTensor
 InferOutputTensor = oip_pb2.ModelInferResponse.InferOutputTensor
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_UINT64_MAX = 2**64 - 1
 _LENGTH_PREFIX = struct.Struct("<I")
 # No tensor can be larger: gRPC refuses messages of 2 GiB or more. A shape whose
 # elements would need more (its zero dimensions counted as 1, so that [0, 2^40, 2^40]
@@ -143,13 +141,9 @@ def _has_typed_contents(tensor: Any) -> bool:
 
 
 def _decode_raw_bytes(raw: bytes, count: int, field: str) -> np.ndarray:
-    if count * _LENGTH_PREFIX.size > len(raw):
-        raise TensorError(
-            field,
-            f"BYTES shape declares {count} elements but the data holds at most "
-            f"{len(raw) // _LENGTH_PREFIX.size} ({len(raw)} bytes, 4 per length prefix)",
-        )
-    out = np.empty(count, dtype=object)
+    # Elements are collected as they are read, so memory follows the bytes present, never
+    # the declared count: a count the data cannot back fails at the first missing element.
+    elements: list[bytes] = []
     view = memoryview(raw)
     offset = 0
     for i in range(count):
@@ -164,12 +158,14 @@ def _decode_raw_bytes(raw: bytes, count: int, field: str) -> np.ndarray:
                 field,
                 f"BYTES element {i} declares {length} bytes but only {len(view) - offset} remain",
             )
-        out[i] = bytes(view[offset : offset + length])
+        elements.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
         raise TensorError(
             field, f"{len(view) - offset} trailing bytes after {count} BYTES elements"
         )
+    out = np.empty(count, dtype=object)
+    out[:] = elements
     return out
 
 
@@ -378,47 +374,3 @@ def encode_outputs(
         datatype, shape, raw = _encode_array(outputs[name], f"outputs[{name!r}].datatype")
         response.outputs.add(name=name, datatype=datatype, shape=shape)
         response.raw_output_contents.append(raw)
-
-
-# --- parameters -------------------------------------------------------------------------
-
-
-def get_param(params: Mapping[str, oip_pb2.InferParameter], key: str, default: Any = None) -> Any:
-    """The Python value of ``params[key]`` (bool, int, str or float); ``default`` if unset."""
-    if key not in params:
-        return default
-    param = params[key]
-    which = param.WhichOneof("parameter_choice")
-    if which is None:
-        return default
-    return getattr(param, which)
-
-
-def set_param(
-    params: MutableMapping[str, oip_pb2.InferParameter], key: str, value: bool | int | str | float
-) -> None:
-    """Set ``params[key]`` from a Python (or NumPy scalar) bool, int, str or float.
-
-    Ints use int64_param, or uint64_param when they only fit unsigned 64 bits.
-    """
-    field: str
-    if isinstance(value, bool | np.bool_):
-        field, value = "bool_param", bool(value)
-    elif isinstance(value, int | np.integer):
-        value = int(value)
-        if _INT64_MIN <= value <= _INT64_MAX:
-            field = "int64_param"
-        elif 0 <= value <= _UINT64_MAX:
-            field = "uint64_param"
-        else:
-            raise ValueError(f"parameter {key!r}: {value} does not fit in 64 bits")
-    elif isinstance(value, str):
-        field = "string_param"
-    elif isinstance(value, float | np.floating):
-        field, value = "double_param", float(value)
-    else:
-        raise TypeError(
-            f"parameter {key!r}: expected bool, int, str or float, got {type(value).__name__}"
-        )
-    # Setting one member of the oneof clears any other.
-    setattr(params[key], field, value)

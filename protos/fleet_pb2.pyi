@@ -101,10 +101,24 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., weight: _Optional[float] = ..., last_seen_s_ago: _Optional[float] = ..., epoch: _Optional[int] = ..., shards_done: _Optional[int] = ..., items_done: _Optional[int] = ..., outstanding: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "cloud")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    cloud: CloudTierInfo
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., cloud: _Optional[_Union[CloudTierInfo, _Mapping]] = ...) -> None: ...
+
+class CloudTierInfo(_message.Message):
+    __slots__ = ("address", "state", "last_error", "spooled_items")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SPOOLED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    state: str
+    last_error: str
+    spooled_items: int
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., spooled_items: _Optional[int] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ("node_id",)

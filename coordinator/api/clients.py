@@ -14,13 +14,13 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.fleet.catalog import AskMaxBatch
+from coordinator.fleet.catalog import AskMaxBatch, TryItem
 from coordinator.fleet.forwarder import NodeCall
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.runner import Classification, Classify
 from edgeshard.rpc import peer_error
 from edgeshard.transport import message_options, open_channel
-from protos import codec, oip_pb2
+from protos import codec, oip_pb2, parameters
 from protos.oip_service import InferenceStub
 
 DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -57,6 +57,17 @@ class OIPClient:
     def server_ready(self, timeout: float = 2.0) -> bool:
         """The server's ServerReady answer (raises ``grpc.RpcError`` if unreachable)."""
         return self.stub.ServerReady(oip_pb2.ServerReadyRequest(), timeout=timeout).ready
+
+    def model_ready(self, model: str, timeout: float = 2.0) -> bool:
+        """The server's ModelReady answer for ``model`` (False for a model it does not
+        know); raises ``grpc.RpcError`` when the server cannot be reached."""
+        try:
+            return self.stub.ModelReady(oip_pb2.ModelReadyRequest(name=model),
+                                        timeout=timeout).ready
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
 
     def model_parameter(self, model: str, key: str, default: str = "",
                         timeout: float = 5.0) -> str:
@@ -95,7 +106,7 @@ class OIPClient:
             probabilities=(codec.decode_output(response, "probabilities")
                            if with_probabilities else None),
             model_version=response.model_version,
-            node=str(codec.get_param(response.parameters, "node", "")),
+            node=str(parameters.get_param(response.parameters, "node", "")),
         )
 
     def probe(self, timeout: float) -> dict[str, tuple[str, ...]] | None:
@@ -191,6 +202,20 @@ def max_batch_asker(clients: ClientPool, timeout: float = 5.0) -> AskMaxBatch:
     return ask
 
 
+def item_trier(clients: ClientPool) -> TryItem:
+    """A ``fleet.catalog.TryItem`` over ``clients``: one ModelInfer of the item at the
+    node (every output), a node's error status raised as ``PeerStatusError``."""
+
+    def try_item(address: str, model: str, version: str, items: np.ndarray,
+                 timeout: float) -> None:
+        try:
+            clients.get(address).infer_raw(model, items, [], timeout, version)
+        except grpc.RpcError as exc:
+            raise peer_error(exc, f"node {address} failed") from None
+
+    return try_item
+
+
 def cloud_transport(clients: ClientPool, address: str, output: str = "probabilities"):
     """A ``CloudTier`` transport to any OIP server at ``address``.
 
@@ -213,3 +238,22 @@ def cloud_transport(clients: ClientPool, address: str, output: str = "probabilit
                 codec.decode_output(response, "confidence").astype(np.float32).reshape(-1))
 
     return call
+
+
+def check_cloud(clients: ClientPool, address: str, models: list[str],
+                timeout: float) -> tuple[str | None, list[str]]:
+    """Ask the cloud tier at ``address`` whether each of ``models`` is ready (the standard
+    OIP ModelReady, which Triton, KServe and MLServer answer).
+
+    Returns ``(error, missing)``: ``error`` is one line when the server cannot be reached
+    (None otherwise); ``missing`` the models it does not report ready.
+    """
+    client = clients.get(address)
+    missing = []
+    try:
+        for model in models:
+            if not client.model_ready(model, timeout):
+                missing.append(model)
+    except grpc.RpcError as exc:
+        return f"{exc.code().name}: {exc.details()}", models
+    return None, missing

@@ -10,11 +10,12 @@ import uuid
 
 import numpy as np
 
+from coordinator.cascade.cloud import CloudTierStatus
 from coordinator.cascade.decision import Decision
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.model import JobProgress, ResultRow
 from coordinator.jobs.submission import JobRequest
-from protos import codec, fleet_pb2, oip_pb2
+from protos import codec, fleet_pb2, oip_pb2, parameters
 
 CLASSIFIER_OUTPUTS = ["probabilities", "label", "confidence"]
 STATS_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer",
@@ -52,15 +53,15 @@ def cascade_response(response: oip_pb2.ModelInferResponse, probabilities: np.nda
     n = len(probabilities)
     answered = int(d.cloud_answered.sum())
     tier = "edge" if not answered else "cloud" if answered == n else "mixed"
-    codec.set_param(out.parameters, "tier", tier)
-    codec.set_param(out.parameters, "escalated", int(d.escalated.sum()))
-    codec.set_param(out.parameters, "degraded", int(d.degraded.sum()))
+    parameters.set_param(out.parameters, "tier", tier)
+    parameters.set_param(out.parameters, "escalated", int(d.escalated.sum()))
+    parameters.set_param(out.parameters, "degraded", int(d.degraded.sum()))
     if n == 1:
-        codec.set_param(out.parameters, "edge_label", int(d.edge_labels[0]))
-        codec.set_param(out.parameters, "edge_confidence", float(d.edge_confidences[0]))
+        parameters.set_param(out.parameters, "edge_label", int(d.edge_labels[0]))
+        parameters.set_param(out.parameters, "edge_confidence", float(d.edge_confidences[0]))
         if answered:
-            codec.set_param(out.parameters, "cloud_label", int(d.cloud_labels[0]))
-            codec.set_param(out.parameters, "cloud_confidence", float(d.cloud_confidences[0]))
+            parameters.set_param(out.parameters, "cloud_label", int(d.cloud_labels[0]))
+            parameters.set_param(out.parameters, "cloud_confidence", float(d.cloud_confidences[0]))
     outputs = {"probabilities": probabilities, "label": d.labels, "confidence": d.confidences,
                "tier": np.array(d.tiers, dtype=object)}
     codec.encode_outputs(out, outputs, requested or CLASSIFIER_OUTPUTS)
@@ -122,6 +123,15 @@ def node_info(rec: NodeRecord, now: float) -> fleet_pb2.NodeInfo:
         epoch=rec.epoch, shards_done=rec.shards_done, items_done=rec.items_done,
         outstanding=rec.outstanding,
     )
+
+
+def cloud_info(status: CloudTierStatus | None) -> fleet_pb2.CloudTierInfo | None:
+    """The cloud tier's status as ``CloudTierInfo`` (None: no cascade, field unset)."""
+    if status is None:
+        return None
+    return fleet_pb2.CloudTierInfo(address=status.address, state=status.state,
+                                   last_error=status.last_error,
+                                   spooled_items=status.spooled_items)
 
 
 # -- jobs --------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from coordinator.api import convert
+from coordinator.cascade.cloud import CloudTierStatus
 from coordinator.fleet.membership import Membership
 from coordinator.fleet.registry import Registry
 from edgeshard.rpc import guarded
@@ -20,10 +22,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     """Membership RPCs over ``Membership``; ``heartbeat_interval`` (seconds) is what
     registered nodes are told to use."""
 
-    def __init__(self, registry: Registry, membership: Membership, heartbeat_interval: float):
+    def __init__(self, registry: Registry, membership: Membership, heartbeat_interval: float,
+                 cloud: Callable[[], CloudTierStatus | None] = lambda: None):
         self.registry = registry
         self.membership = membership
         self.heartbeat_interval = heartbeat_interval
+        self.cloud = cloud  # the cloud tier's status, for ListNodes
 
     @guard
     def Register(self, request, context):
@@ -44,7 +48,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def ListNodes(self, request, context):
         now = time.monotonic()
         return fleet_pb2.ListNodesResponse(
-            nodes=[convert.node_info(r, now) for r in self.registry.snapshot()])
+            nodes=[convert.node_info(r, now) for r in self.registry.snapshot()],
+            cloud=convert.cloud_info(self.cloud()))
 
     @guard
     def Drain(self, request, context):

@@ -25,7 +25,7 @@ from coordinator.fleet.registry import Registry
 from edgeshard import VERSION
 from edgeshard.errors import PeerStatusError
 from edgeshard.rpc import guarded, time_left
-from protos import codec, oip_pb2
+from protos import codec, oip_pb2, parameters
 from protos.oip_service import InferenceServicer as InferenceServicerBase
 
 log = logging.getLogger(__name__)
@@ -107,17 +107,17 @@ class InferenceServicer(InferenceServicerBase):
         forwarded = convert.without_outputs(request) if rule is not None else request
         timeout = time_left(context, self.request_timeout)
         deadline = time.monotonic() + timeout
-        key = str(codec.get_param(request.parameters, "routing_key", "") or "")
+        key = str(parameters.get_param(request.parameters, "routing_key", "") or "")
         call: NodeCall = node_call(self.clients, "ModelInfer", forwarded)
         done = self.forwarder.forward(request.model_name, request.model_version, key,
                                       timeout, call)
         response = done.answer
         if not response.parameters["node"].string_param:
-            codec.set_param(response.parameters, "node", done.node.node_id)
+            parameters.set_param(response.parameters, "node", done.node.node_id)
         if done.retried:
-            codec.set_param(response.parameters, "retried", True)
+            parameters.set_param(response.parameters, "retried", True)
         if rule is None:
-            codec.set_param(response.parameters, "tier", "edge")
+            parameters.set_param(response.parameters, "tier", "edge")
             return response
         probabilities = codec.decode_output(response, "probabilities")
         (items,) = codec.decode_inputs(forwarded).values()

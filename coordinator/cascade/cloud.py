@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordinator.cascade.breaker import CircuitBreaker
+from coordinator.cascade.breaker import BreakerState, CircuitBreaker
 from coordinator.cascade.budget import CostMeter, TokenBucket
 from edgeshard.errors import PeerStatusError
 
@@ -60,6 +60,17 @@ class CloudAnswer:
     refusal: PeerStatusError | None = None
 
 
+@dataclass(frozen=True)
+class CloudTierStatus:
+    """What an operator sees of the cloud tier: its address, ``CloudTier.state``, the last
+    failure (one line) and how many escalations wait for it in the spool."""
+
+    address: str
+    state: str
+    last_error: str
+    spooled_items: int
+
+
 class CloudTier:
     """The cloud tier behind a circuit breaker, a rate budget and a bound on concurrent calls.
 
@@ -81,6 +92,25 @@ class CloudTier:
         self.on_call = on_call  # metrics hook: (cloud_model, outcome, items, seconds)
         self.clock = clock
         self._failing = False  # the last call failed (for logging each outage once)
+        self._heard = False  # the cloud has answered (or been probed) at least once
+        self.last_error = ""  # the last failure, one line
+
+    @property
+    def state(self) -> str:
+        """``breaker_open``, ``failing`` (the last call failed), ``ok`` or ``unknown``
+        (neither called nor probed yet)."""
+        if self.breaker.state == BreakerState.OPEN:
+            return "breaker_open"
+        if self._failing:
+            return "failing"
+        return "ok" if self._heard else "unknown"
+
+    def note_probe(self, error: str | None) -> None:
+        """Record a health probe's outcome (None: it answered) for ``state``."""
+        self._heard = error is None or self._heard
+        self._failing = error is not None
+        if error is not None:
+            self.last_error = error
 
     def ask(self, cloud_model: str, items: np.ndarray, timeout: float) -> CloudAnswer:
         """Ask ``cloud_model`` about ``items`` (``[n, ...]``) within ``timeout`` seconds overall.
@@ -117,6 +147,7 @@ class CloudTier:
                         reason = self._failed(cloud_model, batch, started, exc)
                         break
                     self.breaker.record_success(self.clock())  # it answered: it is healthy
+                    self._heard, self._failing = True, False
                     self._observe(cloud_model, "refused", len(batch), started)
                     log.info("cloud refused %d item(s) of %s: %s: %s", len(batch),
                              cloud_model, exc.status, exc.details)
@@ -127,6 +158,7 @@ class CloudTier:
                     reason = self._failed(cloud_model, batch, started, exc)
                     break
                 self.breaker.record_success(self.clock())
+                self._heard = True
                 if self._failing:
                     self._failing = False
                     log.info("cloud tier answers again (%s)", cloud_model)
@@ -146,6 +178,7 @@ class CloudTier:
         self.breaker.record_failure(self.clock())
         self._observe(model, "failed", len(batch), started)
         text = f"{exc.status}: {exc.details}" if isinstance(exc, PeerStatusError) else str(exc)
+        self.last_error = text
         if not self._failing:
             self._failing = True
             log.warning("cloud call for %d item(s) of %s failed: %s (logged once until the "

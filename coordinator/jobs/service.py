@@ -49,13 +49,17 @@ class JobService:
         """Store a streamed job (idempotent for a repeated ``job_id``) and wake the pullers.
 
         The shard size is capped at the model's max batch size at the nodes, since one
-        shard is one batched request. Raises ``ModelNotServedError`` when no known node
-        serves the model, and the submission's own validation errors.
+        shard is one batched request. The first item is run on a live node first, so items
+        the model cannot take are refused now, not after every shard failed. Raises
+        ``ModelNotServedError`` when no known node serves the model, ``JobInputError``
+        when the model refuses the items, and the submission's own validation errors.
         """
         header = submission.header()
         if not self.catalog.known(header.model):
             raise ModelNotServedError(f"model: no node serves {header.model!r}")
         request, items = submission.finish()
+        first_ids, first = next(items.batches(1))
+        self.catalog.check_item(request.model, request.model_version, first_ids[0], first)
         shard_size = request.shard_size or self.default_shard_size
         limit = self.catalog.max_batch_size(request.model)
         if limit is not None and shard_size > limit:

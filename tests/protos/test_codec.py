@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from protos import codec, oip_pb2
+from protos import codec, oip_pb2, parameters
 from protos.codec import TensorError
 
 NUMERIC = {
@@ -373,11 +373,11 @@ def test_parameters_round_trip_through_the_wire():
         "np_bool": np.bool_(False),
     }
     for key, value in values.items():
-        codec.set_param(request.parameters, key, value)
+        parameters.set_param(request.parameters, key, value)
     wire = oip_pb2.ModelInferRequest.FromString(request.SerializeToString())
     assert wire.parameters["n"].WhichOneof("parameter_choice") == "int64_param"
     assert wire.parameters["big"].WhichOneof("parameter_choice") == "uint64_param"
-    got = {key: codec.get_param(wire.parameters, key) for key in values}
+    got = {key: parameters.get_param(wire.parameters, key) for key in values}
     assert got == {**values, "np_int": 3, "np_float": 1.5, "np_bool": False}
     assert type(got["flag"]) is bool
     assert type(got["np_bool"]) is bool
@@ -385,19 +385,19 @@ def test_parameters_round_trip_through_the_wire():
 
 def test_get_param_default_and_overwrite():
     params = oip_pb2.ModelInferRequest().parameters
-    assert codec.get_param(params, "missing", 42) == 42
+    assert parameters.get_param(params, "missing", 42) == 42
     params["empty"].CopyFrom(oip_pb2.InferParameter())
-    assert codec.get_param(params, "empty", "d") == "d"
-    codec.set_param(params, "k", 1)
-    codec.set_param(params, "k", "now a string")
+    assert parameters.get_param(params, "empty", "d") == "d"
+    parameters.set_param(params, "k", 1)
+    parameters.set_param(params, "k", "now a string")
     assert params["k"].WhichOneof("parameter_choice") == "string_param"
-    assert codec.get_param(params, "k") == "now a string"
+    assert parameters.get_param(params, "k") == "now a string"
 
 
 def test_set_param_rejects_what_does_not_fit():
     params = oip_pb2.ModelInferRequest().parameters
     with pytest.raises(ValueError, match="64 bits"):
-        codec.set_param(params, "k", 2**64)
+        parameters.set_param(params, "k", 2**64)
     with pytest.raises(TypeError, match="list"):
-        codec.set_param(params, "k", [1])
+        parameters.set_param(params, "k", [1])
     assert "k" not in params

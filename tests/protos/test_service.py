@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from tritonclient.utils import InferenceServerException
 
-from protos import codec, oip_pb2, oip_service, reflection
+from protos import codec, oip_pb2, oip_service, parameters, reflection
 
 
 class EchoServicer:
@@ -31,7 +31,7 @@ class EchoServicer:
             response = oip_pb2.ModelInferResponse(
                 model_name=request.model_name, model_version="1", id=request.id
             )
-            codec.set_param(response.parameters, "echoed", len(outputs))
+            parameters.set_param(response.parameters, "echoed", len(outputs))
             codec.encode_outputs(response, outputs, [o.name for o in request.outputs])
         except codec.TensorError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -144,7 +144,7 @@ def test_our_stub(channel):
     request.raw_input_contents.append(raw)
     response = stub.ModelInfer(request, timeout=5)
     assert codec.decode_output(response, "OUTPUT0").tolist() == [[1, 2, 3]]
-    assert codec.get_param(response.parameters, "echoed") == 1
+    assert parameters.get_param(response.parameters, "echoed") == 1
 
 
 def test_our_stub_stream(channel):
@@ -229,7 +229,7 @@ def test_reflection_schema_decodes_our_bytes(channel):
         pool.FindMessageTypeByName("inference.ModelInferRequest")
     )
     ours = oip_pb2.ModelInferRequest(model_name="m", id="7")
-    codec.set_param(ours.parameters, "p", 3)
+    parameters.set_param(ours.parameters, "p", 3)
     parsed = reflected.FromString(ours.SerializeToString())
     assert parsed.model_name == "m"
     assert parsed.parameters["p"].int64_param == 3

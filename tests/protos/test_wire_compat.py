@@ -14,7 +14,7 @@ from google.protobuf import descriptor, json_format
 from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton
 
-from protos import codec, model_config_pb2, oip_pb2
+from protos import codec, model_config_pb2, oip_pb2, parameters
 
 OUR_FILES = (oip_pb2.DESCRIPTOR, model_config_pb2.DESCRIPTOR)
 TRITON_POOL = triton.DESCRIPTOR.pool
@@ -129,11 +129,11 @@ def assert_round_trips(ours, their_cls):
 
 
 def set_all_params(params) -> None:
-    codec.set_param(params, "b", True)
-    codec.set_param(params, "i", -3)
-    codec.set_param(params, "s", "str")
-    codec.set_param(params, "d", 0.5)
-    codec.set_param(params, "u", 2**64 - 1)
+    parameters.set_param(params, "b", True)
+    parameters.set_param(params, "i", -3)
+    parameters.set_param(params, "s", "str")
+    parameters.set_param(params, "d", 0.5)
+    parameters.set_param(params, "u", 2**64 - 1)
 
 
 def full_infer_request() -> oip_pb2.ModelInferRequest:

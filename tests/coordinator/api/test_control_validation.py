@@ -61,6 +61,10 @@ BAD_SUBMITS = [
     ("huge BYTES shape", [header(), fleet_pb2.SubmitRequest(items=fleet_pb2.ItemBatch(
         datatype="BYTES", shape=[2**40], data=b""))],
      grpc.StatusCode.INVALID_ARGUMENT, "items[1].shape"),
+    ("RGB items for a grayscale model", [header(), items(np.zeros((2, 427, 640, 3), np.uint8))],
+     grpc.StatusCode.INVALID_ARGUMENT, "refuses item '0'"),
+    ("float32 items at the wrong size", [header(), items(np.zeros((2, 30, 30, 1), np.float32))],
+     grpc.StatusCode.INVALID_ARGUMENT, "refuses item '0'"),
     ("bad job id", [header(job_id="has spaces"), items(IMAGES)],
      grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
 ]

@@ -13,6 +13,7 @@ import edgeshard_models
 from coordinator.cli.launcher import start_node
 from coordinator.jobs.items import ItemSource
 from coordinator.jobs.store import JobStore
+from protos import fleet_pb2
 
 EDGE, CLOUD = edgeshard_models.EDGE_MODEL, edgeshard_models.CLOUD_MODEL
 pytestmark = pytest.mark.timeout(240)
@@ -204,3 +205,47 @@ def test_a_request_the_cloud_refuses_is_the_callers_error_not_the_clouds(fleet, 
         assert params["degraded"].int64_param == 0
     finally:
         client.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_cloud_is_reported_once_and_in_the_node_list(fleet, holdout):
+    port = free_port()  # nothing listens there yet
+    fleet.start_coordinator("--cloud", f"127.0.0.1:{port}", *RULE)
+    fleet.add_node("edge-1", *PACED)
+    fleet.wait_live(1)
+    log = fleet.coordinator.log_path
+    assert f"cloud tier 127.0.0.1:{port} is unreachable (UNAVAILABLE" in log.read_text()
+    source, truth = items(holdout, 1)
+    status = fleet.client.submit(EDGE, source, shard_size=32)
+    deadline = time.monotonic() + 60
+    while fleet.client.get(status.job_id).shards_done < status.shards_total:
+        assert time.monotonic() < deadline, fleet.client.get(status.job_id)
+        time.sleep(0.1)
+    listing = fleet.client.fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=5)
+    assert listing.cloud.address == f"127.0.0.1:{port}"
+    assert listing.cloud.state in ("failing", "breaker_open")
+    assert "UNAVAILABLE" in listing.cloud.last_error
+    assert listing.cloud.spooled_items == fleet.client.get(status.job_id).pending_escalations > 0
+    text = log.read_text()
+    # One line for the whole outage (the start-up check's), not one per call.
+    assert text.count("is unreachable") + text.count("cloud call for") == 1
+    assert "Traceback" not in text
+    start_cloud(fleet, port=port)  # the cloud comes up: the spool empties, the job ends
+    final = finish(fleet.client, status.job_id)
+    assert final.state == "done" and final.pending_escalations == 0
+    listing = fleet.client.fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=5)
+    assert listing.cloud.state == "ok" and listing.cloud.spooled_items == 0
+    assert "cloud tier answers again" in log.read_text()
+
+
+def test_a_coordinator_without_cascade_reports_no_cloud(fleet):
+    fleet.start_coordinator()
+    listing = fleet.client.fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=5)
+    assert not listing.HasField("cloud")
