@@ -71,6 +71,11 @@ class CoordinatorConfig:
     dead_after_s: float = field(default=8.0, metadata=_help("silence before dead (s)"))
     """A node silent this long is dead: its job shards are re-queued."""
 
+    expire_after_s: float = field(default=600.0,
+                                  metadata=_help("silence before a dead node is forgotten (s)"))
+    """A dead node (not a --node seed) silent this long leaves the node list; it may
+    register again. Seeds stay, to be probed."""
+
     request_timeout_s: float = field(
         default=30.0, metadata=_help("deadline for forwarded requests that carry none (s)")
     )
@@ -185,6 +190,8 @@ class CoordinatorConfig:
             check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         check(self.dead_after_s >= self.suspect_after_s, "dead_after_s",
               "must be >= suspect_after_s")
+        check(self.expire_after_s >= self.dead_after_s, "expire_after_s",
+              f"must be >= dead_after_s ({self.dead_after_s}), got {self.expire_after_s}")
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
         check(1 <= self.max_streams <= 1024, "max_streams", "must be in 1..1024")

@@ -23,8 +23,8 @@ from coordinator.api.clients import (
     ClientPool,
     check_cloud,
     cloud_transport,
+    facts_asker,
     item_trier,
-    max_batch_asker,
     node_classifier,
 )
 from coordinator.api.fleet_servicer import FleetServicer
@@ -69,12 +69,13 @@ class CoordinatorServer:
     def __init__(self, config: CoordinatorConfig):
         self.config = config
         self.metrics = CoordinatorMetrics()
-        self.registry = Registry(config.suspect_after_s, config.dead_after_s)
+        self.registry = Registry(config.suspect_after_s, config.dead_after_s,
+                                 expire_after=config.expire_after_s)
         self.clients = ClientPool(config.max_message_bytes)
         self.router = Router(self.registry, config.epsilon)
         self.forwarder = Forwarder(self.registry, self.router, config.max_in_flight,
                                    on_result=self.metrics.forwarded_result)
-        self.catalog = ModelCatalog(self.registry, max_batch_asker(self.clients),
+        self.catalog = ModelCatalog(self.registry, facts_asker(self.clients),
                                     item_trier(self.clients))
         self.membership = Membership(
             self.registry, lambda address, timeout: self.clients.get(address).probe(timeout),

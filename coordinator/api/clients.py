@@ -1,8 +1,8 @@
 """Clients of Open Inference Protocol servers (edge nodes, the cloud tier).
 
 Every call has a deadline (``timeout=``). ``node_classifier``, ``cloud_transport`` and
-``max_batch_asker`` adapt a ``ClientPool`` to the functions the transport-free domain
-takes (``jobs.runner.Classify``, ``cascade.cloud.Transport``, ``fleet.catalog.AskMaxBatch``).
+``facts_asker`` adapt a ``ClientPool`` to the functions the transport-free domain
+takes (``jobs.runner.Classify``, ``cascade.cloud.Transport``, ``fleet.catalog.AskFacts``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.fleet.catalog import AskMaxBatch, TryItem
+from coordinator.fleet.catalog import AskFacts, ModelFacts, TryItem
 from coordinator.fleet.forwarder import NodeCall
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.runner import Classification, Classify
@@ -187,17 +187,21 @@ def node_classifier(clients: ClientPool) -> Classify:
     return classify
 
 
-def max_batch_asker(clients: ClientPool, timeout: float = 5.0) -> AskMaxBatch:
-    """A ``fleet.catalog.AskMaxBatch`` over ``clients``: the node's ModelConfig
-    ``max_batch_size``, or None when the node cannot answer."""
+def facts_asker(clients: ClientPool, timeout: float = 5.0) -> AskFacts:
+    """A ``fleet.catalog.AskFacts`` over ``clients``: the node's ModelConfig
+    ``max_batch_size`` and its ``labels`` parameter (comma-separated), or None when the
+    node cannot answer."""
 
-    def ask(address: str, model: str) -> int | None:
+    def ask(address: str, model: str) -> ModelFacts | None:
         try:
             config = clients.get(address).stub.ModelConfig(
                 oip_pb2.ModelConfigRequest(name=model), timeout=timeout).config
         except grpc.RpcError:
             return None
-        return config.max_batch_size or None
+        labels = config.parameters["labels"].string_value if "labels" in config.parameters \
+            else ""
+        return ModelFacts(config.max_batch_size or None,
+                          tuple(labels.split(",")) if labels else ())
 
     return ask
 

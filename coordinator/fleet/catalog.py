@@ -1,8 +1,8 @@
 """What the fleet serves: is a model known, how large a batch do its nodes take, and
 does the model accept a given item.
 
-Answers from the registry; the batch size from one live node's model config (asked once
-per model through an injected ``ask_max_batch`` and cached); whether an item is
+Answers from the registry; the batch size and label names from one live node's model
+config (asked once per model through an injected ``ask_facts`` and cached); whether an item is
 acceptable by running it on a live node (``try_item``), so a job is checked by the
 very rules that will run it.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,9 +19,19 @@ from coordinator.errors import JobInputError
 from coordinator.fleet.registry import Registry
 from edgeshard.errors import PeerStatusError
 
-# ask_max_batch(address, model) -> the model's max batch size at that node, or None when
-# the node cannot say (unreachable, no ModelConfig, or no batching limit).
-AskMaxBatch = Callable[[str, str], "int | None"]
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a node's model config says: the max batch size (None: no limit given) and the
+    class label names, in class-index order (empty: none configured)."""
+
+    max_batch_size: int | None
+    labels: tuple[str, ...] = ()
+
+
+# ask_facts(address, model) -> the model's facts at that node, or None when the node
+# cannot say (unreachable, or no ModelConfig).
+AskFacts = Callable[[str, str], "ModelFacts | None"]
 # try_item(address, model, version, items [1, ...], timeout_s): run one item; raises
 # edgeshard.errors.PeerStatusError when the node refuses it or fails.
 TryItem = Callable[[str, str, str, np.ndarray, float], None]
@@ -30,32 +41,46 @@ TRY_TIMEOUT_S = 5.0
 class ModelCatalog:
     """The models of the fleet as the job path needs them."""
 
-    def __init__(self, registry: Registry, ask_max_batch: AskMaxBatch,
+    def __init__(self, registry: Registry, ask_facts: AskFacts,
                  try_item: TryItem | None = None):
         self.registry = registry
-        self.ask_max_batch = ask_max_batch
+        self.ask_facts = ask_facts
         self.try_item = try_item
-        self._max_batch: dict[str, int] = {}
+        self._facts: dict[str, ModelFacts] = {}
         self._lock = threading.Lock()
 
     def known(self, model: str) -> bool:
         """True when any known node (live or not) has offered ``model``."""
         return any(n.serves(model) for n in self.registry.snapshot())
 
-    def max_batch_size(self, model: str) -> int | None:
-        """The model's max batch size at the nodes, or None while no live node can say."""
+    def served(self) -> list[str]:
+        """Every model a known node has offered, sorted."""
+        return sorted({m for n in self.registry.snapshot() for m in n.models})
+
+    def facts(self, model: str) -> ModelFacts | None:
+        """The model's facts from a live node (cached once known), or None while no live
+        node can say."""
         with self._lock:
-            if model in self._max_batch:
-                return self._max_batch[model]
+            if model in self._facts:
+                return self._facts[model]
         nodes = self.registry.routable(model)
         if not nodes:
             return None
-        size = self.ask_max_batch(nodes[0].address, model)
-        if size is not None and size > 0:
+        facts = self.ask_facts(nodes[0].address, model)
+        if facts is not None:
             with self._lock:
-                self._max_batch[model] = size
-            return size
-        return None
+                self._facts[model] = facts
+        return facts
+
+    def max_batch_size(self, model: str) -> int | None:
+        """The model's max batch size at the nodes, or None while unknown or unlimited."""
+        facts = self.facts(model)
+        return facts.max_batch_size if facts is not None else None
+
+    def labels(self, model: str) -> tuple[str, ...]:
+        """The model's class label names (empty while unknown or not configured)."""
+        facts = self.facts(model)
+        return facts.labels if facts is not None else ()
 
     def check_item(self, model: str, version: str, item_id: str, item: np.ndarray) -> None:
         """Run ``item`` (``[1, ...]``, a job's first item) on a live node serving ``model``.

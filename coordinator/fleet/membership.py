@@ -105,6 +105,9 @@ class Membership:
         for rec in self.registry.sweep():
             log.warning("node %s (%s) is dead: silent for more than %.1fs",
                         rec.node_id, rec.address, self.registry.dead_after)
+        for rec in self.registry.expire():
+            log.info("node %s (%s) forgotten: dead and silent for more than %.0fs",
+                     rec.node_id, rec.address, self.registry.expire_after)
         weights = self.slow_policy.update(self.registry.latencies(), time.monotonic())
         self.registry.set_weights(weights)
 

@@ -82,9 +82,11 @@ class Registry:
     """Thread-safe membership table with listeners for nodes that die or come alive."""
 
     def __init__(self, suspect_after: float, dead_after: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 expire_after: float | None = None):
         self.suspect_after = suspect_after
         self.dead_after = dead_after
+        self.expire_after = expire_after  # silence after which a dead node is forgotten
         self.clock = clock
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeRecord] = {}
@@ -176,7 +178,11 @@ class Registry:
                 rec.state = SUSPECT
 
     def sweep(self) -> list[NodeRecord]:
-        """Age silent nodes to suspect, then dead; returns nodes that just died."""
+        """Age silent nodes to suspect, then dead; returns nodes that just died.
+
+        A dead node silent for more than ``expire_after`` seconds is forgotten (its record
+        removed; it is welcome to register again), except seeds, which stay to be probed.
+        """
         now = self.clock()
         died = []
         with self._lock:
@@ -192,6 +198,20 @@ class Registry:
             for listener in self.on_dead:
                 listener(rec)
         return died
+
+    def expire(self) -> list[NodeRecord]:
+        """Forget dead nodes (not seeds) silent for more than ``expire_after`` seconds;
+        returns them."""
+        if self.expire_after is None:
+            return []
+        now = self.clock()
+        with self._lock:
+            gone = [rec for rec in self._nodes.values()
+                    if rec.state == DEAD and rec.source != "seed"
+                    and now - rec.last_heard > self.expire_after]
+            for rec in gone:
+                del self._nodes[rec.address]
+        return gone
 
     # -- operator actions ------------------------------------------------------------------
     def _find(self, name: str) -> NodeRecord:

@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 from coordinator.errors import InvalidJobError, ModelNotServedError
 from coordinator.fleet.catalog import ModelCatalog
@@ -116,24 +117,28 @@ class JobService:
                 gone: threading.Event) -> Iterator[tuple[ResultRow, bool]]:
         """``(result, provisional)`` with ``seq > after_seq`` in seq order.
 
-        With ``follow``, waits for new results until the job finishes (or the caller is
-        ``gone``, or the coordinator stops). Without it, stops at the last committed
-        result, then, with ``include_pending``, yields the degraded edge answers of items
-        still waiting for the cloud, marked provisional.
+        Each result carries its class's ``label_name`` in ``extra`` when the model's
+        config names its classes. With ``follow``, waits for new results until the job
+        finishes (or the caller is ``gone``, or the coordinator stops). Without it, stops
+        at the last committed result, then, with ``include_pending``, yields the degraded
+        edge answers of items still waiting for the cloud, marked provisional.
         """
         after = after_seq
+        model = self.store.progress(job_id).model
         while not gone.is_set():
             state = self.store.progress(job_id).state  # before reading: no gap
             rows = self.store.results(job_id, after_seq=after, limit=RESULT_PAGE)
+            labels = self.catalog.labels(model)
             for r in rows:
-                yield r, False
+                yield _named(r, labels), False
                 after = r.seq
             if len(rows) == RESULT_PAGE:
                 continue
             if not follow or state.finished or self.stopping.is_set():
                 if include_pending and not follow:
+                    labels = self.catalog.labels(model)
                     for r in self.pending(job_id):
-                        yield r, True
+                        yield _named(r, labels), True
                 return
             self._wait(gone, FOLLOW_POLL_S)
 
@@ -144,3 +149,10 @@ class JobService:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or gone.wait(min(remaining, STOP_CHECK_S)):
                 return
+
+
+def _named(row: ResultRow, labels: tuple[str, ...]) -> ResultRow:
+    """``row`` with ``extra["label_name"]``: the model's name for its label, if it has one."""
+    if not 0 <= row.label < len(labels):
+        return row
+    return replace(row, extra={**row.extra, "label_name": labels[row.label]})

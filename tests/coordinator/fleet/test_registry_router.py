@@ -126,3 +126,30 @@ def test_slow_node_gets_work_only_when_the_others_are_busy(reg):
     assert {router.choose("m").address for _ in range(50)} == {"fast:1"}
     reg.acquire("fast:1", 10)  # (10 + 1) / 1 > (0 + 1) / 0.1
     assert router.choose("m").address == "slow:1"
+
+
+def test_dead_nodes_are_forgotten_after_expire_after_but_seeds_stay():
+    clock = Clock()
+    reg = Registry(suspect_after=3.0, dead_after=8.0, clock=clock, expire_after=60.0)
+    reg.register("gone", "a:1", MODELS, 4)
+    reg.probe_ok("a:1")
+    reg.add_candidate("s:1", "seed", node_id="seed")
+    reg.probe_ok("s:1", MODELS)
+    clock.now += 9
+    assert {r.node_id for r in reg.sweep()} == {"gone", "seed"}
+    assert reg.expire() == []  # dead, but not silent long enough
+    clock.now += 60
+    assert [r.node_id for r in reg.expire()] == ["gone"]
+    assert [r.node_id for r in reg.snapshot()] == ["seed"]  # a seed is probed until it returns
+    with pytest.raises(UnknownNodeError):
+        reg.get("gone")
+    reg.register("gone", "a:1", MODELS, 4)  # it may come back by registering
+    assert reg.get("gone").state == "candidate"
+
+
+def test_not_routable_names_the_models_that_are_served(reg):
+    reg.register("node-a", "a:1", {"digits": ("1",), "faces": ("2",)}, 4)
+    reg.probe_ok("a:1")
+    with pytest.raises(ModelNotServedError) as err:
+        Router(reg).choose("cars")
+    assert "no node serves cars (served: digits, faces)" in str(err.value)

@@ -174,3 +174,17 @@ def test_cancel_stops_a_job(fleet, holdout):
     final = fleet.client.get(status.job_id)
     assert final.state == "cancelled" and final.done_items < len(truth)
     assert len(list(fleet.client.results(status.job_id))) == final.done_items
+
+
+def test_results_name_their_label_from_the_model_config(fleet, holdout):
+    fleet.start_coordinator()
+    fleet.add_node("n0")
+    fleet.wait_live(1)
+    images, labels = holdout
+    status = fleet.client.submit(EDGE, ItemSource.from_arrays(None, images[:50]))
+    assert wait_finished(fleet.client, status.job_id).state == "done"
+    records = list(fleet.client.results(status.job_id))
+    assert len(records) == 50
+    for r in records:  # mnist_edge's config.toml names its classes "0".."9"
+        assert r.extra["label_name"] == str(r.label)
+        assert f'"label_name": "{r.label}"' in r.as_json()
