@@ -82,7 +82,13 @@ class CoordinatorConfig:
     """Deadline used for a forwarded inference call when the client set none."""
 
     max_in_flight: int = field(default=512, metadata=_help("coordinator-wide request bound"))
-    """Online requests in flight at once; beyond it RESOURCE_EXHAUSTED is answered at once."""
+    """Online requests in the coordinator at once (forwarded or waiting for room); beyond it
+    RESOURCE_EXHAUSTED is answered at once."""
+
+    max_queued: int = field(default=32, metadata=_help("online requests that may wait for room"))
+    """Online requests that may wait (within their deadline) while every node is at
+    capacity; one more is refused with RESOURCE_EXHAUSTED at once. Waiting requests hold a
+    handler thread, so this stays well below the server's 32 + 3 x max_streams threads."""
 
     max_streams: int = field(default=16, metadata=_help("concurrent streams per Jobs method"))
     """Concurrent Submit, Watch and FetchResults streams, each; one more is answered
@@ -195,6 +201,7 @@ class CoordinatorConfig:
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
         check(1 <= self.max_streams <= 1024, "max_streams", "must be in 1..1024")
+        check(0 <= self.max_queued <= 1024, "max_queued", "must be in 0..1024")
         check(0 < self.epsilon <= 10, "epsilon", f"must be in (0, 10], got {self.epsilon}")
         check(1 <= self.shard_size <= 4096, "shard_size", "must be in 1..4096")
         check(self.shards_per_node >= 1, "shards_per_node", "must be >= 1")

@@ -74,7 +74,8 @@ class CoordinatorServer:
         self.clients = ClientPool(config.max_message_bytes)
         self.router = Router(self.registry, config.epsilon)
         self.forwarder = Forwarder(self.registry, self.router, config.max_in_flight,
-                                   on_result=self.metrics.forwarded_result)
+                                   on_result=self.metrics.forwarded_result,
+                                   max_queued=config.max_queued)
         self.catalog = ModelCatalog(self.registry, facts_asker(self.clients),
                                     item_trier(self.clients))
         self.membership = Membership(

@@ -9,14 +9,17 @@ error status, so nothing here imports gRPC.
 Failure behaviour: a node that answers UNAVAILABLE is marked suspect (no new work until a
 health check passes); UNAVAILABLE or DEADLINE_EXCEEDED is retried once on another node
 while at least ``MIN_RETRY_S`` of the caller's deadline remains; every other status
-(INVALID_ARGUMENT above all) goes back to the caller unchanged and is never retried. When
-``max_in_flight`` online calls are already running, a new one is refused at once with
-``FleetSaturatedError`` (never queued).
+(INVALID_ARGUMENT above all) goes back to the caller unchanged and is never retried. While
+every node is at capacity an online call waits for room, within its deadline, and only
+then is refused with ``FleetSaturatedError``; at most ``max_queued`` calls wait (one more
+is refused at once), and when ``max_in_flight`` online calls are already in the
+coordinator, a new one is refused at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,9 +58,13 @@ class Forwarder:
     """
 
     def __init__(self, registry: Registry, router: Router, max_in_flight: int,
-                 on_result: Callable[[str, str, float], None] | None = None):
+                 on_result: Callable[[str, str, float], None] | None = None,
+                 max_queued: int = 32):
         self.registry = registry
         self.router = router
+        self.max_queued = max_queued
+        self._queued = 0
+        self._queued_lock = threading.Lock()
         self.admission = ConcurrencyLimit(max_in_flight, lambda limit: FleetSaturatedError(
             f"coordinator at its limit of {limit} requests in flight; retry later"))
         self.on_result = on_result
@@ -91,7 +98,8 @@ class Forwarder:
         """Route an online call for ``model`` to a node and run it there, within
         ``timeout`` seconds overall; one retry on another node for a retryable status.
 
-        Raises ``FleetSaturatedError`` (admission or every node at capacity),
+        Raises ``FleetSaturatedError`` (admission, or every node at capacity until the
+        deadline),
         ``ModelNotServedError`` / ``NoNodeAvailableError`` (from the router) or the
         node's ``PeerStatusError``.
         """
@@ -99,7 +107,8 @@ class Forwarder:
         tried: set[str] = set()
         with self.admission:
             while True:
-                node = self.router.choose(model, version, routing_key, frozenset(tried))
+                node = self._choose(model, version, routing_key, frozenset(tried),
+                                    deadline - MIN_RETRY_S)
                 started = time.monotonic()
                 try:
                     answer = self.call(node, call, deadline - started)
@@ -113,6 +122,28 @@ class Forwarder:
                     raise
                 self._observe(node.node_id, "OK", started)
                 return Forwarded(answer, node, retried=bool(tried))
+
+    def _choose(self, model: str, version: str, routing_key: str, tried: frozenset[str],
+                deadline: float) -> NodeRecord:
+        """The router's choice; a full fleet is waited on (until ``deadline``) only while
+        fewer than ``max_queued`` requests wait already, else refused at once."""
+        try:
+            return self.router.choose(model, version, routing_key, tried)
+        except FleetSaturatedError:
+            with self._queued_lock:
+                if self._queued >= self.max_queued:
+                    raise
+                self._queued += 1
+        try:
+            return self.router.choose(model, version, routing_key, tried, deadline=deadline)
+        finally:
+            with self._queued_lock:
+                self._queued -= 1
+
+    @property
+    def queued(self) -> int:
+        """Online requests waiting for room right now."""
+        return self._queued
 
     def _observe(self, node_id: str, status: str, started: float) -> None:
         if self.on_result is not None:

@@ -89,6 +89,7 @@ class Registry:
         self.expire_after = expire_after  # silence after which a dead node is forgotten
         self.clock = clock
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified when a node's load drops
         self._nodes: dict[str, NodeRecord] = {}
         self._epochs = itertools.count(int(time.time() * 1000))
         self.on_dead: list[Callable[[NodeRecord], None]] = []
@@ -166,6 +167,7 @@ class Registry:
             if rec.state != LIVE:
                 rec.state = LIVE
                 fire = replace(rec)
+                self._room.notify_all()
         if fire is not None:
             for listener in self.on_live:
                 listener(fire)
@@ -258,12 +260,19 @@ class Registry:
             if rec is None:
                 return
             rec.outstanding = max(0, rec.outstanding - amount)
+            self._room.notify_all()
             if seconds is not None:
                 now = self.clock()
                 rec.latency.update(seconds * 1000.0, now)
                 rec.last_heard = now
                 rec.items_done += items
                 rec.shards_done += int(shard)
+
+    def wait_for_room(self, timeout: float) -> None:
+        """Block until some node's outstanding count drops (or a node turns live), at
+        most ``timeout`` seconds."""
+        with self._room:
+            self._room.wait(timeout)
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """Routing weights by address; nodes without one (no latency data yet) get 1.0."""

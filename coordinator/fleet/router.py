@@ -7,17 +7,21 @@ Slow nodes carry a smaller weight (``SlowNodePolicy``), so both rules send them 
 
 Failure behaviour: no node ever offered the model -> ``ModelNotServedError``; nodes
 offer it but none is live -> ``NoNodeAvailableError``; all live ones are at capacity ->
-``FleetSaturatedError`` (answered at once, never queued).
+the request waits for room until its deadline (a bounded wait: the forwarder's admission
+bounds how many wait), then ``FleetSaturatedError``.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 
 from coordinator.errors import FleetSaturatedError, ModelNotServedError, NoNodeAvailableError
 from coordinator.fleet.placement import Candidate, pick_for_key, pick_least_loaded_of_two
 from coordinator.fleet.registry import NodeRecord, Registry
+
+ROOM_POLL_S = 0.05  # a waiting request looks again at least this often
 
 
 class Router:
@@ -58,24 +62,31 @@ class Router:
         return nodes
 
     def choose(self, model: str, version: str = "", routing_key: str = "",
-               exclude: frozenset[str] = frozenset()) -> NodeRecord:
+               exclude: frozenset[str] = frozenset(),
+               deadline: float | None = None) -> NodeRecord:
         """Pick a routable node serving ``model`` (at ``version``), skipping ``exclude`` addresses.
 
         With a ``routing_key``, rendezvous hashing with bounded loads; without, the less loaded
-        of two. Raises ``ModelNotServedError``, ``NoNodeAvailableError`` or
-        ``FleetSaturatedError`` as the module docstring describes.
+        of two. While every node is at capacity, waits for room until ``deadline`` (a
+        ``time.monotonic()`` reading; None: no wait). Raises ``ModelNotServedError``,
+        ``NoNodeAvailableError`` or ``FleetSaturatedError`` as the module docstring describes.
         """
-        nodes = self._live(model, version, exclude)
-        by_address = {n.address: n for n in nodes}
-        candidates = [Candidate(n.address, weight=n.weight, load=n.outstanding,
-                                capacity=n.capacity) for n in nodes]
-        if routing_key:
-            chosen = pick_for_key(routing_key, candidates, self.epsilon)
-        else:
-            with self._rng_lock:
-                chosen = pick_least_loaded_of_two(candidates, self._rng)
-        if chosen is None:
-            raise FleetSaturatedError(
-                f"all {len(nodes)} node(s) serving {model} are at capacity; retry later"
-            )
-        return by_address[chosen]
+        while True:
+            nodes = self._live(model, version, exclude)
+            by_address = {n.address: n for n in nodes}
+            candidates = [Candidate(n.address, weight=n.weight, load=n.outstanding,
+                                    capacity=n.capacity) for n in nodes]
+            if routing_key:
+                chosen = pick_for_key(routing_key, candidates, self.epsilon)
+            else:
+                with self._rng_lock:
+                    chosen = pick_least_loaded_of_two(candidates, self._rng)
+            if chosen is not None:
+                return by_address[chosen]
+            remaining = 0.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise FleetSaturatedError(
+                    f"all {len(nodes)} node(s) serving {model} are at capacity"
+                    + (" for as long as the request could wait" if deadline is not None
+                       else "") + "; retry later")
+            self.registry.wait_for_room(min(remaining, ROOM_POLL_S))

@@ -160,7 +160,7 @@ def test_saturated_fleet_answers_resource_exhausted(fleet, holdout):
         channel.close()
 
 
-def test_control_calls_answer_while_the_fleet_is_at_capacity(fleet):
+def test_control_calls_answer_and_inference_waits_while_the_fleet_is_at_capacity(fleet):
     fleet.start_coordinator()
     fleet.add_node("slow", "--capacity", "1", "--max-batch-delay-ms", "1500")
     fleet.wait_live(1)
@@ -174,9 +174,7 @@ def test_control_calls_answer_while_the_fleet_is_at_capacity(fleet):
     try:
         held = stub.ModelInfer.future(req, timeout=20)  # the node's one slot, ~1.5 s
         time.sleep(0.3)
-        with pytest.raises(grpc.RpcError) as err:
-            stub.ModelInfer(req, timeout=20)
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the data path is full
+        queued = stub.ModelInfer.future(req, timeout=20)  # waits for the slot, not refused
         meta = stub.ModelMetadata(oip_pb2.ModelMetadataRequest(name=EDGE), timeout=5)
         assert meta.name == EDGE and meta.inputs
         config = stub.ModelConfig(oip_pb2.ModelConfigRequest(name=EDGE), timeout=5)
@@ -186,12 +184,60 @@ def test_control_calls_answer_while_the_fleet_is_at_capacity(fleet):
         assert stub.ServerReady(oip_pb2.ServerReadyRequest(), timeout=5).ready
         assert not held.done()  # all of that while the slot was still taken
         assert len(held.result().outputs) == 3
+        assert len(queued.result().outputs) == 3
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelMetadata(oip_pb2.ModelMetadataRequest(name="nope"), timeout=5)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert EDGE in err.value.details()  # names what is served
     finally:
         channel.close()
+
+
+def test_a_request_that_cannot_get_a_slot_within_its_deadline_is_refused(fleet):
+    fleet.start_coordinator()
+    fleet.add_node("slow", "--capacity", "1", "--max-batch-delay-ms", "3000")
+    fleet.wait_live(1)
+    from protos import oip_pb2
+    from protos.oip_service import InferenceStub
+
+    channel = grpc.insecure_channel(fleet.coordinator.address)
+    stub = InferenceStub(channel)
+    req = oip_pb2.ModelInferRequest(model_name=EDGE, raw_input_contents=[bytes(28 * 28)])
+    req.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+    try:
+        held = stub.ModelInfer.future(req, timeout=20)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=1.0)
+        assert err.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED), err.value.details()
+        assert len(held.result().outputs) == 3
+    finally:
+        channel.close()
+
+
+def test_sixteen_clients_on_two_nodes_are_queued_not_refused(two_node_fleet, holdout):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = holdout[0]
+
+    def client_loop(worker: int) -> Counter:
+        seen = Counter()
+        client = tc.InferenceServerClient(two_node_fleet.coordinator.address)
+        try:
+            for i in range(25):
+                try:
+                    infer(client, images[(worker * 25 + i) % len(images)][None])
+                    seen["ok"] += 1
+                except tc.InferenceServerException as exc:
+                    seen[str(exc.status())] += 1
+        finally:
+            client.close()
+        return seen
+
+    with ThreadPoolExecutor(16) as pool:
+        totals = sum(pool.map(client_loop, range(16)), Counter())
+    assert totals == Counter(ok=16 * 25), totals
 
 
 def test_admin_cli_nodes_drain_undrain(two_node_fleet):

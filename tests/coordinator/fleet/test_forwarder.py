@@ -249,3 +249,41 @@ def test_no_retry_when_the_deadline_is_spent(forwarder, registry, seen):
     with pytest.raises(PeerStatusError):
         forwarder.forward("m", "", "", timeout=0.02, call=slow_unavailable)
     assert len(seen) == 1  # no second attempt after the deadline
+
+
+# -- a full fleet: wait for room, within the deadline, in a bounded queue ------------------
+
+
+@pytest.fixture
+def one_slot() -> Registry:
+    reg = Registry(suspect_after=30.0, dead_after=60.0, clock=Clock())
+    reg.register("node-a", "a:1", MODELS, capacity=1)
+    reg.probe_ok("a:1")
+    return reg
+
+
+def test_a_request_waits_for_a_slot_and_gets_it_when_one_frees(one_slot):
+    import threading
+
+    forwarder = Forwarder(one_slot, Router(one_slot), max_in_flight=8)
+    one_slot.acquire("a:1")  # the node's one slot is taken
+    threading.Timer(0.2, one_slot.release, ("a:1", 0.01)).start()
+    done = forwarder.forward("m", "", "", 5.0, lambda node, timeout: node.node_id)
+    assert done.answer == "node-a" and forwarder.queued == 0
+
+
+def test_a_request_is_refused_when_no_slot_frees_within_its_deadline(one_slot):
+    forwarder = Forwarder(one_slot, Router(one_slot), max_in_flight=8)
+    one_slot.acquire("a:1")
+    with pytest.raises(FleetSaturatedError) as err:
+        forwarder.forward("m", "", "", 0.3, lambda node, timeout: "never")
+    assert "at capacity for as long as the request could wait" in str(err.value)
+    assert forwarder.queued == 0 and forwarder.admission.current == 0
+
+
+def test_the_wait_queue_is_bounded(one_slot):
+    forwarder = Forwarder(one_slot, Router(one_slot), max_in_flight=8, max_queued=0)
+    one_slot.acquire("a:1")
+    with pytest.raises(FleetSaturatedError) as err:
+        forwarder.forward("m", "", "", 5.0, lambda node, timeout: "never")
+    assert "could wait" not in str(err.value)  # refused at once: no room in the queue
