@@ -227,14 +227,21 @@ class Registry:
     def set_drained(self, name: str, drained: bool) -> NodeRecord:
         """Drain (or undrain) the node with that id or address; returns a copy of its record.
 
-        Draining fires the ``on_drain`` listeners. Raises ``UnknownNodeError`` for an unknown node.
+        Draining fires the ``on_drain`` listeners; undraining a live node fires the
+        ``on_live`` listeners (it may take work again, as if it had just turned live).
+        Raises ``UnknownNodeError`` for an unknown node.
         """
         with self._lock:
             rec = self._find(name)
-            rec.drained = drained
+            was_drained, rec.drained = rec.drained, drained
             snap = replace(rec)
+            if not drained and was_drained and rec.state == LIVE:
+                self._room.notify_all()
         if drained:
             for listener in self.on_drain:
+                listener(snap)
+        elif was_drained and snap.state == LIVE:
+            for listener in self.on_live:
                 listener(snap)
         return snap
 

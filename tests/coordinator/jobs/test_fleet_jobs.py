@@ -161,6 +161,22 @@ def test_drained_node_gets_no_new_shards(fleet, holdout):
     assert fleet.client.drain("n0", undo=True).state == "live"
 
 
+def test_an_undrained_node_takes_job_work_again(fleet, holdout):
+    # A drained node's pullers stop; undraining must start them again (it did not: the
+    # node stayed live for online requests but never pulled another shard).
+    fleet.start_coordinator()
+    fleet.add_node("n0")
+    fleet.wait_live(1)
+    fleet.client.drain("n0")
+    assert fleet.client.drain("n0", undo=True).state == "live"
+    items, truth = job_items(holdout, 1)
+    status = fleet.client.submit(EDGE, items, shard_size=64)
+    final = wait_finished(fleet.client, status.job_id, timeout=60)
+    assert final.state == "done", final
+    records = check_exactly_once(fleet.client, status.job_id, truth)
+    assert {r.node for r in records} == {"n0"}
+
+
 def test_cancel_stops_a_job(fleet, holdout):
     fleet.start_coordinator()
     fleet.add_node("n0", *PACED)
