@@ -1,5 +1,7 @@
-"""Exceptions of the coordinator. Transport-free: each subclasses one of
-``edgeshard.errors``' kinds, which ``edgeshard.rpc.STATUS`` maps to a gRPC status."""
+"""Exceptions of the coordinator. Transport-free: each that a caller can cause subclasses
+one of ``edgeshard.errors``' kinds, which ``edgeshard.rpc.STATUS`` maps to a gRPC status.
+``ShardNotFoundError`` and ``InvalidResultError`` mean the coordinator broke its own
+invariants: they have no kind, so a caller sees INTERNAL and the log has the traceback."""
 
 from edgeshard import errors as kinds
 

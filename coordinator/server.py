@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 from collections import Counter
-from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +34,7 @@ from coordinator.cascade.budget import CostMeter, TokenBucket
 from coordinator.cascade.cloud import CloudTier, CloudTierStatus
 from coordinator.cascade.decision import Cascade
 from coordinator.config import CoordinatorConfig
+from coordinator.dataplane import DataPlane
 from coordinator.fleet.catalog import ModelCatalog
 from coordinator.fleet.forwarder import Forwarder
 from coordinator.fleet.membership import Membership
@@ -48,7 +48,7 @@ from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
-from edgeshard.transport import add_port, message_options
+from edgeshard.transport import add_port, create_server, message_options
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
@@ -116,18 +116,15 @@ class CoordinatorServer:
         if self.cascade is not None:
             self.replayer = SpoolReplayer(spool, self.cascade, cfg.cloud_timeout_s,
                                           on_change=self.dispatcher.notify)
-        self.front = InferenceServicer(self.registry, self.forwarder, self.clients,
-                                       cfg.request_timeout_s, cascade=self.cascade)
+        self.front = InferenceServicer(self.registry, DataPlane(self.forwarder, self.cascade),
+                                       self.clients, cfg.request_timeout_s)
         jobs = JobService(self.store, self.catalog, cfg.shard_size, self.dispatcher.notify,
                           self.stopping, pending=spool.pending)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._server = grpc.server(
-            # Streams are bounded (max_streams per method): they can never take every
-            # handler, so unary calls, heartbeats above all, always find one.
-            futures.ThreadPoolExecutor(max_workers=32 + 3 * cfg.max_streams,
-                                       thread_name_prefix="coord-grpc"),
-            options=[*message_options(cfg.max_message_bytes), ("grpc.so_reuseport", 0)],
-        )
+        # Streams are bounded (max_streams per method): they can never take every handler,
+        # so unary calls, heartbeats above all, always find one.
+        self._server = create_server(32 + 3 * cfg.max_streams, "coord-grpc",
+                                     message_options(cfg.max_message_bytes))
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(

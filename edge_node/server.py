@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import threading
-from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,7 +25,7 @@ from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
 from edge_node.servicer import NodeServicer
 from edgeshard import VERSION
-from edgeshard.transport import add_port, message_options
+from edgeshard.transport import add_port, create_server, message_options
 from protos.discovery import NodeAdvert
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
@@ -69,12 +68,9 @@ class EdgeNodeServer:
                 f"no model could be loaded from {cfg.model_repository}: {problems}"
             )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max(8, 2 * cfg.workers + 4),
-                                       thread_name_prefix="edge-grpc"),
-            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers,
-            options=[*message_options(cfg.max_message_bytes), ("grpc.so_reuseport", 0)],
-        )
+        self._server = create_server(
+            max(8, 2 * cfg.workers + 4), "edge-grpc", message_options(cfg.max_message_bytes),
+            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers)
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
         self.node_id = cfg.resolved_node_id(self.port)
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)

@@ -1,7 +1,7 @@
 """Process infrastructure shared by the edge node and the coordinator (no domain logic).
 
-Imports nothing else of edgeshard, so ``edge_node`` and ``coordinator`` may both use it
-without depending on each other.
+It imports nothing of ``edge_node`` or ``coordinator`` (only ``protos``, for the codec's
+errors in the status table), so both daemons may use it without depending on each other.
 """
 
 from importlib.metadata import PackageNotFoundError

@@ -2,13 +2,15 @@
 
 Node and coordinator servers, the coordinator's clients of nodes and of the cloud tier,
 a node's registration with its coordinator and the admin CLI all go through
-``open_channel`` and ``add_port``, so credentials (TLS, mTLS) are decided in one place.
+``create_server`` + ``add_port`` and ``open_channel``, so credentials (TLS, mTLS) and
+options are decided in one place.
 Without credentials both are plaintext, as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent import futures
 
 import grpc
 
@@ -20,6 +22,21 @@ def message_options(max_message_bytes: int) -> list[ChannelOption]:
     (both directions)."""
     return [("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+def create_server(max_workers: int, thread_name_prefix: str,
+                  options: Sequence[ChannelOption] = (),
+                  maximum_concurrent_rpcs: int | None = None) -> grpc.Server:
+    """A gRPC server with ``max_workers`` handler threads; one RPC more than
+    ``maximum_concurrent_rpcs`` (None: no bound) is answered RESOURCE_EXHAUSTED by gRPC.
+    Ports are added with ``add_port``. ``SO_REUSEPORT`` is off, so a port in use is an
+    error rather than shared."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers,
+                                   thread_name_prefix=thread_name_prefix),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+        options=[*options, ("grpc.so_reuseport", 0)],
+    )
 
 
 def open_channel(address: str, options: Sequence[ChannelOption] = (),

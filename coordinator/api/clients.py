@@ -171,6 +171,20 @@ def node_call(clients: ClientPool, method: str, request) -> NodeCall:
     return call
 
 
+def fleet_statistics(clients: ClientPool, nodes: list[NodeRecord], request,
+                     timeout: float) -> list:
+    """Each node's ModelStatistics answer to ``request``; a node that cannot answer in
+    ``timeout`` seconds contributes nothing this time."""
+    answers = []
+    for node in nodes:
+        try:
+            answers.append(clients.get(node.address).stub.ModelStatistics(request,
+                                                                          timeout=timeout))
+        except grpc.RpcError:
+            continue
+    return answers
+
+
 def node_classifier(clients: ClientPool) -> Classify:
     """A ``jobs.runner.Classify`` over ``clients``: one batched ModelInfer at the node,
     a node's error status raised as ``PeerStatusError``."""

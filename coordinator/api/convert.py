@@ -12,6 +12,7 @@ import numpy as np
 
 from coordinator.cascade.cloud import CloudTierStatus
 from coordinator.cascade.decision import Decision
+from coordinator.dataplane import OnlineAnswer
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.model import JobProgress, ResultRow
 from coordinator.jobs.submission import JobRequest
@@ -30,6 +31,35 @@ def without_outputs(request: oip_pb2.ModelInferRequest) -> oip_pb2.ModelInferReq
     forwarded.CopyFrom(request)
     del forwarded.outputs[:]
     return forwarded
+
+
+def routing_key(request: oip_pb2.ModelInferRequest) -> str:
+    """The request's ``routing_key`` parameter ("" when unset)."""
+    return str(parameters.get_param(request.parameters, "routing_key", "") or "")
+
+
+def only_input(request: oip_pb2.ModelInferRequest) -> np.ndarray:
+    """The request's one input tensor, decoded (``TensorError`` if it has another count)."""
+    arrays = codec.decode_inputs(request)
+    if len(arrays) != 1:
+        raise codec.TensorError("inputs", f"expected exactly one input, got {len(arrays)}")
+    (array,) = arrays.values()
+    return array
+
+
+def infer_response(answer: OnlineAnswer,
+                   requested: list[str]) -> oip_pb2.ModelInferResponse:
+    """The response to an online request: the node's own answer, with ``node``,
+    ``retried`` and ``tier`` set; after the cascade, built from its decision."""
+    response = answer.response
+    if not response.parameters["node"].string_param:
+        parameters.set_param(response.parameters, "node", answer.node.node_id)
+    if answer.retried:
+        parameters.set_param(response.parameters, "retried", True)
+    if answer.decision is None:
+        parameters.set_param(response.parameters, "tier", "edge")
+        return response
+    return cascade_response(response, answer.probabilities, answer.decision, requested)
 
 
 def online_ids(request: oip_pb2.ModelInferRequest, n: int) -> list[str]:

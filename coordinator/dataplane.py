@@ -1,0 +1,93 @@
+"""The online data plane: one inference request through the fleet, then the cascade.
+
+As in MLServer's ``DataPlane``: the gRPC ``InferenceServicer`` converts a request, calls
+one method here, and converts the answer. Transport-free: the call to a node, how to read
+the edge's probabilities from its answer, and the request's items are functions the api
+layer supplies, so the message is forwarded without decoding unless the cascade needs it.
+
+``infer``: the forwarder routes the call (admission, waiting for room, one retry on
+another node); without a cascade rule for the model the node's answer is final. With one,
+the cascade decides per item within what is left of the caller's deadline; a cloud
+refusal of the items as malformed is the caller's error (``PeerStatusError``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from coordinator import errors
+from coordinator.cascade.decision import Cascade, Decision
+from coordinator.fleet.forwarder import Forwarder, NodeCall
+from coordinator.fleet.registry import NodeRecord
+from edgeshard.errors import PeerStatusError
+
+MIN_CLOUD_S = 0.001  # the cascade always gets this much time, even past the deadline
+
+
+@dataclass(frozen=True)
+class OnlineAnswer:
+    """A node's answer (as the transport returned it), the node, whether it took a retry,
+    and, for a cascaded model, the edge's probabilities float32 [N, K] and the cascade's
+    decision."""
+
+    response: Any
+    node: NodeRecord
+    retried: bool
+    probabilities: np.ndarray | None = None
+    decision: Decision | None = None
+
+
+class DataPlane:
+    """Online inference and the node choice for control calls, over one ``Forwarder``."""
+
+    def __init__(self, forwarder: Forwarder, cascade: Cascade | None = None):
+        self.forwarder = forwarder
+        self.cascade = cascade
+
+    def cascaded(self, model: str) -> bool:
+        """True when ``model`` has a cascade rule (its answers may go to the cloud)."""
+        return self.cascade is not None and self.cascade.rule(model) is not None
+
+    def infer(self, model: str, version: str, routing_key: str, timeout: float,
+              call: NodeCall, probabilities_of: Callable[[Any], np.ndarray],
+              items: Callable[[], np.ndarray],
+              item_ids: Callable[[int], list[str]]) -> OnlineAnswer:
+        """Run ``call`` on a node chosen for ``model`` within ``timeout`` seconds, then the
+        cascade when the model has a rule (``probabilities_of(answer)``, ``items()`` and
+        ``item_ids(n)`` are only called then).
+
+        Raises what ``Forwarder.forward`` raises, and ``PeerStatusError`` when the cloud
+        refuses the escalated items as malformed.
+        """
+        deadline = time.monotonic() + timeout
+        done = self.forwarder.forward(model, version, routing_key, timeout, call)
+        rule = self.cascade.rule(model) if self.cascade is not None else None
+        if rule is None:
+            return OnlineAnswer(done.answer, done.node, done.retried)
+        probabilities = probabilities_of(done.answer)
+        decision = self.cascade.decide(rule, items(), probabilities,
+                                       item_ids(len(probabilities)),
+                                       max(MIN_CLOUD_S, deadline - time.monotonic()))
+        if decision.refusal is not None:
+            raise PeerStatusError(decision.refusal.status,
+                                  f"cloud tier refused the escalated items: "
+                                  f"{decision.refusal.details}")
+        return OnlineAnswer(done.answer, done.node, done.retried, probabilities, decision)
+
+    def node_for(self, model: str, version: str = "") -> NodeRecord:
+        """A live node serving ``model`` for a control call (metadata, config), whatever
+        its load; ``ModelNotServedError`` / ``NoNodeAvailableError`` otherwise."""
+        return self.forwarder.router.any_node(model, version)
+
+    def live_nodes(self, model: str = "", version: str = "") -> list[NodeRecord]:
+        """The live, undrained nodes; with ``model``, ``ModelNotServedError`` unless one of
+        them serves it."""
+        nodes = [n for n in self.forwarder.registry.snapshot() if n.routable]
+        if model and not any(n.serves(model, version) for n in nodes):
+            raise errors.ModelNotServedError(f"model_name: no live node serves {model}")
+        return nodes
