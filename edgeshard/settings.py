@@ -114,6 +114,30 @@ def build(cls: type, flags: Mapping[str, Any], env: Mapping[str, str],
     return cls(**values)
 
 
+def _metavar(f: dataclasses.Field) -> str:
+    """What a flag's value is, for ``--help``: ``metadata["metavar"]``, else its unit or
+    kind (``SECONDS``, ``BYTES``, ``PORT``, ``N``...), else the field's last word."""
+    if "metavar" in f.metadata:
+        return f.metadata["metavar"]
+    kind, name = _kind(f), f.name
+    for suffix, metavar in (("_per_s", "PER_SECOND"), ("_ms", "MS"), ("_s", "SECONDS"),
+                            ("_seconds", "SECONDS"), ("_bytes", "BYTES"), ("port", "PORT")):
+        if name.endswith(suffix):
+            return metavar
+    named = {"node": "HOST:PORT", "cloud": "HOST:PORT", "coordinator": "HOST:PORT",
+             "advertise_address": "HOST", "cascade": "EDGE_MODEL=CLOUD_MODEL",
+             "escalation": "MODEL=POLICY:THRESHOLD"}
+    if name in named:
+        return named[name]
+    if "Path" in kind:
+        return "PATH"
+    if "int" in kind and "tuple" not in kind:
+        return "N"
+    if "float" in kind:
+        return "NUMBER"
+    return name.split("_")[-1].upper()
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per dataclass field, with its help text and environment variable."""
     for f in dataclasses.fields(cls):
@@ -130,11 +154,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
                                 default=None, help=text)
         elif "tuple" in kind or "list" in kind:
             parser.add_argument(flag, dest=f.name, action="append", default=None,
-                                metavar=f.name.split("_")[-1].upper(),
-                                help=text + " (repeatable)")
+                                metavar=_metavar(f), help=text + " (repeatable)")
         else:
-            parser.add_argument(flag, dest=f.name, default=None,
-                                metavar=f.name.split("_")[-1].upper(), help=text)
+            parser.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f),
+                                help=text)
 
 
 def config_file_from(args_value: Path | None, env: Mapping[str, str]) -> Path | None:

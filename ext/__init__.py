@@ -17,21 +17,11 @@ import logging
 import os
 
 from ext import _reference
-from ext._results import Confidence
+from ext._results import Confidence as Confidence  # re-exported (the spec's result type)
 
-__all__ = [
-    "IMPLEMENTATION",
-    "Confidence",
-    "confidence",
-    "dequantize",
-    "make_lut",
-    "normalize",
-    "postprocess",
-    "preprocess",
-    "quantize",
-    "resize_bilinear",
-    "softmax",
-]
+# The reference is the spec, so the public API is its API (less a table helper the
+# kernels do not export), plus the name of the implementation in use.
+__all__ = ["IMPLEMENTATION", *(n for n in _reference.__all__ if n != "axis_table")]
 
 log = logging.getLogger(__name__)
 

@@ -53,14 +53,19 @@ def images(value: object, name: str = "images") -> np.ndarray:
     return _contiguous(arr)
 
 
-def size(value: object, name: str) -> int:
-    """Return a positive int output size."""
+def _int(value: object, name: str) -> int:
+    """``value`` as a Python int: any integer type but bool, else TypeError naming ``name``."""
     if isinstance(value, bool):
         raise TypeError(f"{name}: expected int, got bool")
     try:
-        result = operator.index(value)
+        return operator.index(value)
     except TypeError:
         raise TypeError(f"{name}: expected int, got {type(value).__name__}") from None
+
+
+def size(value: object, name: str) -> int:
+    """Return a positive int output size."""
+    result = _int(value, name)
     if not 1 <= result <= MAX_SIZE:
         raise ValueError(f"{name}: must be in [1, {MAX_SIZE}], got {result}")
     return result
@@ -100,12 +105,7 @@ def quant_dtype(value: object, name: str = "dtype", allow_float: bool = False) -
 
 def zero_point(value: object, dtype: np.dtype, name: str = "zero_point") -> int:
     """Return an int zero point inside the range of ``dtype``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected int, got bool")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected int, got {type(value).__name__}") from None
+    result = _int(value, name)
     info = np.iinfo(dtype)
     if not info.min <= result <= info.max:
         raise ValueError(f"{name}: must be in [{info.min}, {info.max}] for {dtype}, got {result}")

@@ -49,9 +49,9 @@ class ModelCatalog:
         self._facts: dict[str, ModelFacts] = {}
         self._lock = threading.Lock()
 
-    def known(self, model: str) -> bool:
-        """True when any known node (live or not) has offered ``model``."""
-        return any(n.serves(model) for n in self.registry.snapshot())
+    def known(self, model: str, version: str = "") -> bool:
+        """True when any known node (live or not) has offered ``model`` (at ``version``)."""
+        return any(n.serves(model, version) for n in self.registry.snapshot())
 
     def served(self) -> list[str]:
         """Every model a known node has offered, sorted."""

@@ -52,7 +52,13 @@ class Router:
             known = [n for n in self.registry.snapshot() if n.serves(model, version)]
             what = f"{model}" + (f" version {version}" if version else "")
             if not known:
-                served = sorted({m for n in self.registry.snapshot() for m in n.models})
+                snapshot = self.registry.snapshot()
+                if version and any(n.serves(model) for n in snapshot):
+                    versions = sorted({v for n in snapshot for v in n.models.get(model, ())})
+                    raise ModelNotServedError(
+                        f"model_version: no node serves {what} (its versions: "
+                        f"{', '.join(versions)})")
+                served = sorted({m for n in snapshot for m in n.models})
                 raise ModelNotServedError(f"model_name: no node serves {what} (served: "
                                           f"{', '.join(served) or 'none'})")
             raise NoNodeAvailableError(

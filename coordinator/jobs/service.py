@@ -56,8 +56,14 @@ class JobService:
         when the model refuses the items, and the submission's own validation errors.
         """
         header = submission.header()
+        if not header.model:
+            raise InvalidJobError("model: required; name the model to run the items with")
         if not self.catalog.known(header.model):
-            raise ModelNotServedError(f"model: no node serves {header.model!r}")
+            raise ModelNotServedError(f"model: no node serves {header.model!r} (served: "
+                                      f"{', '.join(self.catalog.served()) or 'none'})")
+        if header.model_version and not self.catalog.known(header.model, header.model_version):
+            raise ModelNotServedError(f"model_version: no node serves {header.model!r} "
+                                      f"version {header.model_version!r}")
         request, items = submission.finish()
         first_ids, first = next(items.batches(1))
         self.catalog.check_item(request.model, request.model_version, first_ids[0], first)
@@ -78,7 +84,7 @@ class JobService:
 
     def get(self, job_id: str) -> JobProgress:
         """The job's progress; ``JobNotFoundError`` if there is no such job."""
-        return self.store.progress(job_id)
+        return self.store.progress(_required(job_id))
 
     def list(self) -> list[JobProgress]:
         """Every job, oldest first."""
@@ -86,7 +92,7 @@ class JobService:
 
     def cancel(self, job_id: str) -> JobProgress:
         """Cancel a running job (a finished one is left as it is)."""
-        return self.store.cancel(job_id)
+        return self.store.cancel(_required(job_id))
 
     def shares(self, job_id: str) -> dict[str, int]:
         """Results per node id for the job."""
@@ -101,7 +107,7 @@ class JobService:
             raise InvalidJobError(f"interval_s: must be between 0 and {MAX_WATCH_INTERVAL_S:g} "
                                   f"seconds (0: the default 0.5), got {interval}")
         interval = interval or 0.5
-        self.store.progress(job_id)  # JobNotFoundError before the first wait
+        self.store.progress(_required(job_id))  # JobNotFoundError before the first wait
         last, sent = None, 0.0
         while not gone.is_set() and not self.stopping.is_set():
             p = self.store.progress(job_id)
@@ -124,7 +130,7 @@ class JobService:
         edge answers of items still waiting for the cloud, marked provisional.
         """
         after = after_seq
-        model = self.store.progress(job_id).model
+        model = self.store.progress(_required(job_id)).model
         while not gone.is_set():
             state = self.store.progress(job_id).state  # before reading: no gap
             rows = self.store.results(job_id, after_seq=after, limit=RESULT_PAGE)
@@ -156,3 +162,10 @@ def _named(row: ResultRow, labels: tuple[str, ...]) -> ResultRow:
     if not 0 <= row.label < len(labels):
         return row
     return replace(row, extra={**row.extra, "label_name": labels[row.label]})
+
+
+def _required(job_id: str) -> str:
+    """``job_id``, or ``InvalidJobError`` when it is empty."""
+    if not job_id:
+        raise InvalidJobError("job_id: required; `edge-coordinator jobs` lists them")
+    return job_id

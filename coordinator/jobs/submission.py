@@ -86,4 +86,4 @@ class Submission:
         if request.total_items and request.total_items != len(array):
             raise JobInputError(f"total_items: header said {request.total_items}, "
                                 f"received {len(array)} (stream cut short?)")
-        return request, ItemSource.from_arrays(self._ids, array)
+        return request, ItemSource.from_arrays(self._ids, array, path="items")

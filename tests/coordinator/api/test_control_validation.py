@@ -65,6 +65,10 @@ BAD_SUBMITS = [
      grpc.StatusCode.INVALID_ARGUMENT, "refuses item '0'"),
     ("float32 items at the wrong size", [header(), items(np.zeros((2, 30, 30, 1), np.float32))],
      grpc.StatusCode.INVALID_ARGUMENT, "refuses item '0'"),
+    ("unknown model version", [header(model_version="99"), items(IMAGES)],
+     grpc.StatusCode.NOT_FOUND, "model_version"),
+    ("no model", [fleet_pb2.SubmitRequest(header=fleet_pb2.JobHeader()), items(IMAGES)],
+     grpc.StatusCode.INVALID_ARGUMENT, "model: required"),
     ("bad job id", [header(job_id="has spaces"), items(IMAGES)],
      grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
 ]
@@ -117,3 +121,30 @@ def test_reflection_lists_the_control_services(stubs, fleet):
         channel.close()
     assert {"edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "inference.GRPCInferenceService",
             "grpc.health.v1.Health"} <= set(services)
+
+
+def test_an_empty_job_id_is_named(stubs):
+    _, jobs = stubs
+    for call in (jobs.GetJob, jobs.Cancel):
+        with pytest.raises(grpc.RpcError) as err:
+            call(fleet_pb2.JobRef(job_id=""), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "job_id: required" in err.value.details()
+
+
+def test_an_unknown_version_at_the_front_names_the_field(stubs, fleet):
+    from protos import oip_pb2
+    from protos.oip_service import InferenceStub
+
+    channel = grpc.insecure_channel(fleet.coordinator.address)
+    try:
+        request = oip_pb2.ModelInferRequest(model_name="mnist_edge", model_version="99",
+                                            raw_input_contents=[bytes(28 * 28)])
+        request.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+        with pytest.raises(grpc.RpcError) as err:
+            InferenceStub(channel).ModelInfer(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details().startswith("model_version: no node serves mnist_edge "
+                                              "version 99 (its versions: 1)")
+    finally:
+        channel.close()
