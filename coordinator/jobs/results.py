@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,33 +17,47 @@ import numpy as np
 from coordinator.errors import InvalidResultError
 from coordinator.jobs.model import ResultRow
 
+INSERT = ("INSERT INTO results (job_id, item_id, shard_id, attempt, label, confidence, tier, "
+          "node, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+          "ON CONFLICT (job_id, item_id) DO NOTHING")
+
 
 def insert_results(db: sqlite3.Connection, job_id: str, shard_id: int, attempt: int,
                    rows: Sequence[tuple], now: float) -> int:
     """Insert validated result rows (an item that already has a result keeps it), count the
-    accepted ones on the job, and finish the job when every item has its result."""
-    accepted = cloud = degraded = 0
-    for params in rows:
-        cur = db.execute(
-            "INSERT INTO results (job_id, item_id, shard_id, attempt, label, confidence, "
-            "tier, node, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (job_id, item_id) DO NOTHING",
-            (job_id, params[0], shard_id, attempt, *params[1:]))
-        if cur.rowcount:
-            accepted += 1
-            cloud += params[3] == "cloud"
-            degraded += bool(json.loads(params[6]).get("degraded"))
-    if accepted:
+    accepted ones on the job and per node, and finish the job when every item has its
+    result. ``rows`` come from ``result_params``; returns how many were accepted.
+
+    The first results of a shard (the common case) go in with one ``executemany``; when
+    the shard already has some, each row is inserted on its own to see which are new.
+    """
+    if not rows:
+        return 0
+    first = db.execute("SELECT 1 FROM results WHERE shard_id = ? LIMIT 1",
+                       (shard_id,)).fetchone() is None
+    if first and len({r[0] for r in rows}) == len(rows):
+        db.executemany(INSERT, [(job_id, r[0], shard_id, attempt, *r[1:7]) for r in rows])
+        taken = list(rows)
+    else:
+        taken = [r for r in rows
+                 if db.execute(INSERT, (job_id, r[0], shard_id, attempt, *r[1:7])).rowcount]
+    if taken:
+        cloud = sum(r[3] == "cloud" for r in taken)
+        degraded = sum(r[7] for r in taken)
         db.execute("UPDATE jobs SET done_items = done_items + ?, cloud_items = cloud_items + ?, "
                    "degraded_items = degraded_items + ? WHERE job_id = ?",
-                   (accepted, cloud, degraded, job_id))
+                   (len(taken), cloud, degraded, job_id))
+        db.executemany("INSERT INTO job_nodes (job_id, node, items) VALUES (?, ?, ?) "
+                       "ON CONFLICT (job_id, node) DO UPDATE SET items = items + excluded.items",
+                       [(job_id, node, n) for node, n in Counter(r[4] for r in taken).items()])
         db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE job_id = ? "
                    "AND done_items = total_items AND state = 'running'", (now, job_id))
-    return accepted
+    return len(taken)
 
 
 def result_params(r: ResultRow) -> tuple:
-    """Validate a result row and return its column values (item_id first)."""
+    """Validate a result row and return its column values (item_id first), then whether
+    it is a degraded answer (``extra["degraded"]``)."""
     where = f"result for item {r.item_id!r}"
     if not isinstance(r.item_id, str):
         raise InvalidResultError(f"{where}: item_id must be a string")
@@ -61,4 +76,5 @@ def result_params(r: ResultRow) -> tuple:
         extra = json.dumps(r.extra, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise InvalidResultError(f"{where}: extra is not JSON-serializable ({e})") from e
-    return (r.item_id, int(r.label), float(r.confidence), r.tier, r.node, r.model_version, extra)
+    return (r.item_id, int(r.label), float(r.confidence), r.tier, r.node, r.model_version, extra,
+            bool(r.extra.get("degraded")))

@@ -95,10 +95,19 @@ ALTER TABLE jobs ADD COLUMN degraded_items INTEGER NOT NULL DEFAULT 0
 
 # Version 3: what a job survived, counted in the transaction that does it: shards given
 # back to the queue (a node died, was drained, failed, answered partly or let its lease
-# expire) and late duplicate results discarded (first writer wins).
+# expire) and late duplicate results discarded (first writer wins); and each node's share
+# of a job's results, kept as they are written (Watch reads it often: no rescans).
 COUNTERS_SCHEMA = """
 ALTER TABLE jobs ADD COLUMN requeued_shards INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN duplicate_results INTEGER NOT NULL DEFAULT 0
+ALTER TABLE jobs ADD COLUMN duplicate_results INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE job_nodes (
+    job_id        TEXT NOT NULL REFERENCES jobs (job_id),
+    node          TEXT NOT NULL,
+    items         INTEGER NOT NULL,
+    PRIMARY KEY (job_id, node)
+);
+INSERT INTO job_nodes (job_id, node, items)
+    SELECT job_id, node, COUNT(*) FROM results GROUP BY job_id, node
 """
 
 

@@ -257,8 +257,8 @@ class JobStore(ShardLeases):
         """How many of the job's results each node produced (``results.node``)."""
         with self._lock:
             self._job_state(self._db, job_id)
-            return dict(self._db.execute("SELECT node, COUNT(*) FROM results WHERE job_id = ? "
-                                         "GROUP BY node ORDER BY node", (job_id,)).fetchall())
+            return dict(self._db.execute("SELECT node, items FROM job_nodes WHERE job_id = ? "
+                                         "ORDER BY node", (job_id,)).fetchall())
 
     def complete(self, shard_id: int, attempt: int, results: Sequence[ResultRow],
                  now: float | None = None, escalations: Sequence[Escalation] = (),
