@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from coordinator.errors import InvalidResultError, UnknownNodeError
 from coordinator.fleet.registry import NodeRecord, Registry
-from coordinator.jobs.model import Lease
+from coordinator.jobs.model import Lease, NextLease
 from coordinator.jobs.runner import ShardOutput
 from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.store import JobStore
@@ -118,27 +118,36 @@ class Dispatcher:
 
     # -- work ------------------------------------------------------------------------------
     def _pull(self, address: str) -> None:
+        lease = None  # the next shard, leased when the last one was committed
         while not self._stop.is_set():
             try:
                 rec = self.registry.get(address)
             except UnknownNodeError:  # the node left the registry
                 return
             if not rec.routable:
+                if lease is not None:  # not this node's any more (a no-op if re-queued)
+                    self.store.release(lease.shard_id, lease.attempt, "node not live",
+                                       counts_as_failure=False)
+                    self.notify()
                 return  # node_live starts new pullers if it comes back
             try:
-                lease = self.store.lease_next(address, self.lease_s, time.time(),
-                                              models=set(rec.models))
+                if lease is None:
+                    lease = self.store.lease_next(address, self.lease_s, time.time(),
+                                                  models=set(rec.models))
                 if lease is not None:
-                    self._run(rec, lease)
+                    lease = self._run(rec, lease)
                     continue
             except Exception:  # noqa: BLE001 - a store error must not end the puller
                 log.exception("puller for %s: store error; retrying", rec.node_id)
+                lease = None  # a lease taken meanwhile comes back when it expires
                 self._stop.wait(STORE_RETRY_S)
                 continue
             with self._cond:
                 self._cond.wait(IDLE_WAIT_S)
 
-    def _run(self, rec: NodeRecord, lease: Lease) -> None:
+    def _run(self, rec: NodeRecord, lease: Lease) -> Lease | None:
+        """Run ``lease`` on the node and commit its results; the node's next lease, taken
+        in the same transaction, or None (nothing queued, or the shard failed)."""
         try:
             output = self.run_shard(rec, lease)
         except PeerStatusError as exc:
@@ -152,16 +161,18 @@ class Dispatcher:
                                   counts_as_failure=not exc.retryable):
                 self.requeued += 1
             self.notify()
-            return
+            return None
         except Exception as exc:  # noqa: BLE001 - never lose the shard on a bug
             log.exception("shard %d on %s failed unexpectedly", lease.shard_id, rec.node_id)
             self.store.release(lease.shard_id, lease.attempt, f"internal error: {exc}")
             self.notify()
-            return
+            return None
         try:
             outcome = self.store.complete(lease.shard_id, lease.attempt, output.results,
                                           escalations=output.escalations,
-                                          spool_limits=self.spool_limits)
+                                          spool_limits=self.spool_limits,
+                                          then_lease=NextLease(rec.address, self.lease_s,
+                                                               set(rec.models)))
         except InvalidResultError as exc:
             # The node's answer is unusable (e.g. a NaN confidence): that counts against
             # the shard like any error status of the node.
@@ -169,12 +180,13 @@ class Dispatcher:
                         rec.node_id, exc)
             self.store.release(lease.shard_id, lease.attempt, f"{rec.node_id}: {exc}")
             self.notify()
-            return
+            return None
         if self.on_commit is not None:
             self.on_commit(rec.node_id, outcome.accepted, outcome.duplicates)
         if outcome.duplicates:
             log.info("shard %d from %s: %d late duplicate result(s) discarded",
                      lease.shard_id, rec.node_id, outcome.duplicates)
+        return outcome.next_lease
 
     def _sweep(self) -> None:
         while not self._stop.wait(0.5):

@@ -43,6 +43,15 @@ class ShardLeases:
         """
         if not node_id:
             raise ValueError("node_id must be non-empty")
+        with self._tx() as db:
+            taken = self._take_next(db, node_id, now + lease_seconds, models)
+        return _to_lease(taken, node_id)
+
+    @staticmethod
+    def _take_next(db: sqlite3.Connection, node_id: str, expires: float,
+                   models: set[str] | None) -> tuple | None:
+        """Mark the next queued shard leased to ``node_id`` in the caller's transaction;
+        its columns for ``_to_lease``, or None."""
         if models is not None and not models:
             return None
         where, args = "", ()
@@ -50,25 +59,22 @@ class ShardLeases:
             names = sorted(models)
             where = f"AND j.model IN ({', '.join('?' * len(names))})"
             args = tuple(names)
-        expires = now + lease_seconds
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT s.shard_id, s.job_id, s.attempt, j.model, j.params, s.item_ids, "
-                "s.payload FROM shards s JOIN jobs j ON j.job_id = s.job_id "
-                f"WHERE s.state = 'queued' AND j.state = 'running' {where} "
-                "ORDER BY j.num, s.idx LIMIT 1", args).fetchone()
-            if row is None:
-                return None
-            shard_id, job_id, attempt, model, params, item_ids, payload = row
-            attempt += 1
-            db.execute("UPDATE shards SET state = 'leased', attempt = ?, node_id = ?, "
-                       "lease_expires = ? WHERE shard_id = ?",
-                       (attempt, node_id, expires, shard_id))
-        array = np.load(io.BytesIO(payload), allow_pickle=False)
-        log.debug("leased shard %d (job %s) attempt %d to %s", shard_id, job_id, attempt,
-                  node_id)
-        return Lease(job_id, shard_id, attempt, model, msgpack.unpackb(item_ids), array,
-                     json.loads(params), node_id, expires)
+        # Choose by the index alone, then read the one shard's blobs: selecting them in the
+        # ordered query made SQLite read every queued shard's payload to sort it.
+        row = db.execute(
+            "SELECT s.shard_id FROM shards s JOIN jobs j ON j.job_id = s.job_id "
+            f"WHERE s.state = 'queued' AND j.state = 'running' {where} "
+            "ORDER BY j.num, s.idx LIMIT 1", args).fetchone()
+        if row is None:
+            return None
+        shard_id, job_id, attempt, model, params, item_ids, payload = db.execute(
+            "SELECT s.shard_id, s.job_id, s.attempt, j.model, j.params, s.item_ids, "
+            "s.payload FROM shards s JOIN jobs j ON j.job_id = s.job_id "
+            "WHERE s.shard_id = ?", row).fetchone()
+        db.execute("UPDATE shards SET state = 'leased', attempt = ?, node_id = ?, "
+                   "lease_expires = ? WHERE shard_id = ?",
+                   (attempt + 1, node_id, expires, shard_id))
+        return shard_id, job_id, attempt + 1, model, params, item_ids, payload, expires
 
     def extend_lease(self, shard_id: int, attempt: int, lease_seconds: float,
                      now: float) -> bool:
@@ -156,3 +162,14 @@ def _count_requeues(db: sqlite3.Connection, where: str, args: tuple) -> None:
     db.execute("UPDATE jobs SET requeued_shards = requeued_shards + (SELECT COUNT(*) FROM "
                f"shards s WHERE s.job_id = jobs.job_id AND {where}) WHERE job_id IN "
                f"(SELECT job_id FROM shards WHERE {where})", args + args)
+
+
+def _to_lease(taken: tuple | None, node_id: str) -> Lease | None:
+    """The ``Lease`` for ``_take_next``'s columns (decoded outside the store's lock)."""
+    if taken is None:
+        return None
+    shard_id, job_id, attempt, model, params, item_ids, payload, expires = taken
+    log.debug("leased shard %d (job %s) attempt %d to %s", shard_id, job_id, attempt, node_id)
+    return Lease(job_id, shard_id, attempt, model, msgpack.unpackb(item_ids),
+                 np.load(io.BytesIO(payload), allow_pickle=False), json.loads(params),
+                 node_id, expires)

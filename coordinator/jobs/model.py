@@ -120,3 +120,14 @@ class CompleteOutcome:
     discarded: int = 0
     spooled: int = 0  # escalations now waiting in the spool
     overflow: int = 0  # escalations the full spool refused (final degraded answers)
+    next_lease: Lease | None = None  # the node's next shard, when ``then_lease`` asked
+
+
+@dataclass(frozen=True)
+class NextLease:
+    """Ask ``complete`` to lease ``node_id`` its next shard in the same transaction: for
+    ``lease_seconds``, of a model in ``models`` (None: any)."""
+
+    node_id: str
+    lease_seconds: float
+    models: set[str] | None = None

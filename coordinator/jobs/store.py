@@ -57,12 +57,13 @@ from coordinator.errors import (
 )
 from coordinator.jobs import spool
 from coordinator.jobs.items import ItemSource
-from coordinator.jobs.leases import ShardLeases
+from coordinator.jobs.leases import ShardLeases, _to_lease
 from coordinator.jobs.model import (
     CompleteOutcome,
     JobInfo,
     JobProgress,
     JobState,
+    NextLease,
     ResultRow,
     ShardState,
 )
@@ -262,7 +263,8 @@ class JobStore(ShardLeases):
 
     def complete(self, shard_id: int, attempt: int, results: Sequence[ResultRow],
                  now: float | None = None, escalations: Sequence[Escalation] = (),
-                 spool_limits: SpoolLimits | None = None) -> CompleteOutcome:
+                 spool_limits: SpoolLimits | None = None,
+                 then_lease: NextLease | None = None) -> CompleteOutcome:
         """Write an attempt's results; each item keeps exactly one result (first writer wins).
 
         Any attempt that was leased, current or stale, may answer items not yet answered. The
@@ -271,7 +273,9 @@ class JobStore(ShardLeases):
         that they are retried. When all items of the job have results the job becomes
         ``done``. ``escalations`` (items the cloud could not answer yet) are spooled in the
         same transaction, within ``spool_limits``; those that do not fit get their
-        degraded edge answer as final result.
+        degraded edge answer as final result. With ``then_lease``, the same transaction
+        also leases the node its next shard (``CompleteOutcome.next_lease``): one commit,
+        one fsync, where two were.
         """
         now = time.time() if now is None else now
         rows = [result_params(r) for r in results]
@@ -319,8 +323,12 @@ class JobStore(ShardLeases):
             if len(rows) > accepted:
                 db.execute("UPDATE jobs SET duplicate_results = duplicate_results + ? "
                            "WHERE job_id = ?", (len(rows) - accepted, job_id))
+            taken = (self._take_next(db, then_lease.node_id, now + then_lease.lease_seconds,
+                                     then_lease.models) if then_lease is not None else None)
         return CompleteOutcome(accepted, len(rows) - accepted, stale, spooled=spooled,
-                               overflow=len(overflow))
+                               overflow=len(overflow),
+                               next_lease=_to_lease(taken, then_lease.node_id)
+                               if taken is not None else None)
 
     def results(self, job_id: str, after_seq: int = 0, limit: int | None = None
                 ) -> list[ResultRow]:

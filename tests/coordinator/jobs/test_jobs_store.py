@@ -413,3 +413,21 @@ def test_a_version_2_store_is_upgraded_in_place(tmp_path):
     assert lease.attempt == 1
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
     store.close()
+
+
+def test_complete_can_lease_the_nodes_next_shard_in_the_same_commit(store):
+    from coordinator.jobs.model import NextLease
+
+    info = job(store, n=6, shard_size=2)
+    first = store.lease_next("n1", 10, now=0)
+    outcome = store.complete(first.shard_id, first.attempt, answer(first), now=1,
+                             then_lease=NextLease("n1", 10, {"mnist"}))
+    nxt = outcome.next_lease
+    assert outcome.accepted == 2 and nxt is not None
+    assert (nxt.node_id, nxt.attempt, nxt.lease_expires) == ("n1", 1, 11)
+    assert nxt.shard_id != first.shard_id and len(nxt.ids) == 2
+    assert store.progress(info.job_id).shards_leased == 1  # the new one; the first is done
+    other = store.complete(nxt.shard_id, nxt.attempt, answer(nxt),
+                           then_lease=NextLease("n1", 10, {"another-model"}))
+    assert other.next_lease is None  # nothing queued for the models it serves
+    assert store.lease_next("n2", 10, now=0) is not None  # the last shard is still queued
