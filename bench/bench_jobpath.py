@@ -70,8 +70,9 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
         c0, n0 = proc_cpu_seconds(pid), sum(proc_cpu_seconds(p) for p in node_pids)
         t0 = time.monotonic()
         status = client.submit("mnist_edge", source, shard_size, timeout=timeout)
-        for status in client.watch(status.job_id, interval=0.05, timeout=timeout):
-            if status.state != "running":
+        for update in client.watch(status.job_id, interval=0.05, timeout=timeout):
+            status = update
+            if update.state != "running":
                 break
         elapsed = time.monotonic() - t0
         cpu = proc_cpu_seconds(pid) - c0
