@@ -73,7 +73,7 @@ def result_params(r: ResultRow) -> tuple:
     if not isinstance(r.extra, dict):
         raise InvalidResultError(f"{where}: extra must be a map, got {type(r.extra).__name__}")
     try:
-        extra = json.dumps(r.extra, sort_keys=True)
+        extra = json.dumps(r.extra, sort_keys=True) if r.extra else "{}"
     except (TypeError, ValueError) as e:
         raise InvalidResultError(f"{where}: extra is not JSON-serializable ({e})") from e
     return (r.item_id, int(r.label), float(r.confidence), r.tier, r.node, r.model_version, extra,
