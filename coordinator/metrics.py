@@ -6,6 +6,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from edgeshard.errors import BindError
+
 log = logging.getLogger(__name__)
 
 
@@ -78,8 +80,14 @@ class CoordinatorMetrics:
             self.duplicates.inc(duplicates)
 
     def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` over HTTP on ``host:port`` (0: a free port); returns the port."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        """Serve ``/metrics`` over HTTP on ``host:port`` (0: a free port); returns the port.
+
+        Raises ``BindError`` (an ``OSError`` naming ``metrics_port``) when it cannot bind.
+        """
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise BindError("metrics_port", f"{host}:{port}", exc.strerror or str(exc)) from None
         log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
         return self._server.server_port
 

@@ -50,8 +50,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``edge-node`` with ``argv`` until SIGTERM/SIGINT; returns the exit code.
 
-    2 on a configuration error, 1 when the node cannot start (no loadable model, port in
-    use) or the drain cut work off, else 0.
+    2 on a configuration error, 1 when the node cannot start (no loadable model, a port in
+    use: the message names it and its flag) or the drain cut work off, 130 when
+    interrupted while starting, else 0.
     """
     args = parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
@@ -64,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
+    try:
+        from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
 
-    return run_until_signal(EdgeNodeServer(config), (ModelLoadError, OSError), log)
+        return run_until_signal(EdgeNodeServer(config), (ModelLoadError, OSError), log)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        print("edge-node: interrupted while starting", file=sys.stderr)
+        return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

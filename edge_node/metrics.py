@@ -6,6 +6,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from edgeshard.errors import BindError
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (
@@ -49,8 +51,14 @@ class NodeMetrics:
         self._server = None
 
     def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        """Start the /metrics HTTP endpoint; returns the bound port.
+
+        Raises ``BindError`` (an ``OSError`` naming ``metrics_port``) when it cannot bind.
+        """
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise BindError("metrics_port", f"{host}:{port}", exc.strerror or str(exc)) from None
         bound = self._server.server_port
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound

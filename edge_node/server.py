@@ -50,6 +50,7 @@ class EdgeNodeServer:
         self._link = None  # CoordinatorLink when --coordinator is set
         self._advertiser = None  # Advertiser when --advertise is set
         self._stopped = threading.Event()
+        self._served = False  # reached SERVING (a failed start never does)
 
     def start(self) -> None:
         """Load the models, bind the port, warm every worker up, then turn SERVING and announce.
@@ -83,6 +84,7 @@ class EdgeNodeServer:
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         self.servicer.ready.set()
+        self._served = True
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("edge node %s serving %d model version(s) on %s:%d",
                  self.node_id, len(self.engine.pipelines), cfg.host, self.port)
@@ -154,7 +156,10 @@ class EdgeNodeServer:
             drained = self.engine.stop(grace)
         self.metrics.close()
         self._stopped.set()
-        log.info("edge node stopped%s", "" if drained else " (some work was cut off)")
+        if not self._served:
+            log.info("edge node stopped (it never started serving)")
+        else:
+            log.info("edge node stopped%s", "" if drained else " (some work was cut off)")
         return drained
 
     def wait(self, timeout: float | None = None) -> bool:

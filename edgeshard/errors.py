@@ -45,6 +45,19 @@ class DeadlineExceededError(EdgeshardError):
     """The caller's deadline passed before the work was done (DEADLINE_EXCEEDED)."""
 
 
+class BindError(EdgeshardError, OSError):
+    """A server port cannot be bound: ``field`` is the setting that chose it (``port``,
+    ``metrics_port``), ``address`` the ``host:port``; the message names both and says
+    which flag and environment variable choose another."""
+
+    def __init__(self, field: str, address: str, reason: str = "in use?"):
+        super().__init__(
+            f"{field}: cannot bind {address} ({reason}); choose another port with "
+            f"--{field.replace('_', '-')} (or EDGESHARD_{field.upper()}; 0 picks a free one)")
+        self.field = field
+        self.address = address
+
+
 class PeerStatusError(EdgeshardError):
     """A peer server (edge node, cloud tier) answered a call with an error status.
 

@@ -14,6 +14,8 @@ from concurrent import futures
 
 import grpc
 
+from edgeshard.errors import BindError
+
 ChannelOption = tuple[str, int | str]
 
 
@@ -52,12 +54,12 @@ def open_channel(address: str, options: Sequence[ChannelOption] = (),
 
 
 def add_port(server: grpc.Server, address: str,
-             credentials: grpc.ServerCredentials | None = None) -> int:
+             credentials: grpc.ServerCredentials | None = None, field: str = "port") -> int:
     """Bind ``server`` to ``address`` (``host:port``, port 0 picks a free one).
 
-    Returns the bound port. Raises ``OSError`` naming the address when it cannot be
-    bound (in use, or not an address of this host). TLS with ``credentials``, otherwise
-    plaintext.
+    Returns the bound port. Raises ``BindError`` (an ``OSError``) naming ``field`` (the
+    setting that chose the address) and the address when it cannot be bound (in use, or
+    not an address of this host). TLS with ``credentials``, otherwise plaintext.
     """
     try:
         if credentials is not None:
@@ -67,5 +69,5 @@ def add_port(server: grpc.Server, address: str,
     except RuntimeError:  # grpcio raises instead of returning 0 in some releases
         port = 0
     if port == 0:
-        raise OSError(f"port: cannot bind {address} (in use?)")
+        raise BindError(field, address)
     return port

@@ -47,7 +47,11 @@ class CoordinatorClient:
 
     def __init__(self, address: str, max_message_bytes: int = 64 * 1024 * 1024):
         self.address = address
-        self.channel = open_channel(address, options=message_options(max_message_bytes))
+        self.channel = open_channel(address, options=[
+            *message_options(max_message_bytes),
+            # After an outage the CLI reconnects within 2 s, not gRPC's back-off of minutes.
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ])
         self.fleet = fleet_pb2_grpc.FleetStub(self.channel)
         self.jobs = fleet_pb2_grpc.JobsStub(self.channel)
 
@@ -56,6 +60,10 @@ class CoordinatorClient:
         self.channel.close()
 
     # -- fleet -----------------------------------------------------------------------------
+    def listing(self, timeout: float = 10.0):
+        """The whole ``ListNodesResponse``: the nodes and, with a cascade, the cloud tier."""
+        return self.fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=timeout)
+
     def nodes(self, timeout: float = 10.0) -> list:
         """Every node the coordinator knows, as ``NodeInfo`` messages."""
         return list(self.fleet.ListNodes(fleet_pb2.ListNodesRequest(), timeout=timeout).nodes)

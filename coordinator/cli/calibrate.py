@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 import edgeshard_models
@@ -33,6 +34,8 @@ from coordinator.cascade.calibration import (
     to_log_probs,
 )
 from coordinator.cascade.policies import EscalationPolicy
+from coordinator.cli.interrupt import close_client
+from edgeshard.errors import PeerStatusError
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +97,51 @@ def _cloud_labels(transport, cloud_model: str, images: np.ndarray, batch: int = 
                            for i in range(0, len(images), batch)])
 
 
+# What to check when a server refuses (the model's name) or does not answer (its address).
+_HINTS = {"edge server": ("--model", "--edge"), "cloud tier": ("--cloud-model", "--cloud")}
+
+
+def _peer_failure(role: str, address: str, status: str, details: str) -> PeerStatusError:
+    """A failed call to the ``role`` (``edge server`` or ``cloud tier``) at ``address``,
+    its message naming the server and the option to check."""
+    model_flag, address_flag = _HINTS[role]
+    if status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        hint = f"is it running? check {address_flag}"
+    elif status in ("NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION"):
+        hint = f"check {model_flag}"
+    else:
+        hint = ""
+    return PeerStatusError(status, f"{role} {address}: {status}: {details}"
+                           + (f" ({hint})" if hint else ""))
+
+
 def calibrate(edge: str, cloud: str, model: str, cloud_model: str, policy: str,
               budget: float | None, target_accuracy: float | None,
               cloud_output: str = "probabilities") -> CalibrationResult:
     """Fit ``model``'s temperature at ``edge``; pick a ``policy`` threshold against ``cloud``.
 
     Exactly one of ``budget`` (fraction of items escalated) and ``target_accuracy`` is given.
-    Raises ``ValueError`` for an unknown policy, bad goal or unreachable target accuracy;
-    gRPC errors from either server propagate.
+    Raises ``ValueError`` for an unknown policy, bad goal or unreachable target accuracy,
+    and ``PeerStatusError`` naming the server when either refuses or cannot be reached.
     """
     EscalationPolicy(policy, 0.0 if policy != "entropy" else -1.0)  # a known name?
     cal_images, cal_labels = edgeshard_models.load_calibration()
     hold_images, hold_labels = edgeshard_models.load_holdout()
     clients = ClientPool()
     try:
-        cal_probs, t_before = _edge_outputs(clients, edge, model, cal_images)
-        hold_probs, _ = _edge_outputs(clients, edge, model, hold_images)
+        try:
+            cal_probs, t_before = _edge_outputs(clients, edge, model, cal_images)
+            hold_probs, _ = _edge_outputs(clients, edge, model, hold_images)
+        except grpc.RpcError as exc:
+            raise _peer_failure("edge server", edge, exc.code().name, exc.details()) from None
         transport = cloud_transport(clients, cloud, cloud_output)
-        cal_cloud = _cloud_labels(transport, cloud_model, cal_images)
-        hold_cloud = _cloud_labels(transport, cloud_model, hold_images)
+        try:
+            cal_cloud = _cloud_labels(transport, cloud_model, cal_images)
+            hold_cloud = _cloud_labels(transport, cloud_model, hold_images)
+        except PeerStatusError as exc:
+            raise _peer_failure("cloud tier", cloud, exc.status, exc.details) from None
     finally:
-        clients.close()
+        close_client(clients)
     t_fit = fit_temperature(to_log_probs(cal_probs), cal_labels)
     cal_scaled = apply_temperature(cal_probs, t_fit)
     hold_scaled = apply_temperature(hold_probs, t_fit)
@@ -183,8 +210,9 @@ def main(args) -> int:
     """Run ``edge-coordinator calibrate`` with parsed ``args``; returns the exit code.
 
     0 on success; 2 when calibrating fails with ``ValueError``, ``OSError`` or
-    ``RuntimeError`` (a bad argument, a local node that does not start); 1 when the table or
-    plot cannot be written. gRPC errors propagate.
+    ``RuntimeError`` (a bad argument, a local node that does not start) or a server
+    refuses the model; 1 when a server cannot be reached or the table or plot cannot be
+    written.
     """
     import sys
 
@@ -201,6 +229,9 @@ def main(args) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"edge-coordinator calibrate: {exc}", file=sys.stderr)
         return 2
+    except PeerStatusError as exc:
+        print(f"edge-coordinator calibrate: {exc.details}", file=sys.stderr)
+        return 1 if exc.retryable else 2
     finally:
         if node is not None:
             node.stop()

@@ -8,12 +8,16 @@ coordinator; then the hold-out set (repeated ``--repeat`` times, each copy with 
 item ids) runs as a sharded job with the cascade on. ``--kill-one`` SIGKILLs one edge
 node part-way; ``--cloud-outage S`` takes the cloud away part-way for S seconds, so the
 spool fills and then empties as the cloud answers. The report counts every item.
+
+Logs and state go to ``--workdir`` (kept) or a temporary folder, removed at exit unless
+the demo failed. Ctrl-C stops every process it started and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -29,6 +33,8 @@ import edgeshard_models
 from coordinator.api.clients import OIPClient
 from coordinator.api.control_client import CoordinatorClient
 from coordinator.cli.calibrate import calibrate, write_calibration
+from coordinator.cli.interrupt import Interrupted, close_client
+from coordinator.cli.job_monitor import waiting_reason
 from coordinator.cli.launcher import NodeProcess, start_coordinator, start_node
 from coordinator.cli.progress import ProgressBar
 from coordinator.jobs.items import ItemSource
@@ -63,8 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Report:
     """What the demo job did: item counts, per-node shares, timing and the cascade's figures.
 
-    ``seconds`` is the job's wall time, ``latencies_ms`` the online single-image latencies
-    (ms), ``shares`` results per node id; ``cascade`` is empty when the cloud tier was off.
+    ``seconds`` is the job's wall time from the Submit call (upload included) to its end,
+    the clock the progress bar's rate uses too; ``latencies_ms`` the online single-image
+    latencies (ms), ``shares`` results per node id; ``cascade`` is empty when the cloud
+    tier was off.
     """
 
     nodes: int
@@ -81,6 +89,16 @@ class Report:
     cascade: dict = field(default_factory=dict)
 
     @property
+    def ok(self) -> bool:
+        """The job finished DONE with no item lost or duplicated."""
+        return self.lost == 0 and self.duplicated == 0 and self.state == JobState.DONE
+
+    @property
+    def throughput(self) -> float:
+        """Results per second of the job's wall time (what the progress bar ends on)."""
+        return self.results / max(self.seconds, 1e-9)
+
+    @property
     def accuracy(self) -> float:
         """``correct / (results - duplicated)``: the share of results with the true label."""
         return self.correct / max(1, self.results - self.duplicated)
@@ -95,8 +113,8 @@ class Report:
             f"results      {self.results}",
             f"lost         {self.lost}",
             f"duplicated   {self.duplicated}",
-            f"throughput   {self.items / max(self.seconds, 1e-9):,.0f} items/s "
-            f"({self.seconds:.2f} s)",
+            f"throughput   {self.throughput:,.0f} items/s ({self.results} results in "
+            f"{self.seconds:.2f} s, Submit to done, upload included: the progress bar's rate)",
             f"accuracy     {self.accuracy:.4f}",
             f"online p50   {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms "
             f"({len(self.latencies_ms)} single-image requests via the coordinator)",
@@ -141,7 +159,7 @@ def _online_latency(address: str, model: str, images: np.ndarray, count: int) ->
             latencies.append((time.perf_counter() - t0) * 1000)
         return latencies
     finally:
-        client.close()
+        close_client(client)
 
 
 def _metric(port: int, name: str, label: str = "") -> float:
@@ -161,8 +179,14 @@ def _split_repository(workdir: Path) -> tuple[Path, Path]:
     return edge_repo, cloud_repo
 
 
-def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: int = 64,
-        online: int = 300, workdir: Path | None = None, out=print, progress: bool = True,
+def _ignore_sigint() -> None:
+    """Let a second Ctrl-C not cut the clean-up short (main thread only: signal's rule)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run(workdir: Path, nodes: int = 3, kill_one: bool = False, repeat: int = 10,
+        shard_size: int = 64, online: int = 300, out=print, progress: bool = True,
         cloud: bool = True, cloud_outage: float = 0.0, budget: float = 0.15) -> Report:
     """Start a local fleet (and cloud tier), calibrate, run the hold-out job; return its report.
 
@@ -170,15 +194,16 @@ def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: in
     measure latency first; ``kill_one`` SIGKILLs an edge node a third of the way through;
     ``cloud_outage`` (seconds) takes the cloud tier down at that point; ``budget`` is the
     escalation fraction the calibration picks the threshold for. Each line of progress
-    goes to ``out``. Every process started is stopped on return; ``workdir`` is kept only
-    when given. Raises whatever fails (``LaunchError``, ``RuntimeError``, gRPC errors).
+    goes to ``out``; logs and state to ``workdir``, which the caller removes. Every
+    process started is stopped on return, also on Ctrl-C (``KeyboardInterrupt`` is raised
+    after that). Raises whatever fails (``LaunchError``, ``RuntimeError``, gRPC errors).
     """
     model = edgeshard_models.EDGE_MODEL
     images, labels = edgeshard_models.load_holdout()
-    keep = workdir is not None
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeshard-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     procs: list[NodeProcess] = []
+    cloud_back: list[NodeProcess] = []
+    outage: threading.Timer | None = None
     client = None
     try:
         edge_repo, cloud_repo = _split_repository(workdir)
@@ -206,7 +231,7 @@ def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: in
                 "--cloud-cost-per-item", str(COST_PER_ITEM),
                 "--breaker-failures", "3", "--breaker-reset-s", "1",
             ]
-        out(f"starting a coordinator and {nodes} edge node(s) on loopback (logs in {workdir})")
+        out(f"starting a coordinator and {nodes} edge node(s) on loopback")
         coord = start_coordinator("coordinator", workdir / "state", workdir,
                                   extra_args=coord_args)
         procs.append(coord)
@@ -227,9 +252,8 @@ def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: in
         status = client.submit(model, items, shard_size)
         job_id = status.job_id
         out(f"job {job_id}: {len(ids)} items in {status.shards_total} shards")
-        bar = ProgressBar(len(ids), "job") if progress else None
-        killed, outage, spool_peak = "", None, 0
-        cloud_back: list[NodeProcess] = []
+        bar = ProgressBar(len(ids), "job", started=started) if progress else None
+        killed, spool_peak = "", 0
 
         def restore_cloud(port: int) -> None:
             cloud_back.append(start_node("cloud-back", cloud_repo, workdir,
@@ -238,8 +262,7 @@ def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: in
 
         for st in client.watch(job_id, interval=0.1):
             if bar:
-                bar.update(st.done_items, f"spool {st.pending_escalations}"
-                           if st.pending_escalations else "")
+                bar.update(st.done_items, waiting_reason(st, None))
             spool_peak = max(spool_peak, st.pending_escalations)
             third = st.done_items >= len(ids) // 3
             if kill_one and not killed and third and nodes > 1:
@@ -254,12 +277,12 @@ def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: in
                 outage.start()
                 out(f"\ncloud tier down for {cloud_outage:g}s at {st.done_items} items")
             status = st
-        seconds = time.monotonic() - started
+        ended = time.monotonic()
+        seconds = ended - started
         if bar:
-            bar.close(status.state)
+            bar.close(status.state, now=ended)
         if outage is not None:
             outage.join()
-            procs.extend(cloud_back)
         records = list(client.results(job_id))
         seen = Counter(r.id for r in records)
         report = Report(
@@ -291,31 +314,59 @@ def run(nodes: int = 3, kill_one: bool = False, repeat: int = 10, shard_size: in
         for line in report.lines():
             out(line)
         return report
+    except KeyboardInterrupt:
+        _ignore_sigint()
+        raise
     finally:
+        if outage is not None:
+            outage.cancel()  # a cloud tier not restarted yet stays down
+            outage.join()
+        procs.extend(cloud_back)
         if client is not None:
-            client.close()
+            close_client(client)
         for p in reversed(procs):
             p.stop(grace=5)
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(args) -> int:
     """Run ``edge-coordinator demo`` with parsed ``args``; returns the exit code.
 
     0 when the job finished DONE with no item lost or duplicated, 2 for invalid arguments,
-    1 otherwise.
+    1 otherwise; ``Interrupted`` on Ctrl-C, once every process it started is stopped.
+    Without ``--workdir`` the logs go to a temporary folder, removed at exit unless the
+    demo failed; every path says which.
     """
     if args.nodes < 1 or args.repeat < 1 or args.shard_size < 1 or args.online < 0 \
             or args.cloud_outage < 0:
         print("edge-coordinator demo: --nodes, --repeat and --shard-size must be >= 1, "
               "--online and --cloud-outage >= 0", file=sys.stderr)
         return 2
+    temporary = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="edgeshard-demo-"))
+    keep = "" if temporary else f"; logs in {workdir}"
+    if temporary:
+        print(f"logs in {workdir}, removed at exit unless the demo fails "
+              "(--workdir DIR keeps them)")
     try:
-        report = run(args.nodes, args.kill_one, args.repeat, args.shard_size, args.online,
-                     args.workdir, cloud=not args.no_cloud, cloud_outage=args.cloud_outage,
+        report = run(workdir, args.nodes, args.kill_one, args.repeat, args.shard_size,
+                     args.online, cloud=not args.no_cloud, cloud_outage=args.cloud_outage,
                      budget=args.budget)
+    except KeyboardInterrupt:
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")  # end the progress bar's line
+        raise Interrupted(f"edge-coordinator demo: interrupted; every process it started "
+                          f"is stopped{keep or ', its logs removed'}") from None
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not trace back
         print(f"edge-coordinator demo: failed: {exc}", file=sys.stderr)
+        print(f"edge-coordinator demo: logs kept in {workdir}", file=sys.stderr)
         return 1
-    return 0 if report.lost == 0 and report.duplicated == 0 and report.state == JobState.DONE else 1
+    if not report.ok:
+        print(f"edge-coordinator demo: the job did not finish cleanly; logs kept in {workdir}",
+              file=sys.stderr)
+        return 1
+    if temporary:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"removed the logs in {workdir} (--workdir DIR keeps them)")
+    return 0

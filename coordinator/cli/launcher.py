@@ -103,7 +103,12 @@ def start_coordinator(name: str, state_dir: Path, workdir: Path | None = None,
 
 def start_process(name: str, module: list[str], args: list[str], workdir: Path | None = None,
                   env: dict | None = None, timeout: float = 60.0) -> NodeProcess:
-    """Run ``python -m <module> <args> --ready-file F`` and wait for F to appear."""
+    """Run ``python -m <module> <args> --ready-file F`` and wait for F to appear.
+
+    The process is killed when it does not become ready (``LaunchError``) or the wait is
+    interrupted (``KeyboardInterrupt``), so the caller never has to stop a process it was
+    not given.
+    """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="edgeshard-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"{name}.ready.json"
@@ -118,7 +123,7 @@ def start_process(name: str, module: list[str], args: list[str], workdir: Path |
     node = NodeProcess(name, proc, ready, log_path)
     try:
         node.wait_ready(timeout)
-    except LaunchError:
+    except BaseException:  # not ready, or Ctrl-C while waiting: no process is left behind
         node.kill()
         raise
     return node

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sqlite3
@@ -13,12 +12,15 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.cli.interrupt import Interrupted, exit_interrupted
 from coordinator.config import CoordinatorConfig, build
 from edgeshard import VERSION
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, config_file_from
 
 log = logging.getLogger("coordinator")
+
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader went away
 
 DEFAULT_COORDINATOR = os.environ.get("EDGESHARD_COORDINATOR", "127.0.0.1:8000")
 
@@ -73,16 +75,9 @@ def parser() -> argparse.ArgumentParser:
                         help="seconds to keep retrying while the coordinator is away")
     submit.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    nodes = with_target(sub.add_parser("nodes", help="list the fleet's nodes"))
-    nodes.add_argument("--json", action="store_true", help="machine-readable output")
-    for name, text in (("drain", "stop sending new work to a node"),
-                       ("undrain", "let a drained node take work again")):
-        sp = with_target(sub.add_parser(name, help=text))
-        sp.add_argument("node", help="node id or HOST:PORT")
-    jobs = with_target(sub.add_parser("jobs", help="list jobs"))
-    jobs.add_argument("--json", action="store_true", help="machine-readable output")
-    cancel = with_target(sub.add_parser("cancel", help="cancel a job"))
-    cancel.add_argument("job_id")
+    from coordinator.cli.admin import add_parsers as admin_parsers
+
+    admin_parsers(sub, with_target)
 
     cal = sub.add_parser(
         "calibrate", help="fit temperature and pick the escalation threshold",
@@ -141,67 +136,14 @@ def serve(args) -> int:
                             (OSError, CoordinatorError, sqlite3.DatabaseError), log)
 
 
-def _print_nodes(nodes, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps([{
-            "node_id": n.node_id, "address": n.address, "state": n.state, "source": n.source,
-            "models": {m.name: list(m.versions) for m in n.models}, "weight": n.weight,
-            "outstanding": n.outstanding, "items_done": n.items_done,
-            "latency_ms": n.load.ewma_latency_ms, "last_seen_s_ago": n.last_seen_s_ago,
-        } for n in nodes], indent=2))
-        return
-    print(f"{'NODE':<20} {'ADDRESS':<22} {'STATE':<9} {'SOURCE':<10} {'WEIGHT':>6} "
-          f"{'LAT ms':>7} {'ITEMS':>8}  MODELS")
-    for n in nodes:
-        models = ",".join(f"{m.name}:{'/'.join(m.versions)}" for m in n.models)
-        print(f"{n.node_id:<20} {n.address:<22} {n.state:<9} {n.source:<10} {n.weight:>6.2f} "
-              f"{n.load.ewma_latency_ms:>7.2f} {n.items_done:>8}  {models}")
-
-
-def admin(args) -> int:
-    """Run an admin subcommand (``nodes``, ``drain``, ``undrain``, ``jobs``, ``cancel``).
-
-    Prints the answer; returns 0, or 1 when the coordinator answers with an error.
-    """
-    from coordinator.api.control_client import CoordinatorClient
-
-    client = CoordinatorClient(args.coordinator)
-    try:
-        if args.command == "nodes":
-            _print_nodes(client.nodes(), args.json)
-        elif args.command in ("drain", "undrain"):
-            info = client.drain(args.node, undo=args.command == "undrain")
-            print(f"{info.node_id} ({info.address}) is now {info.state}")
-        elif args.command == "jobs":
-            jobs = client.list_jobs()
-            if args.json:
-                print(json.dumps([{"job_id": j.job_id, "model": j.model, "state": j.state,
-                                   "total": j.total_items, "done": j.done_items}
-                                  for j in jobs], indent=2))
-            else:
-                for j in jobs:
-                    print(f"{j.job_id}  {j.model:<14} {j.state:<9} {j.done_items}/{j.total_items}"
-                          f"{'  ' + j.error if j.error else ''}")
-        elif args.command == "cancel":
-            status = client.cancel(args.job_id)
-            print(f"job {status.job_id} is {status.state} ({status.done_items}/"
-                  f"{status.total_items} items answered)")
-    except grpc.RpcError as exc:
-        print(f"edge-coordinator {args.command}: {exc.code().name}: {exc.details()}",
-              file=sys.stderr)
-        return 1
-    finally:
-        client.close()
-    return 0
-
-
 def submit(args) -> int:
     """Run ``edge-coordinator submit``; returns the exit code.
 
-    0 when the job finished DONE, 2 for bad input or arguments, 1 on a gRPC error or a
-    job that ended otherwise.
+    0 when the job finished DONE, 2 for bad input or arguments, 1 on a gRPC error, an
+    unreachable coordinator or a job that ended otherwise. Ctrl-C raises ``Interrupted``.
     """
-    from coordinator.cli.submit import run_submit
+    from coordinator.cli.admin import rpc_failure
+    from coordinator.cli.submit import CoordinatorUnreachable, run_submit
     from coordinator.errors import JobInputError
     from coordinator.jobs.model import JobState
 
@@ -213,8 +155,12 @@ def submit(args) -> int:
     except (JobInputError, ValueError, OSError) as exc:
         print(f"edge-coordinator submit: {exc}", file=sys.stderr)
         return 2
+    except CoordinatorUnreachable as exc:
+        print(f"edge-coordinator submit: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
-        print(f"edge-coordinator submit: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"edge-coordinator submit: {rpc_failure(exc, args.coordinator)}",
+              file=sys.stderr)
         return 1
     print(f"job {outcome.job_id}: {outcome.state}, {outcome.written}/{outcome.total} results "
           f"in {args.output} ({time.monotonic() - started:.1f}s)"
@@ -222,9 +168,8 @@ def submit(args) -> int:
     return 0 if outcome.state == JobState.DONE else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``edge-coordinator`` with ``argv`` (the subcommand it names); returns the exit code."""
-    args = parser().parse_args(argv)
+def run_command(args, argv: list[str] | None) -> int:
+    """Run the subcommand ``args`` names; returns its exit code."""
     if args.command == "serve":
         return serve(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -241,7 +186,32 @@ def main(argv: list[str] | None = None) -> int:
             args.budget = 0.15
         args.argv = list(argv if argv is not None else sys.argv[2:])
         return calibrate_main(args)
+    from coordinator.cli.admin import admin
+
     return admin(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``edge-coordinator`` with ``argv`` (the subcommand it names); returns the exit code.
+
+    Besides each command's own codes: 141 when the reader of its output went away
+    (``edge-coordinator nodes | head -3``), without a traceback. Ctrl-C ends the process
+    with 130 and a one-line message (``coordinator.cli.interrupt``).
+    """
+    args = parser().parse_args(argv)
+    try:
+        code = run_command(args, argv)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at exit
+        return code
+    except KeyboardInterrupt as exc:  # the process ends here: see coordinator.cli.interrupt
+        exit_interrupted(str(exc) if isinstance(exc, Interrupted)
+                         else f"edge-coordinator {args.command}: interrupted")
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so that this does
+        # not raise (and print) a second BrokenPipeError.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -6,13 +6,20 @@ number written and the file length at that point (saved after a flush, atomicall
 after an interruption (of itself or of the coordinator), the command cuts the file back
 to that length, dropping lines written after the last save, and fetches from that
 sequence number on: no result is written twice or lost.
+
+The sidecar exists whenever the coordinator may hold a job for this output file: it is
+written once the coordinator is reachable, just before Submit (a Submit cut off may still
+have landed), kept when the command is interrupted or gives up waiting, and removed when
+the coordinator refuses the job or no longer knows it (nothing to resume). After the job
+finishes it stays, so running the same command again writes nothing twice. Until Submit
+is accepted the output file is not touched.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,13 +28,18 @@ from pathlib import Path
 import grpc
 
 from coordinator.api.control_client import CoordinatorClient
+from coordinator.cli.interrupt import Interrupted, close_client
+from coordinator.cli.job_monitor import AWAY, JobMonitor
 from coordinator.cli.progress import ProgressBar
 from coordinator.jobs.items import load_items
 from coordinator.jobs.model import JobState
+from edgeshard.errors import UnavailableError
 from edgeshard.rpc import RETRYABLE
 
-log = logging.getLogger(__name__)
 
+class CoordinatorUnreachable(UnavailableError):
+    """The coordinator did not answer within ``--retry-for`` seconds (the message says
+    whether the job can be resumed)."""
 
 
 @dataclass
@@ -45,35 +57,97 @@ class SubmitOutcome:
     error: str = ""
 
 
-def _sidecar(output: Path) -> Path:
+def sidecar(output: Path) -> Path:
+    """The progress sidecar of ``output``: ``<output>.progress.json``."""
     return output.with_name(output.name + ".progress.json")
 
 
 def _save(output: Path, job_id: str, seq: int, written: int, offset: int) -> None:
-    tmp = _sidecar(output).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"job_id": job_id, "last_seq": seq, "written": written,
-                               "offset": offset}))
-    os.replace(tmp, _sidecar(output))
+    tmp = sidecar(output).with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps({"job_id": job_id, "last_seq": seq, "written": written,
+                                   "offset": offset}))
+        os.replace(tmp, sidecar(output))
+    finally:
+        tmp.unlink(missing_ok=True)  # only left over when interrupted before the replace
+
+
+class _Waiting:
+    """Says once on stderr that the command waits for the coordinator, then keeps it on
+    the progress line; raises ``CoordinatorUnreachable`` after ``retry_for`` seconds
+    without an answer (``answered`` may be called from another thread)."""
+
+    def __init__(self, address: str, retry_for: float, bar: ProgressBar | None):
+        self.address = address
+        self.retry_for = retry_for
+        self.bar = bar
+        self.said = False
+        self.give_up = time.monotonic() + retry_for
+
+    def answered(self) -> None:
+        """The coordinator answered: the next wait gets ``retry_for`` seconds again."""
+        self.give_up = time.monotonic() + self.retry_for
+        if self.bar and self.bar.note == AWAY:
+            self.bar.update(note="")
+
+    def away(self, why: str, next_step: str) -> None:
+        """The coordinator did not answer (``why``): say so, or give up (``next_step``
+        ends the message) when the time is up."""
+        if time.monotonic() >= self.give_up:
+            raise CoordinatorUnreachable(
+                f"no answer from the coordinator at {self.address} ({why}) for "
+                f"{self.retry_for:g} s (--retry-for); {next_step}")
+        if not self.said:
+            self.said = True
+            line = (f"edge-coordinator submit: waiting for the coordinator at {self.address} "
+                    f"({why}); retrying for up to {self.retry_for:g} s (--retry-for)")
+            if self.bar:
+                self.bar.say(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        if self.bar:
+            self.bar.update(note=AWAY)
+
+    def until_reachable(self, client: CoordinatorClient, next_step: str) -> None:
+        """Block until the client's channel connects (``away`` every second until then)."""
+        ready = grpc.channel_ready_future(client.channel)
+        try:
+            while True:
+                try:
+                    ready.result(timeout=1.0)
+                    return
+                except grpc.FutureTimeoutError:
+                    self.away("not reachable", next_step)
+        finally:
+            ready.cancel()
 
 
 def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
                shard_size: int = 0, job_id: str = "", model_version: str = "",
                retry_for: float = 120.0, progress: bool = True) -> SubmitOutcome:
-    """Submit (or resume) a job and write its results; returns when it is finished."""
-    side = _sidecar(output)
+    """Submit (or resume) a job and write its results; returns when it is finished.
+
+    Raises ``JobInputError``/``ValueError``/``OSError`` for bad input or a sidecar of
+    another job, ``CoordinatorUnreachable`` after ``retry_for`` seconds without an
+    answer, ``grpc.RpcError`` when the coordinator refuses, and ``Interrupted`` on Ctrl-C
+    (the results so far saved; the message says whether the job can be resumed).
+    """
+    side = sidecar(output)
     state = json.loads(side.read_text()) if side.exists() else {}
     if state and job_id and state["job_id"] != job_id:
         raise ValueError(f"--output {output} belongs to job {state['job_id']}; "
                          "choose another output file")
-    job_id = job_id or state.get("job_id", "")
+    job_id = job_id or state.get("job_id", "") or uuid.uuid4().hex
     last_seq, written = state.get("last_seq", 0), state.get("written", 0)
     offset = state.get("offset", 0)
-    if output.exists():
-        with open(output, "r+b") as fh:
-            fh.truncate(offset)  # drop lines written after the last save (or all: new job)
+    items = None if state else load_items(input_path)  # bad input fails before any wait
+    bar = ProgressBar(None, f"job {job_id[:8]}") if progress else None
+    waiting = _Waiting(coordinator, retry_for, bar)
     client = CoordinatorClient(coordinator)
-    give_up = time.monotonic() + retry_for
+    monitor = out = None
+    resume = f"run the same command again to resume job {job_id}"
     try:
+        waiting.until_reachable(client, resume if state else "nothing was submitted")
         status = None
         while status is None:
             try:
@@ -83,47 +157,78 @@ def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
                         continue
                     except grpc.RpcError as exc:
                         if exc.code() != grpc.StatusCode.NOT_FOUND:
-                            raise  # NOT_FOUND: the first run died before Submit landed
-                items = load_items(input_path)
-                job_id = job_id or uuid.uuid4().hex
-                _save(output, job_id, last_seq, written, offset)
+                            raise
+                        # Submit never landed (or the coordinator lost the job): start over.
+                        last_seq = written = offset = 0
+                        state = {}
+                        side.unlink()
+                items = items if items is not None else load_items(input_path)
+                _save(output, job_id, last_seq, written, offset)  # the job may exist now
                 state = {"job_id": job_id}
-                status = client.submit(model, items, shard_size, job_id, model_version)
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() > give_up:
-                    raise
-                time.sleep(1.0)
-        bar = ProgressBar(status.total_items, f"job {job_id[:8]}") if progress else None
-        with open(output, "ab") as out:
-
-            def checkpoint() -> None:
-                out.flush()
-                _save(output, job_id, last_seq, written, out.tell())
-
-            while True:
                 try:
-                    for record in client.results(job_id, after_seq=last_seq, follow=True):
-                        out.write(record.as_json().encode() + b"\n")
-                        last_seq, written = record.seq, written + 1
-                        if written % 256 == 0:
-                            checkpoint()
-                        if bar:
-                            bar.update(written)
-                    checkpoint()
-                    status = client.get(job_id)
-                    if JobState(status.state).finished:
-                        break
+                    status = client.submit(model, items, shard_size, job_id, model_version)
                 except grpc.RpcError as exc:
-                    checkpoint()
-                    if exc.code() not in RETRYABLE or time.monotonic() > give_up:
-                        raise
-                    log.warning("coordinator unavailable (%s); resuming after seq %d",
-                                exc.code().name, last_seq)
-                    time.sleep(1.0)
-                    continue
-                give_up = time.monotonic() + retry_for
+                    if exc.code() not in RETRYABLE and \
+                            exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                        side.unlink(missing_ok=True)  # refused: there is no job to resume
+                    raise
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                waiting.away(exc.code().name, resume)
+                waiting.until_reachable(client, resume)
+        waiting.answered()
+        if output.exists():
+            with open(output, "r+b") as fh:
+                fh.truncate(offset)  # drop lines written after the last save (or all: new job)
+        if bar:
+            bar.update(written, total=status.total_items, force=True)
+        monitor = JobMonitor(client, job_id, bar, on_answer=waiting.answered)
+        monitor.start()
+
+        def checkpoint() -> None:
+            out.flush()
+            _save(output, job_id, last_seq, written, out.tell())
+
+        out = open(output, "ab")  # noqa: SIM115 - closed in finally, also on Ctrl-C
+        while True:
+            try:
+                for record in client.results(job_id, after_seq=last_seq, follow=True):
+                    out.write(record.as_json().encode() + b"\n")
+                    out.flush()  # the file holds what the progress line counts
+                    last_seq, written = record.seq, written + 1
+                    if written % 256 == 0:
+                        checkpoint()
+                    if bar:
+                        bar.update(written)
+                checkpoint()
+                status = client.get(job_id)
+                if JobState(status.state).finished:
+                    break
+            except grpc.RpcError as exc:
+                checkpoint()
+                if exc.code() not in RETRYABLE:
+                    raise
+                waiting.away(exc.code().name, resume)  # the monitor says when it answered
+                time.sleep(1.0)
+        monitor.stop()
         if bar:
             bar.close(status.state)
         return SubmitOutcome(job_id, status.state, status.total_items, written, status.error)
+    except KeyboardInterrupt:
+        if out is not None:
+            checkpoint()
+        if monitor:
+            monitor.stop()
+        if bar:
+            bar.close("interrupted")
+        raise Interrupted("edge-coordinator submit: interrupted; " + (
+            f"job {job_id} goes on at the coordinator: run the same command again to "
+            f"resume it, or `edge-coordinator cancel {job_id}`"
+            if side.exists() else "nothing was submitted")) from None
     finally:
-        client.close()
+        if monitor:
+            monitor.stop()
+        if out is not None:
+            out.close()
+        close_client(client)

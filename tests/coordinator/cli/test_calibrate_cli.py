@@ -47,3 +47,51 @@ def test_calibrate_rejects_unknown_policy_and_unreachable_target(tmp_path):
                            "--target-accuracy", "0.999", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=150)
     assert high.returncode == 2 and "target_accuracy" in high.stderr
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def calibrate(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "coordinator", "calibrate", "--out",
+                           str(tmp_path / "out"), *args],
+                          capture_output=True, text=True, timeout=150)
+
+
+def test_calibrate_names_an_unknown_model_and_the_server(node, tmp_path):
+    edge = calibrate(tmp_path, "--edge", node.address, "--cloud", node.address,
+                     "--model", "nope")
+    assert edge.returncode == 2, edge.stderr
+    assert edge.stderr.startswith(f"edge-coordinator calibrate: edge server {node.address}: "
+                                  "NOT_FOUND: ")
+    assert "'nope'" in edge.stderr and edge.stderr.rstrip().endswith("(check --model)")
+    cloud = calibrate(tmp_path, "--edge", node.address, "--cloud", node.address,
+                      "--cloud-model", "nah")
+    assert cloud.returncode == 2, cloud.stderr
+    assert cloud.stderr.startswith(f"edge-coordinator calibrate: cloud tier {node.address}: "
+                                   "NOT_FOUND: ")
+    assert "'nah'" in cloud.stderr and cloud.stderr.rstrip().endswith("(check --cloud-model)")
+    for out in (edge, cloud):
+        assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_names_an_unreachable_edge_or_cloud(node, tmp_path):
+    port = closed_port()
+    edge = calibrate(tmp_path, "--edge", f"127.0.0.1:{port}", "--cloud", node.address)
+    assert edge.returncode == 1, edge.stderr
+    assert edge.stderr.startswith(
+        f"edge-coordinator calibrate: edge server 127.0.0.1:{port}: UNAVAILABLE: ")
+    assert edge.stderr.rstrip().endswith("(is it running? check --edge)")
+    cloud = calibrate(tmp_path, "--edge", node.address, "--cloud", f"127.0.0.1:{port}")
+    assert cloud.returncode == 1, cloud.stderr
+    assert cloud.stderr.startswith(
+        f"edge-coordinator calibrate: cloud tier 127.0.0.1:{port}: UNAVAILABLE: ")
+    assert cloud.stderr.rstrip().endswith("(is it running? check --cloud)")
+    for out in (edge, cloud):
+        assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1

@@ -42,7 +42,8 @@ def test_submit_npz_writes_one_line_per_item(fleet, holdout, tmp_path):
     assert "done, 300/300 results" in out.stdout
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(r["id"] for r in rows) == sorted(ids.tolist())
-    assert set(rows[0]) == {"id", "label", "confidence", "tier", "node", "model_version"}
+    assert set(rows[0]) == {"id", "label", "label_name", "confidence", "tier", "node",
+                            "model_version"}
     truth = dict(zip(ids.tolist(), labels[:300].tolist(), strict=True))
     assert np.mean([truth[r["id"]] == r["label"] for r in rows]) > 0.9
     assert {r["tier"] for r in rows} == {"edge"} and {r["node"] for r in rows} == {"n0"}
@@ -69,7 +70,9 @@ def test_submit_msgpack_and_bad_inputs(fleet, holdout, tmp_path):
     np.save(tmp_path / "rgb.npy", np.zeros((4, 28, 28, 3), np.uint8))
     wrong = submit(fleet.coordinator.address, "--model", EDGE, "--input",
                    str(tmp_path / "rgb.npy"), "--output", str(tmp_path / "w.jsonl"))
-    assert wrong.returncode == 1 and "failed" in wrong.stdout + wrong.stderr
+    assert wrong.returncode == 1 and "INVALID_ARGUMENT" in wrong.stderr  # refused at Submit
+    assert "channel" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert not (tmp_path / "w.jsonl.progress.json").exists()  # no job: nothing to resume
     missing = submit(fleet.coordinator.address, "--model", "nope", "--input",
                      str(tmp_path / "in.msgpack"), "--output", str(tmp_path / "x.jsonl"))
     assert missing.returncode != 0
