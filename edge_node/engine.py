@@ -121,6 +121,14 @@ class InferenceEngine:
         self.metrics.items.labels(*key).inc(rows)
 
     # -- requests --------------------------------------------------------------------------
+    def check_declared(self, model: str, version: str,
+                       declared: list[tuple[np.dtype | None, tuple[int, ...]]]) -> None:
+        """Refuse a request by its inputs' declared dtypes and shapes (in request order),
+        before their data is decoded; raises what ``infer`` would for them."""
+        pipe = self.pipelines[self.repository.resolve(model, version).key]
+        for i, (dtype, shape) in enumerate(declared):
+            pipe.check_declared(f"inputs[{i}]", dtype, shape)
+
     def infer(self, model: str, version: str, inputs: dict[str, np.ndarray],
               timeout: float | None = None) -> InferResult:
         """Run one request; ``timeout`` is the seconds left of the caller's deadline."""

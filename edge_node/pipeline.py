@@ -64,6 +64,30 @@ class Pipeline:
         self.temperature = version.temperature
         self.apply_softmax = spec.output_kind == "logits"
 
+    def check_declared(self, field: str, dtype: np.dtype | None,
+                       shape: tuple[int, ...]) -> None:
+        """Refuse a tensor by what the request declares, before its data is decoded: a
+        dtype this model never takes, or a batch above its ``max_batch_size``. Raises
+        ``InvalidInputError`` as ``prepare`` would; ``dtype`` None (a datatype the codec
+        does not know) is left to the codec, which names it."""
+        spec = self.version.spec
+        accepted = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(self.in_dtype))
+        if dtype is not None and dtype not in accepted:
+            self._refuse_dtype(field, dtype)
+        if shape and shape[0] > spec.max_batch_size:
+            raise InvalidInputError(
+                f"{field}.shape",
+                f"batch of {shape[0]} exceeds max_batch_size {spec.max_batch_size} of {spec.name}",
+            )
+
+    def _refuse_dtype(self, field: str, dtype: np.dtype) -> None:
+        native = {np.dtype(np.int8): "INT8"}.get(np.dtype(self.in_dtype))
+        accepted = "UINT8 (raw images), FP32 (normalized)" + (f", {native}" if native else "")
+        name = "BYTES" if dtype == np.dtype(object) else str(dtype)
+        raise InvalidInputError(
+            f"{field}.datatype",
+            f"{name} is not accepted by {self.version.spec.name}; use {accepted}")
+
     def prepare(self, field: str, array: np.ndarray) -> np.ndarray:
         """Validate one client tensor and turn it into the model's input tensor."""
         spec = self.version.spec
@@ -87,11 +111,7 @@ class Pipeline:
             return ext.quantize(x, q.scale, q.zero_point, self.in_dtype)
         if array.dtype == self.in_dtype:
             return np.ascontiguousarray(self._exact_shape(field, array, "native"))
-        native = {np.dtype(np.int8): "INT8"}.get(np.dtype(self.in_dtype))
-        accepted = "UINT8 (raw images), FP32 (normalized)" + (f", {native}" if native else "")
-        raise InvalidInputError(
-            f"{field}.datatype", f"{array.dtype} is not accepted by {spec.name}; use {accepted}"
-        )
+        self._refuse_dtype(field, array.dtype)
 
     def _from_images(self, field: str, images: np.ndarray) -> np.ndarray:
         h, w, c = self.shape

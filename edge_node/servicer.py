@@ -149,6 +149,12 @@ class NodeServicer(InferenceServicer):
     def ModelInfer(self, request, context):
         if not self.ready.is_set():
             raise errors.ShuttingDownError("node is not ready (starting or draining)")
+        # Refuse what the request declares before decoding its data (a huge BYTES tensor
+        # for an image model would otherwise be decoded in full first).
+        self.engine.check_declared(
+            request.model_name, request.model_version,
+            [(codec.dtype_of(t.datatype) if t.datatype in codec.DATATYPES else None,
+              tuple(t.shape)) for t in request.inputs])
         arrays = codec.decode_inputs(request)
         requested = codec.requested_outputs(request)
         if requested:

@@ -67,6 +67,10 @@ def guarded(process: str, log: logging.Logger) -> Callable[[Callable], Callable]
 
     def decorate(method: Callable) -> Callable:
         def abort(context, exc: Exception):
+            if isinstance(exc, grpc.RpcError) and not context.is_active():
+                # The client cancelled or went away while we read its stream: no error.
+                log.info("%s: the client went away", method.__name__)
+                context.abort(grpc.StatusCode.CANCELLED, "the client went away")
             code, message = status_for(exc, process)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)

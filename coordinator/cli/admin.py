@@ -70,7 +70,7 @@ def print_nodes(nodes, as_json: bool, cloud=None) -> None:
     if cloud is not None:
         print(f"cloud tier {cloud.address}: {cloud.state}, {cloud.spooled_items} items "
               "waiting in the spool" + (f"; last error: {cloud.last_error}"
-                                        if cloud.last_error else ""))
+                                        if cloud.last_error and cloud.state != "ok" else ""))
 
 
 # JSON key: JobStatus field ("total" and "done" keep the names earlier releases printed).

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeshard.settings import ENV_PREFIX
+
 
 class LaunchError(RuntimeError):
     """A node process exited or did not become ready in time."""
@@ -101,6 +103,15 @@ def start_coordinator(name: str, state_dir: Path, workdir: Path | None = None,
     return start_process(name, ["-m", "coordinator"], args, workdir, env, timeout)
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment without its ``EDGESHARD_*`` settings, for a daemon the
+    launcher starts: a local fleet must not join the coordinator (or take the ports, the
+    config file...) that the user's shell names for the admin commands. Only
+    ``EDGESHARD_PUREPYTHON`` (which kernels to run) is passed on."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(ENV_PREFIX) or k == "EDGESHARD_PUREPYTHON"}
+
+
 def start_process(name: str, module: list[str], args: list[str], workdir: Path | None = None,
                   env: dict | None = None, timeout: float = 60.0) -> NodeProcess:
     """Run ``python -m <module> <args> --ready-file F`` and wait for F to appear.
@@ -118,7 +129,7 @@ def start_process(name: str, module: list[str], args: list[str], workdir: Path |
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**inherited_environment(), **(env or {})},
         )
     node = NodeProcess(name, proc, ready, log_path)
     try:

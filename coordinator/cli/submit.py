@@ -36,6 +36,10 @@ from coordinator.jobs.model import JobState
 from edgeshard.errors import UnavailableError
 from edgeshard.rpc import RETRYABLE
 
+# A Submit refused because the coordinator is busy (its Submit streams are all taken)
+# is tried again like one that could not reach it: the coordinator says "retry later".
+SUBMIT_AGAIN = RETRYABLE | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
 
 class CoordinatorUnreachable(UnavailableError):
     """The coordinator did not answer within ``--retry-for`` seconds (the message says
@@ -62,11 +66,12 @@ def sidecar(output: Path) -> Path:
     return output.with_name(output.name + ".progress.json")
 
 
-def _save(output: Path, job_id: str, seq: int, written: int, offset: int) -> None:
+def _save(output: Path, job_id: str, seq: int, written: int, offset: int,
+          source: dict) -> None:
     tmp = sidecar(output).with_suffix(".tmp")
     try:
         tmp.write_text(json.dumps({"job_id": job_id, "last_seq": seq, "written": written,
-                                   "offset": offset}))
+                                   "offset": offset, **source}))
         os.replace(tmp, sidecar(output))
     finally:
         tmp.unlink(missing_ok=True)  # only left over when interrupted before the replace
@@ -134,9 +139,16 @@ def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
     """
     side = sidecar(output)
     state = json.loads(side.read_text()) if side.exists() else {}
+    source = {"model": model, "input": str(Path(input_path).resolve())}
     if state and job_id and state["job_id"] != job_id:
         raise ValueError(f"--output {output} belongs to job {state['job_id']}; "
                          "choose another output file")
+    mismatch = [k for k in source if k in state and state[k] != source[k]]
+    if mismatch:
+        raise ValueError(
+            f"--output {output} holds the results of job {state['job_id']} (model "
+            f"{state.get('model')}, input {state.get('input')}), not of this --model/--input; "
+            f"choose another --output, or delete {output} and {side} to start over")
     job_id = job_id or state.get("job_id", "") or uuid.uuid4().hex
     last_seq, written = state.get("last_seq", 0), state.get("written", 0)
     offset = state.get("offset", 0)
@@ -163,19 +175,21 @@ def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
                         state = {}
                         side.unlink()
                 items = items if items is not None else load_items(input_path)
-                _save(output, job_id, last_seq, written, offset)  # the job may exist now
+                _save(output, job_id, last_seq, written, offset, source)  # the job may exist now
                 state = {"job_id": job_id}
                 try:
                     status = client.submit(model, items, shard_size, job_id, model_version)
                 except grpc.RpcError as exc:
-                    if exc.code() not in RETRYABLE and \
+                    if exc.code() not in SUBMIT_AGAIN and \
                             exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                         side.unlink(missing_ok=True)  # refused: there is no job to resume
                     raise
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:
+                if exc.code() not in SUBMIT_AGAIN:
                     raise
                 waiting.away(exc.code().name, resume)
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    time.sleep(1.0)  # reachable but busy: ask again in a second
                 waiting.until_reachable(client, resume)
         waiting.answered()
         if output.exists():
@@ -188,7 +202,7 @@ def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
 
         def checkpoint() -> None:
             out.flush()
-            _save(output, job_id, last_seq, written, out.tell())
+            _save(output, job_id, last_seq, written, out.tell(), source)
 
         out = open(output, "ab")  # noqa: SIM115 - closed in finally, also on Ctrl-C
         while True:

@@ -65,10 +65,13 @@ CASES = [
     # Declared sizes no payload backs: refused before anything is allocated for them.
     ("huge zero-size shape", request([0, 2**40, 2**40], raw=b""),
      grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].shape"),
+    # BYTES is refused by its declared datatype before its data is decoded at all.
     ("huge BYTES shape", request([2**40], "BYTES", raw=b""), grpc.StatusCode.INVALID_ARGUMENT,
-     "inputs[0].shape"),
-    ("BYTES count beyond its data", request([2**20], "BYTES", raw=b""),
-     grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents[0]"),
+     "inputs[0].datatype: BYTES is not accepted"),
+    ("large BYTES payload", request([200_000], "BYTES", raw=b"\0\0\0\0" * 200_000),
+     grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].datatype: BYTES is not accepted"),
+    ("batch above max_batch_size, before decoding", request([100_000, 28, 28], raw=b""),
+     grpc.StatusCode.INVALID_ARGUMENT, "batch of 100000 exceeds max_batch_size"),
     ("unknown model", request([1, 28, 28], model="resnet"), grpc.StatusCode.NOT_FOUND,
      "model_name"),
     ("unknown version", request([1, 28, 28], version="9"), grpc.StatusCode.NOT_FOUND,

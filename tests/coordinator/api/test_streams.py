@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -133,3 +134,33 @@ def test_many_abandoned_watches_do_not_stop_heartbeats_or_inference(fleet):
     finally:
         client.close()
     channel.close()
+
+
+def test_a_client_that_leaves_mid_upload_is_not_an_error(fleet):
+    # A Submit whose client process exits after the header: the coordinator notes it,
+    # without an ERROR or a traceback in its log, and keeps serving.
+    import subprocess
+    import sys
+
+    fleet.start_coordinator()
+    fleet.add_node("n0")
+    fleet.wait_live(1)
+    client = f"""
+import os, sys, time, grpc
+sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
+from protos import fleet_pb2, fleet_pb2_grpc
+jobs = fleet_pb2_grpc.JobsStub(grpc.insecure_channel({fleet.coordinator.address!r}))
+def messages():
+    yield fleet_pb2.SubmitRequest(header=fleet_pb2.JobHeader(model="mnist_edge"))
+    time.sleep(1.0)
+    os._exit(0)
+jobs.Submit(messages(), timeout=30)
+"""
+    subprocess.run([sys.executable, "-c", client], timeout=60, check=False)
+    deadline = time.monotonic() + 10
+    log = fleet.coordinator.log_path
+    while "Submit: the client went away" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    assert "Traceback" not in log.read_text() and " ERROR " not in log.read_text()
+    assert fleet.client.list_jobs() == []  # nothing half-submitted

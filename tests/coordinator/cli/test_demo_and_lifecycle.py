@@ -46,13 +46,15 @@ def test_demo_kill_one_loses_and_repeats_nothing(tmp_path):
 
 
 def test_demo_that_fails_keeps_its_logs(tmp_path):
-    cmd, kw = demo(tmp_path, "--repeat", "1", env={"EDGESHARD_MAX_QUEUE_SIZE": "0"})
+    # A shard size the coordinator refuses makes it exit at start-up.
+    cmd, kw = demo(tmp_path, "--repeat", "1", "--shard-size", "5000")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=150, **kw)
     assert out.returncode == 1
     (workdir,) = os.listdir(tmp_path)
-    assert out.stderr.startswith("edge-coordinator demo: failed: cloud exited with 2")
+    assert out.stderr.startswith("edge-coordinator demo: failed: coordinator exited with 2")
     assert out.stderr.rstrip().endswith(f"logs kept in {tmp_path / workdir}")
-    assert "max_queue_size: must be >= 1" in (tmp_path / workdir / "cloud.log").read_text()
+    assert "shard_size: must be in 1..4096" in (
+        tmp_path / workdir / "coordinator.log").read_text()
 
 
 @pytest.mark.parametrize("phase", ["calibrated on", "job "])
