@@ -116,3 +116,37 @@ def fleet(tmp_path, shipped_repository):
     f = Fleet(tmp_path, shipped_repository)
     yield f
     f.close()
+
+
+
+class BusyPort:
+    """A loopback port something else listens on, and how a daemon must refuse it."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def flags(self, flag: str) -> list[str]:
+        """Daemon flags that take this port for ``flag`` and free ports for the rest."""
+        args = {"--port": "0", "--metrics-port": "0", flag: str(self.port)}
+        return [x for kv in args.items() for x in kv]
+
+    def assert_refused(self, out, flag: str) -> None:
+        """The daemon (a finished ``subprocess.run``) said in one line it cannot bind it."""
+        field = flag[2:].replace("-", "_")
+        assert out.returncode == 1, out.stderr
+        assert f"cannot start: {field}: cannot bind 127.0.0.1:{self.port}" in out.stderr, \
+            out.stderr
+        assert (f"choose another port with {flag} (or EDGESHARD_{field.upper()}; 0 picks a "
+                "free one)") in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+@pytest.fixture
+def busy_port():
+    """A ``BusyPort``: a loopback port something else is listening on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield BusyPort(s.getsockname()[1])

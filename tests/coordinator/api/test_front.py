@@ -160,17 +160,25 @@ def test_saturated_fleet_answers_resource_exhausted(fleet, holdout):
         channel.close()
 
 
-def test_control_calls_answer_and_inference_waits_while_the_fleet_is_at_capacity(fleet):
-    fleet.start_coordinator()
-    fleet.add_node("slow", "--capacity", "1", "--max-batch-delay-ms", "1500")
-    fleet.wait_live(1)
+def one_slot_front(fleet, hold_ms: int):
+    """A coordinator over one node with one slot that holds each request ``hold_ms``;
+    its channel (to close), an inference stub and a one-image request."""
     from protos import oip_pb2
     from protos.oip_service import InferenceStub
 
+    fleet.start_coordinator()
+    fleet.add_node("slow", "--capacity", "1", "--max-batch-delay-ms", str(hold_ms))
+    fleet.wait_live(1)
     channel = grpc.insecure_channel(fleet.coordinator.address)
-    stub = InferenceStub(channel)
     req = oip_pb2.ModelInferRequest(model_name=EDGE, raw_input_contents=[bytes(28 * 28)])
     req.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+    return channel, InferenceStub(channel), req
+
+
+def test_control_calls_answer_and_inference_waits_while_the_fleet_is_at_capacity(fleet):
+    from protos import oip_pb2
+
+    channel, stub, req = one_slot_front(fleet, 1500)
     try:
         held = stub.ModelInfer.future(req, timeout=20)  # the node's one slot, ~1.5 s
         time.sleep(0.3)
@@ -194,16 +202,7 @@ def test_control_calls_answer_and_inference_waits_while_the_fleet_is_at_capacity
 
 
 def test_a_request_that_cannot_get_a_slot_within_its_deadline_is_refused(fleet):
-    fleet.start_coordinator()
-    fleet.add_node("slow", "--capacity", "1", "--max-batch-delay-ms", "3000")
-    fleet.wait_live(1)
-    from protos import oip_pb2
-    from protos.oip_service import InferenceStub
-
-    channel = grpc.insecure_channel(fleet.coordinator.address)
-    stub = InferenceStub(channel)
-    req = oip_pb2.ModelInferRequest(model_name=EDGE, raw_input_contents=[bytes(28 * 28)])
-    req.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+    channel, stub, req = one_slot_front(fleet, 3000)
     try:
         held = stub.ModelInfer.future(req, timeout=20)
         time.sleep(0.3)
