@@ -63,3 +63,12 @@ class ShuttingDownError(CoordinatorError, kinds.UnavailableError):
 
 class InvalidRequestError(CoordinatorError, kinds.InvalidArgumentError):
     """A control-plane request lacks a required field or has a malformed one."""
+
+
+class StoreFullError(CoordinatorError, kinds.ResourceExhaustedError):
+    """The job store cannot write because its disk is full; writes resume once there is
+    space again."""
+
+
+class StoreUnavailableError(CoordinatorError, kinds.UnavailableError):
+    """The job store cannot write (read-only file system, I/O error, locked); retried."""

@@ -54,6 +54,9 @@ class CoordinatorMetrics:
                                  "Payload bytes in the spool", registry=r)
         self.breaker_open = Gauge("edgeshard_coordinator_cloud_breaker_open",
                                   "1 while the cloud circuit breaker is open", registry=r)
+        self.store_fault = Gauge("edgeshard_coordinator_store_fault",
+                                 "1 while the job store cannot write (disk full, I/O error)",
+                                 registry=r)
         self._server = None
 
     def decision(self, model: str, outcome: str, items: int) -> None:

@@ -129,7 +129,8 @@ class CoordinatorServer:
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s,
-                          cloud=self.cloud_info), self._server)
+                          cloud=self.cloud_info, store_fault=lambda: self.store.fault),
+            self._server)
         fleet_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs, cfg.max_streams),
                                                    self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -228,6 +229,7 @@ class CoordinatorServer:
                 self.metrics.nodes.labels(state).set(states.get(state, 0))
             self.metrics.requeued.set(self.dispatcher.requeued)
             self.metrics.in_flight.set(self.forwarder.admission.current)
+            self.metrics.store_fault.set(int(self.store.fault is not None))
             if self.cloud is not None:
                 items, size = SpoolQueue(self.store).totals()
                 self.metrics.spool_items.set(items)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/fleet.proto\x12\x0c\x65\x64geshard.v1\"/\n\rModelVersions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\"]\n\x08NodeLoad\x12\x13\n\x0bqueue_depth\x18\x01 \x01(\r\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x17\n\x0f\x65wma_latency_ms\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\"\x8c\x01\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06models\x18\x03 \x03(\x0b\x32\x1b.edgeshard.v1.ModelVersions\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x18\n\x10software_version\x18\x05 \x01(\t\"?\n\x10RegisterResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\x85\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x04load\x18\x03 \x01(\x0b\x32\x16.edgeshard.v1.NodeLoad\x12+\n\x06models\x18\x04 \x03(\x0b\x32\x1b.edgeshard.v1.ModelVersions\"9\n\x11HeartbeatResponse\x12\x12\n\nreregister\x18\x01 \x01(\x08\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"\x12\n\x10ListNodesRequest\"\x94\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12+\n\x06models\x18\x05 \x03(\x0b\x32\x1b.edgeshard.v1.ModelVersions\x12$\n\x04load\x18\x06 \x01(\x0b\x32\x16.edgeshard.v1.NodeLoad\x12\x0e\n\x06weight\x18\x07 \x01(\x01\x12\x17\n\x0flast_seen_s_ago\x18\x08 \x01(\x01\x12\r\n\x05\x65poch\x18\t \x01(\x04\x12\x13\n\x0bshards_done\x18\n \x01(\x04\x12\x12\n\nitems_done\x18\x0b \x01(\x04\x12\x13\n\x0boutstanding\x18\x0c \x01(\r\"f\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.edgeshard.v1.NodeInfo\x12*\n\x05\x63loud\x18\x02 \x01(\x0b\x32\x1b.edgeshard.v1.CloudTierInfo\"Z\n\rCloudTierInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x15\n\rspooled_items\x18\x04 \x01(\x04\"\x1f\n\x0c\x44rainRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xce\x01\n\tJobHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nshard_size\x18\x04 \x01(\r\x12\x13\n\x0btotal_items\x18\x05 \x01(\x04\x12\x33\n\x06params\x18\x06 \x03(\x0b\x32#.edgeshard.v1.JobHeader.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\tItemBatch\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"l\n\rSubmitRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.edgeshard.v1.JobHeaderH\x00\x12(\n\x05items\x18\x02 \x01(\x0b\x32\x17.edgeshard.v1.ItemBatchH\x00\x42\x06\n\x04part\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ninterval_s\x18\x02 \x01(\x01\"(\n\tNodeShare\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x04\"\x83\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0btotal_items\x18\x04 \x01(\x04\x12\x12\n\ndone_items\x18\x05 \x01(\x04\x12\x14\n\x0cshards_total\x18\x06 \x01(\r\x12\x13\n\x0bshards_done\x18\x07 \x01(\r\x12\x15\n\rshards_leased\x18\x08 \x01(\r\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\'\n\x06shares\x18\x0c \x03(\x0b\x32\x17.edgeshard.v1.NodeShare\x12\x17\n\x0frequeued_shards\x18\r \x01(\x04\x12\x1c\n\x14\x64uplicates_discarded\x18\x0e \x01(\x04\x12\x1b\n\x13pending_escalations\x18\x0f \x01(\x04\x12\x16\n\x0e\x63loud_answered\x18\x10 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\x11 \x01(\x04\"a\n\x13\x46\x65tchResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x17\n\x0finclude_pending\x18\x04 \x01(\x08\"\xa6\x01\n\x0cResultRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\x03\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12\x0c\n\x04tier\x18\x05 \x01(\t\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x12\n\nextra_json\x18\x08 \x01(\t\x12\x13\n\x0bprovisional\x18\t \x01(\x08\"\x11\n\x0fListJobsRequest\"9\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.edgeshard.v1.JobStatus2\xf4\x02\n\x05\x46leet\x12K\n\x08Register\x12\x1d.edgeshard.v1.RegisterRequest\x1a\x1e.edgeshard.v1.RegisterResponse\"\x00\x12N\n\tHeartbeat\x12\x1e.edgeshard.v1.HeartbeatRequest\x1a\x1f.edgeshard.v1.HeartbeatResponse\"\x00\x12N\n\tListNodes\x12\x1e.edgeshard.v1.ListNodesRequest\x1a\x1f.edgeshard.v1.ListNodesResponse\"\x00\x12=\n\x05\x44rain\x12\x1a.edgeshard.v1.DrainRequest\x1a\x16.edgeshard.v1.NodeInfo\"\x00\x12?\n\x07Undrain\x12\x1a.edgeshard.v1.DrainRequest\x1a\x16.edgeshard.v1.NodeInfo\"\x00\x32\xa2\x03\n\x04Jobs\x12\x42\n\x06Submit\x12\x1b.edgeshard.v1.SubmitRequest\x1a\x17.edgeshard.v1.JobStatus\"\x00(\x01\x12@\n\x05Watch\x12\x1a.edgeshard.v1.WatchRequest\x1a\x17.edgeshard.v1.JobStatus\"\x00\x30\x01\x12Q\n\x0c\x46\x65tchResults\x12!.edgeshard.v1.FetchResultsRequest\x1a\x1a.edgeshard.v1.ResultRecord\"\x00\x30\x01\x12\x39\n\x06\x43\x61ncel\x12\x14.edgeshard.v1.JobRef\x1a\x17.edgeshard.v1.JobStatus\"\x00\x12\x39\n\x06GetJob\x12\x14.edgeshard.v1.JobRef\x1a\x17.edgeshard.v1.JobStatus\"\x00\x12K\n\x08ListJobs\x12\x1d.edgeshard.v1.ListJobsRequest\x1a\x1e.edgeshard.v1.ListJobsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/fleet.proto\x12\x0c\x65\x64geshard.v1\"/\n\rModelVersions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\"]\n\x08NodeLoad\x12\x13\n\x0bqueue_depth\x18\x01 \x01(\r\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x17\n\x0f\x65wma_latency_ms\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\"\x8c\x01\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x06models\x18\x03 \x03(\x0b\x32\x1b.edgeshard.v1.ModelVersions\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x18\n\x10software_version\x18\x05 \x01(\t\"?\n\x10RegisterResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\x85\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12$\n\x04load\x18\x03 \x01(\x0b\x32\x16.edgeshard.v1.NodeLoad\x12+\n\x06models\x18\x04 \x03(\x0b\x32\x1b.edgeshard.v1.ModelVersions\"9\n\x11HeartbeatResponse\x12\x12\n\nreregister\x18\x01 \x01(\x08\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"\x12\n\x10ListNodesRequest\"\x94\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12+\n\x06models\x18\x05 \x03(\x0b\x32\x1b.edgeshard.v1.ModelVersions\x12$\n\x04load\x18\x06 \x01(\x0b\x32\x16.edgeshard.v1.NodeLoad\x12\x0e\n\x06weight\x18\x07 \x01(\x01\x12\x17\n\x0flast_seen_s_ago\x18\x08 \x01(\x01\x12\r\n\x05\x65poch\x18\t \x01(\x04\x12\x13\n\x0bshards_done\x18\n \x01(\x04\x12\x12\n\nitems_done\x18\x0b \x01(\x04\x12\x13\n\x0boutstanding\x18\x0c \x01(\r\"{\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.edgeshard.v1.NodeInfo\x12*\n\x05\x63loud\x18\x02 \x01(\x0b\x32\x1b.edgeshard.v1.CloudTierInfo\x12\x13\n\x0bstore_fault\x18\x03 \x01(\t\"Z\n\rCloudTierInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x15\n\rspooled_items\x18\x04 \x01(\x04\"\x1f\n\x0c\x44rainRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xce\x01\n\tJobHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nshard_size\x18\x04 \x01(\r\x12\x13\n\x0btotal_items\x18\x05 \x01(\x04\x12\x33\n\x06params\x18\x06 \x03(\x0b\x32#.edgeshard.v1.JobHeader.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\tItemBatch\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"l\n\rSubmitRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.edgeshard.v1.JobHeaderH\x00\x12(\n\x05items\x18\x02 \x01(\x0b\x32\x17.edgeshard.v1.ItemBatchH\x00\x42\x06\n\x04part\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ninterval_s\x18\x02 \x01(\x01\"(\n\tNodeShare\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x04\"\x83\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0btotal_items\x18\x04 \x01(\x04\x12\x12\n\ndone_items\x18\x05 \x01(\x04\x12\x14\n\x0cshards_total\x18\x06 \x01(\r\x12\x13\n\x0bshards_done\x18\x07 \x01(\r\x12\x15\n\rshards_leased\x18\x08 \x01(\r\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\'\n\x06shares\x18\x0c \x03(\x0b\x32\x17.edgeshard.v1.NodeShare\x12\x17\n\x0frequeued_shards\x18\r \x01(\x04\x12\x1c\n\x14\x64uplicates_discarded\x18\x0e \x01(\x04\x12\x1b\n\x13pending_escalations\x18\x0f \x01(\x04\x12\x16\n\x0e\x63loud_answered\x18\x10 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\x11 \x01(\x04\"a\n\x13\x46\x65tchResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x17\n\x0finclude_pending\x18\x04 \x01(\x08\"\xa6\x01\n\x0cResultRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\x03\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12\x0c\n\x04tier\x18\x05 \x01(\t\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x12\n\nextra_json\x18\x08 \x01(\t\x12\x13\n\x0bprovisional\x18\t \x01(\x08\"\x11\n\x0fListJobsRequest\"9\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.edgeshard.v1.JobStatus2\xf4\x02\n\x05\x46leet\x12K\n\x08Register\x12\x1d.edgeshard.v1.RegisterRequest\x1a\x1e.edgeshard.v1.RegisterResponse\"\x00\x12N\n\tHeartbeat\x12\x1e.edgeshard.v1.HeartbeatRequest\x1a\x1f.edgeshard.v1.HeartbeatResponse\"\x00\x12N\n\tListNodes\x12\x1e.edgeshard.v1.ListNodesRequest\x1a\x1f.edgeshard.v1.ListNodesResponse\"\x00\x12=\n\x05\x44rain\x12\x1a.edgeshard.v1.DrainRequest\x1a\x16.edgeshard.v1.NodeInfo\"\x00\x12?\n\x07Undrain\x12\x1a.edgeshard.v1.DrainRequest\x1a\x16.edgeshard.v1.NodeInfo\"\x00\x32\xa2\x03\n\x04Jobs\x12\x42\n\x06Submit\x12\x1b.edgeshard.v1.SubmitRequest\x1a\x17.edgeshard.v1.JobStatus\"\x00(\x01\x12@\n\x05Watch\x12\x1a.edgeshard.v1.WatchRequest\x1a\x17.edgeshard.v1.JobStatus\"\x00\x30\x01\x12Q\n\x0c\x46\x65tchResults\x12!.edgeshard.v1.FetchResultsRequest\x1a\x1a.edgeshard.v1.ResultRecord\"\x00\x30\x01\x12\x39\n\x06\x43\x61ncel\x12\x14.edgeshard.v1.JobRef\x1a\x17.edgeshard.v1.JobStatus\"\x00\x12\x39\n\x06GetJob\x12\x14.edgeshard.v1.JobRef\x1a\x17.edgeshard.v1.JobStatus\"\x00\x12K\n\x08ListJobs\x12\x1d.edgeshard.v1.ListJobsRequest\x1a\x1e.edgeshard.v1.ListJobsResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,37 +50,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEINFO']._serialized_start=604
   _globals['_NODEINFO']._serialized_end=880
   _globals['_LISTNODESRESPONSE']._serialized_start=882
-  _globals['_LISTNODESRESPONSE']._serialized_end=984
-  _globals['_CLOUDTIERINFO']._serialized_start=986
-  _globals['_CLOUDTIERINFO']._serialized_end=1076
-  _globals['_DRAINREQUEST']._serialized_start=1078
-  _globals['_DRAINREQUEST']._serialized_end=1109
-  _globals['_JOBHEADER']._serialized_start=1112
-  _globals['_JOBHEADER']._serialized_end=1318
-  _globals['_JOBHEADER_PARAMSENTRY']._serialized_start=1273
-  _globals['_JOBHEADER_PARAMSENTRY']._serialized_end=1318
-  _globals['_ITEMBATCH']._serialized_start=1320
-  _globals['_ITEMBATCH']._serialized_end=1391
-  _globals['_SUBMITREQUEST']._serialized_start=1393
-  _globals['_SUBMITREQUEST']._serialized_end=1501
-  _globals['_JOBREF']._serialized_start=1503
-  _globals['_JOBREF']._serialized_end=1527
-  _globals['_WATCHREQUEST']._serialized_start=1529
-  _globals['_WATCHREQUEST']._serialized_end=1579
-  _globals['_NODESHARE']._serialized_start=1581
-  _globals['_NODESHARE']._serialized_end=1621
-  _globals['_JOBSTATUS']._serialized_start=1624
-  _globals['_JOBSTATUS']._serialized_end=2011
-  _globals['_FETCHRESULTSREQUEST']._serialized_start=2013
-  _globals['_FETCHRESULTSREQUEST']._serialized_end=2110
-  _globals['_RESULTRECORD']._serialized_start=2113
-  _globals['_RESULTRECORD']._serialized_end=2279
-  _globals['_LISTJOBSREQUEST']._serialized_start=2281
-  _globals['_LISTJOBSREQUEST']._serialized_end=2298
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2300
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2357
-  _globals['_FLEET']._serialized_start=2360
-  _globals['_FLEET']._serialized_end=2732
-  _globals['_JOBS']._serialized_start=2735
-  _globals['_JOBS']._serialized_end=3153
+  _globals['_LISTNODESRESPONSE']._serialized_end=1005
+  _globals['_CLOUDTIERINFO']._serialized_start=1007
+  _globals['_CLOUDTIERINFO']._serialized_end=1097
+  _globals['_DRAINREQUEST']._serialized_start=1099
+  _globals['_DRAINREQUEST']._serialized_end=1130
+  _globals['_JOBHEADER']._serialized_start=1133
+  _globals['_JOBHEADER']._serialized_end=1339
+  _globals['_JOBHEADER_PARAMSENTRY']._serialized_start=1294
+  _globals['_JOBHEADER_PARAMSENTRY']._serialized_end=1339
+  _globals['_ITEMBATCH']._serialized_start=1341
+  _globals['_ITEMBATCH']._serialized_end=1412
+  _globals['_SUBMITREQUEST']._serialized_start=1414
+  _globals['_SUBMITREQUEST']._serialized_end=1522
+  _globals['_JOBREF']._serialized_start=1524
+  _globals['_JOBREF']._serialized_end=1548
+  _globals['_WATCHREQUEST']._serialized_start=1550
+  _globals['_WATCHREQUEST']._serialized_end=1600
+  _globals['_NODESHARE']._serialized_start=1602
+  _globals['_NODESHARE']._serialized_end=1642
+  _globals['_JOBSTATUS']._serialized_start=1645
+  _globals['_JOBSTATUS']._serialized_end=2032
+  _globals['_FETCHRESULTSREQUEST']._serialized_start=2034
+  _globals['_FETCHRESULTSREQUEST']._serialized_end=2131
+  _globals['_RESULTRECORD']._serialized_start=2134
+  _globals['_RESULTRECORD']._serialized_end=2300
+  _globals['_LISTJOBSREQUEST']._serialized_start=2302
+  _globals['_LISTJOBSREQUEST']._serialized_end=2319
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2321
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2378
+  _globals['_FLEET']._serialized_start=2381
+  _globals['_FLEET']._serialized_end=2753
+  _globals['_JOBS']._serialized_start=2756
+  _globals['_JOBS']._serialized_end=3174
 # @@protoc_insertion_point(module_scope)

@@ -101,12 +101,14 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., weight: _Optional[float] = ..., last_seen_s_ago: _Optional[float] = ..., epoch: _Optional[int] = ..., shards_done: _Optional[int] = ..., items_done: _Optional[int] = ..., outstanding: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes", "cloud")
+    __slots__ = ("nodes", "cloud", "store_fault")
     NODES_FIELD_NUMBER: _ClassVar[int]
     CLOUD_FIELD_NUMBER: _ClassVar[int]
+    STORE_FAULT_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     cloud: CloudTierInfo
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., cloud: _Optional[_Union[CloudTierInfo, _Mapping]] = ...) -> None: ...
+    store_fault: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., cloud: _Optional[_Union[CloudTierInfo, _Mapping]] = ..., store_fault: _Optional[str] = ...) -> None: ...
 
 class CloudTierInfo(_message.Message):
     __slots__ = ("address", "state", "last_error", "spooled_items")

@@ -23,11 +23,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     registered nodes are told to use."""
 
     def __init__(self, registry: Registry, membership: Membership, heartbeat_interval: float,
-                 cloud: Callable[[], CloudTierStatus | None] = lambda: None):
+                 cloud: Callable[[], CloudTierStatus | None] = lambda: None,
+                 store_fault: Callable[[], str | None] = lambda: None):
         self.registry = registry
         self.membership = membership
         self.heartbeat_interval = heartbeat_interval
         self.cloud = cloud  # the cloud tier's status, for ListNodes
+        self.store_fault = store_fault  # why the job store cannot write, if it cannot
 
     @guard
     def Register(self, request, context):
@@ -49,7 +51,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         now = time.monotonic()
         return fleet_pb2.ListNodesResponse(
             nodes=[convert.node_info(r, now) for r in self.registry.snapshot()],
-            cloud=convert.cloud_info(self.cloud()))
+            cloud=convert.cloud_info(self.cloud()), store_fault=self.store_fault() or "")
 
     @guard
     def Drain(self, request, context):

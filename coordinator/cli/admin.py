@@ -47,10 +47,11 @@ def add_parsers(sub, with_target) -> None:
     parser("cancel").add_argument("job_id", help="the job's id (see `edge-coordinator jobs`)")
 
 
-def print_nodes(nodes, as_json: bool, cloud=None) -> None:
+def print_nodes(nodes, as_json: bool, cloud=None, store_fault: str = "") -> None:
     """Print ``nodes`` (``NodeInfo`` messages) as a table, or as JSON with ``as_json``.
 
-    The table ends with a line on the ``cloud`` tier (``CloudTierInfo``) when there is one.
+    The table ends with a line on the ``cloud`` tier (``CloudTierInfo``) when there is one,
+    and one on the job store while it cannot write (``store_fault``).
     """
     if as_json:
         print(json.dumps([{
@@ -71,6 +72,8 @@ def print_nodes(nodes, as_json: bool, cloud=None) -> None:
         print(f"cloud tier {cloud.address}: {cloud.state}, {cloud.spooled_items} items "
               "waiting in the spool" + (f"; last error: {cloud.last_error}"
                                         if cloud.last_error and cloud.state != "ok" else ""))
+    if store_fault:
+        print(f"job store: cannot write ({store_fault}); jobs wait and resume by themselves")
 
 
 # JSON key: JobStatus field ("total" and "done" keep the names earlier releases printed).
@@ -114,7 +117,7 @@ def admin(args) -> int:
         if args.command == "nodes":
             answer = client.listing()
             print_nodes(answer.nodes, args.json,
-                        answer.cloud if answer.HasField("cloud") else None)
+                        answer.cloud if answer.HasField("cloud") else None, answer.store_fault)
         elif args.command in ("drain", "undrain"):
             info = client.drain(args.node, undo=args.command == "undrain")
             print(f"{info.node_id} ({info.address}) is now {info.state}")

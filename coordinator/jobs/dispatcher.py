@@ -23,7 +23,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from coordinator.errors import InvalidResultError, UnknownNodeError
+from coordinator.errors import (
+    InvalidResultError,
+    StoreFullError,
+    StoreUnavailableError,
+    UnknownNodeError,
+)
 from coordinator.fleet.registry import NodeRecord, Registry
 from coordinator.jobs.model import Lease, NextLease
 from coordinator.jobs.runner import ShardOutput
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.25
 STORE_RETRY_S = 1.0  # pause after a store error before a puller tries again
+MAX_STORE_RETRY_S = 8.0  # the pause doubles while the store keeps failing, up to this
 
 
 # run_shard(node, lease) -> ShardOutput; raises PeerStatusError when the node fails it.
@@ -119,6 +125,7 @@ class Dispatcher:
     # -- work ------------------------------------------------------------------------------
     def _pull(self, address: str) -> None:
         lease = None  # the next shard, leased when the last one was committed
+        backoff = STORE_RETRY_S
         while not self._stop.is_set():
             try:
                 rec = self.registry.get(address)
@@ -136,7 +143,14 @@ class Dispatcher:
                                                   models=set(rec.models))
                 if lease is not None:
                     lease = self._run(rec, lease)
+                    backoff = STORE_RETRY_S
                     continue
+            except (StoreFullError, StoreUnavailableError):
+                # The store logs the fault once; its shard comes back when the lease expires.
+                lease = None
+                self._stop.wait(backoff)
+                backoff = min(2 * backoff, MAX_STORE_RETRY_S)
+                continue
             except Exception:  # noqa: BLE001 - a store error must not end the puller
                 log.exception("puller for %s: store error; retrying", rec.node_id)
                 lease = None  # a lease taken meanwhile comes back when it expires
@@ -192,6 +206,8 @@ class Dispatcher:
         while not self._stop.wait(0.5):
             try:
                 expired = self.store.requeue_expired(time.time())
+            except (StoreFullError, StoreUnavailableError):
+                continue  # logged once by the store; the sweep runs again in 0.5 s
             except Exception:  # noqa: BLE001
                 log.exception("lease sweep failed")
                 continue

@@ -21,6 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from coordinator.cascade.decision import Cascade
+from coordinator.errors import StoreFullError, StoreUnavailableError
 from coordinator.jobs.model import ResultRow
 from coordinator.jobs.spool_queue import SpoolQueue
 
@@ -101,6 +102,8 @@ class SpoolReplayer:
         while not self._stop.is_set():
             try:
                 resolved = self.run_once()
+            except (StoreFullError, StoreUnavailableError):
+                resolved = 0  # logged once by the store; the next round tries again
             except Exception:  # noqa: BLE001 - keep replaying
                 log.exception("spool replay round failed")
                 resolved = 0

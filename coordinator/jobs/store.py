@@ -54,6 +54,8 @@ from coordinator.errors import (
     JobConflictError,
     JobNotFoundError,
     ShardNotFoundError,
+    StoreFullError,
+    StoreUnavailableError,
 )
 from coordinator.jobs import spool
 from coordinator.jobs.items import ItemSource
@@ -85,6 +87,7 @@ class JobStore(ShardLeases):
         self.path = str(path)
         self.max_failures = max_failures
         self._lock = threading.RLock()
+        self.fault: str | None = None  # why writes fail, while they do (metrics, ListNodes)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                    timeout=30.0)
         try:
@@ -120,13 +123,35 @@ class JobStore(ShardLeases):
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise self._write_fault(exc) from exc
+            if self.fault is not None:
+                log.info("job store %s writes again", self.path)
+                self.fault = None
+
+    def _write_fault(self, exc: sqlite3.OperationalError) -> Exception:
+        """The domain error for a write SQLite refused; the first of a run is logged."""
+        full = "full" in str(exc).lower()
+        why = "disk full" if full else str(exc)
+        if self.fault is None:
+            log.error("job store %s cannot write: %s (%s); work waits and resumes by itself "
+                      "when it can write again (logged once)", self.path, why, exc)
+        self.fault = why
+        if full:
+            return StoreFullError(f"job store: disk full ({exc}); free space in the state "
+                                  "directory, writes resume by themselves")
+        return StoreUnavailableError(f"job store: cannot write ({exc}); retry later")
 
     def close(self) -> None:
         """Close the connection; the store is unusable afterwards."""
