@@ -133,8 +133,12 @@ class Dispatcher:
                 return
             if not rec.routable:
                 if lease is not None:  # not this node's any more (a no-op if re-queued)
-                    self.store.release(lease.shard_id, lease.attempt, "node not live",
-                                       counts_as_failure=False)
+                    try:
+                        self.store.release(lease.shard_id, lease.attempt, "node not live",
+                                           counts_as_failure=False)
+                    except Exception:  # noqa: BLE001 - the lease expires and comes back
+                        log.info("shard %d stays leased to %s until its lease expires",
+                                 lease.shard_id, rec.node_id)
                     self.notify()
                 return  # node_live starts new pullers if it comes back
             try:

@@ -19,7 +19,7 @@ from coordinator.jobs.store import JobStore
 from protos import fleet_pb2
 
 EDGE = edgeshard_models.EDGE_MODEL
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.fault]
 
 
 @pytest.fixture
