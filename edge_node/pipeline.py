@@ -90,15 +90,9 @@ class Pipeline:
 
     def prepare(self, field: str, array: np.ndarray) -> np.ndarray:
         """Validate one client tensor and turn it into the model's input tensor."""
-        spec = self.version.spec
         if array.ndim == 0 or array.shape[0] == 0:
             raise InvalidInputError(f"{field}.shape", "empty batch: need at least one item")
-        n = array.shape[0]
-        if n > spec.max_batch_size:
-            raise InvalidInputError(
-                f"{field}.shape",
-                f"batch of {n} exceeds max_batch_size {spec.max_batch_size} of {spec.name}",
-            )
+        self.check_declared(field, array.dtype, array.shape)  # an accepted dtype, batch size
         if array.dtype == np.uint8:
             return self._from_images(field, array)
         if array.dtype == np.float32:
@@ -109,9 +103,7 @@ class Pipeline:
                 return np.ascontiguousarray(x)
             q = self.version.input
             return ext.quantize(x, q.scale, q.zero_point, self.in_dtype)
-        if array.dtype == self.in_dtype:
-            return np.ascontiguousarray(self._exact_shape(field, array, "native"))
-        self._refuse_dtype(field, array.dtype)
+        return np.ascontiguousarray(self._exact_shape(field, array, "native"))  # in_dtype
 
     def _from_images(self, field: str, images: np.ndarray) -> np.ndarray:
         h, w, c = self.shape

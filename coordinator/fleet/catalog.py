@@ -53,10 +53,6 @@ class ModelCatalog:
         """True when any known node (live or not) has offered ``model`` (at ``version``)."""
         return any(n.serves(model, version) for n in self.registry.snapshot())
 
-    def served(self) -> list[str]:
-        """Every model a known node has offered, sorted."""
-        return sorted({m for n in self.registry.snapshot() for m in n.models})
-
     def facts(self, model: str) -> ModelFacts | None:
         """The model's facts from a live node (cached once known), or None while no live
         node can say."""

@@ -19,7 +19,6 @@ coordinator, a new one is refused at once.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,9 +61,9 @@ class Forwarder:
                  max_queued: int = 32):
         self.registry = registry
         self.router = router
-        self.max_queued = max_queued
-        self._queued = 0
-        self._queued_lock = threading.Lock()
+        # Requests waiting for room (a place is taken with try_enter: a full queue re-raises
+        # the router's refusal). None: no request waits.
+        self.waiting = ConcurrencyLimit(max_queued) if max_queued > 0 else None
         self.admission = ConcurrencyLimit(max_in_flight, lambda limit: FleetSaturatedError(
             f"coordinator at its limit of {limit} requests in flight; retry later"))
         self.on_result = on_result
@@ -126,24 +125,22 @@ class Forwarder:
     def _choose(self, model: str, version: str, routing_key: str, tried: frozenset[str],
                 deadline: float) -> NodeRecord:
         """The router's choice; a full fleet is waited on (until ``deadline``) only while
-        fewer than ``max_queued`` requests wait already, else refused at once."""
+        fewer than ``max_queued`` requests wait already, else refused at once (with the
+        router's own refusal)."""
         try:
             return self.router.choose(model, version, routing_key, tried)
         except FleetSaturatedError:
-            with self._queued_lock:
-                if self._queued >= self.max_queued:
-                    raise
-                self._queued += 1
+            if self.waiting is None or not self.waiting.try_enter():
+                raise
         try:
             return self.router.choose(model, version, routing_key, tried, deadline=deadline)
         finally:
-            with self._queued_lock:
-                self._queued -= 1
+            self.waiting.exit()
 
     @property
     def queued(self) -> int:
         """Online requests waiting for room right now."""
-        return self._queued
+        return self.waiting.current if self.waiting is not None else 0
 
     def _observe(self, node_id: str, status: str, started: float) -> None:
         if self.on_result is not None:

@@ -298,6 +298,11 @@ class Registry:
         with self._lock:
             return replace(self._find(name))
 
+    def served_models(self) -> list[str]:
+        """Every model a known node (live or not) has offered, sorted."""
+        with self._lock:
+            return sorted({m for r in self._nodes.values() for m in r.models})
+
     def snapshot(self) -> list[NodeRecord]:
         """Copies of all node records, sorted by node id."""
         with self._lock:

@@ -58,7 +58,7 @@ class Router:
                     raise ModelNotServedError(
                         f"model_version: no node serves {what} (its versions: "
                         f"{', '.join(versions)})")
-                served = sorted({m for n in snapshot for m in n.models})
+                served = self.registry.served_models()
                 raise ModelNotServedError(f"model_name: no node serves {what} (served: "
                                           f"{', '.join(served) or 'none'})")
             raise NoNodeAvailableError(

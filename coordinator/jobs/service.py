@@ -59,8 +59,9 @@ class JobService:
         if not header.model:
             raise InvalidJobError("model: required; name the model to run the items with")
         if not self.catalog.known(header.model):
+            served = ", ".join(self.catalog.registry.served_models()) or "none"
             raise ModelNotServedError(f"model: no node serves {header.model!r} (served: "
-                                      f"{', '.join(self.catalog.served()) or 'none'})")
+                                      f"{served})")
         if header.model_version and not self.catalog.known(header.model, header.model_version):
             raise ModelNotServedError(f"model_version: no node serves {header.model!r} "
                                       f"version {header.model_version!r}")
