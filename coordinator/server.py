@@ -84,6 +84,7 @@ class CoordinatorServer:
         self.health = health.HealthServicer()
         self.stopping = threading.Event()
         self.store: JobStore | None = None
+        self.spool: SpoolQueue | None = None
         self.dispatcher: Dispatcher | None = None
         self.front: InferenceServicer | None = None
         self.discovery = None
@@ -106,7 +107,7 @@ class CoordinatorServer:
         for address in cfg.node:
             self.registry.add_candidate(address, "seed")
         self.cascade = self._build_cascade()
-        spool = SpoolQueue(self.store)
+        self.spool = spool = SpoolQueue(self.store)
         self.dispatcher = Dispatcher(
             self.store, self.registry,
             ShardRunner(self.forwarder, node_classifier(self.clients), cfg.shard_deadline_s,
@@ -197,7 +198,7 @@ class CoordinatorServer:
         """The cloud tier's state for ListNodes, or None without a cascade."""
         if self.cloud is None:
             return None
-        items, _ = SpoolQueue(self.store).totals()
+        items, _ = self.spool.totals()
         return CloudTierStatus(self.config.cloud, self.cloud.state, self.cloud.last_error,
                                items)
 
@@ -231,7 +232,7 @@ class CoordinatorServer:
             self.metrics.in_flight.set(self.forwarder.admission.current)
             self.metrics.store_fault.set(int(self.store.fault is not None))
             if self.cloud is not None:
-                items, size = SpoolQueue(self.store).totals()
+                items, size = self.spool.totals()
                 self.metrics.spool_items.set(items)
                 self.metrics.spool_bytes.set(size)
                 self.metrics.cloud_cost.set(self.cost.cost)

@@ -69,17 +69,20 @@ class OIPClient:
                 return False
             raise
 
+    def model_config(self, model: str, timeout: float = 5.0):
+        """The model's Triton ``ModelConfig``, or None when the server cannot give one
+        (unreachable, unknown model, or no ModelConfig RPC, as MLServer)."""
+        try:
+            return self.stub.ModelConfig(oip_pb2.ModelConfigRequest(name=model),
+                                         timeout=timeout).config
+        except grpc.RpcError:
+            return None
+
     def model_parameter(self, model: str, key: str, default: str = "",
                         timeout: float = 5.0) -> str:
         """A string parameter of the model's config (e.g. ``temperature``), or ``default``
         when the server has no ModelConfig (MLServer) or no such parameter."""
-        try:
-            config = self.stub.ModelConfig(oip_pb2.ModelConfigRequest(name=model),
-                                           timeout=timeout).config
-        except grpc.RpcError:
-            return default
-        param = config.parameters.get(key)
-        return param.string_value if param is not None and param.string_value else default
+        return string_parameter(self.model_config(model, timeout), key, default)
 
     def infer_raw(self, model: str, items: np.ndarray, outputs: list[str], timeout: float,
                   version: str = ""):
@@ -131,6 +134,12 @@ class OIPClient:
     def close(self) -> None:
         """Close the channel."""
         self.channel.close()
+
+
+def string_parameter(config, key: str, default: str = "") -> str:
+    """A string parameter of a ``ModelConfig`` (None: no config), or ``default``."""
+    param = config.parameters.get(key) if config is not None else None
+    return param.string_value if param is not None and param.string_value else default
 
 
 class ClientPool:
@@ -207,13 +216,10 @@ def facts_asker(clients: ClientPool, timeout: float = 5.0) -> AskFacts:
     node cannot answer."""
 
     def ask(address: str, model: str) -> ModelFacts | None:
-        try:
-            config = clients.get(address).stub.ModelConfig(
-                oip_pb2.ModelConfigRequest(name=model), timeout=timeout).config
-        except grpc.RpcError:
+        config = clients.get(address).model_config(model, timeout)
+        if config is None:
             return None
-        labels = config.parameters["labels"].string_value if "labels" in config.parameters \
-            else ""
+        labels = string_parameter(config, "labels")
         return ModelFacts(config.max_batch_size or None,
                           tuple(labels.split(",")) if labels else ())
 
