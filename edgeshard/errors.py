@@ -71,6 +71,11 @@ class PeerStatusError(EdgeshardError):
         self.details = details
 
     @property
+    def summary(self) -> str:
+        """``STATUS: details`` on one line, for logs and stored results."""
+        return f"{self.status}: {self.details}"
+
+    @property
     def retryable(self) -> bool:
         """True when another server may succeed (``RETRYABLE_STATUSES``)."""
         return self.status in RETRYABLE_STATUSES

@@ -151,7 +151,7 @@ class CloudTier:
                     self._observe(cloud_model, "refused", len(batch), started)
                     log.info("cloud refused %d item(s) of %s: %s: %s", len(batch),
                              cloud_model, exc.status, exc.details)
-                    reason = f"refused: {exc.status}: {exc.details}"
+                    reason = f"refused: {exc.summary}"
                     refused, refusal = len(batch), exc
                     break
                 except Exception as exc:  # noqa: BLE001 - any other failure is the cloud's
@@ -177,7 +177,7 @@ class CloudTier:
         """Count a failed call against the breaker; log only the first of a run of them."""
         self.breaker.record_failure(self.clock())
         self._observe(model, "failed", len(batch), started)
-        text = f"{exc.status}: {exc.details}" if isinstance(exc, PeerStatusError) else str(exc)
+        text = exc.summary if isinstance(exc, PeerStatusError) else str(exc)
         self.last_error = text
         if not self._failing:
             self._failing = True

@@ -175,7 +175,7 @@ class Dispatcher:
             if exc.retryable:
                 self.registry.probe_failed(rec.address)
             if self.store.release(lease.shard_id, lease.attempt,
-                                  f"{rec.node_id}: {exc.status}: {exc.details}",
+                                  f"{rec.node_id}: {exc.summary}",
                                   counts_as_failure=not exc.retryable):
                 self.requeued += 1
             self.notify()

@@ -84,10 +84,9 @@ class SpoolReplayer:
                                                    extra)))
             refused = group[answer.answered:answer.answered + answer.refused]
             for e in refused:  # would be refused again: the edge answer becomes final
-                error = f"{answer.refusal.status}: {answer.refusal.details}"
                 done.append((e.spool_id, replace(
                     e.fallback, extra={**e.fallback.extra, "degraded": True, "spooled": True,
-                                       "cloud_error": error})))
+                                       "cloud_error": answer.refusal.summary})))
             if done:
                 resolved += self.queue.resolve(done)
             waiting = group[answer.answered + answer.refused:]

@@ -71,7 +71,7 @@ def shard_results(decision: Decision, ids: Sequence[str], items: np.ndarray, nod
             extra.update(cloud_label=int(d.cloud_labels[i]),
                          cloud_confidence=float(d.cloud_confidences[i]))
         if d.cloud_refused[i]:  # final: the cloud would refuse it again
-            extra.update(degraded=True, cloud_error=f"{d.refusal.status}: {d.refusal.details}")
+            extra.update(degraded=True, cloud_error=d.refusal.summary)
         row = ResultRow(item, int(d.labels[i]), float(d.confidences[i]), d.tiers[i], node,
                         version, extra)
         if d.escalated[i] and not d.cloud_answered[i] and not d.cloud_refused[i]:
