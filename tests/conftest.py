@@ -150,3 +150,41 @@ def busy_port():
         s.bind(("127.0.0.1", 0))
         s.listen()
         yield BusyPort(s.getsockname()[1])
+
+
+# -- PostgreSQL (tests/postgres.py) ------------------------------------------------------
+
+POSTGRES_MISSING = "PostgreSQL is not installed: run bash scripts/setup_postgres.sh"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server (a started ``PostgresServer``) for the session.
+
+    Skips when the server binaries are missing, but fails under CI (``CI`` set), which
+    runs scripts/setup_postgres.sh and must not skip silently.
+    """
+    import os
+
+    from tests.postgres import PostgresNotInstalled, PostgresServer
+
+    try:
+        PostgresServer.find_bin_dir()
+    except PostgresNotInstalled:
+        if os.environ.get("CI"):
+            pytest.fail(POSTGRES_MISSING, pytrace=False)
+        pytest.skip(POSTGRES_MISSING)
+    server = PostgresServer().start(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """The URL of a fresh, empty database of ``postgres``, dropped after the test."""
+    import uuid
+
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
