@@ -1,10 +1,11 @@
 """Shard leases: how nodes take work from the job store, and how it comes back.
 
-A mixin of ``JobStore`` (it uses the store's connection, lock and ``max_failures``);
-each method is one write transaction. See ``coordinator.jobs.store`` for the shard
-lifecycle these moves implement: ``lease_next`` (queued -> leased, attempt + 1),
+A mixin of ``JobStore`` (it uses the store's database, ``replica_id`` and
+``max_failures``); each method is one write transaction. See ``coordinator.jobs.store``
+for the shard lifecycle these moves implement: ``lease_next`` (queued -> leased, attempt + 1),
 ``extend_lease``, ``release`` (a failed attempt), ``requeue_node`` (a node died or was
-drained), ``requeue_expired`` (the sweeper) and ``recover`` (at start-up).
+drained), ``requeue_expired`` (the sweeper), ``recover`` (at start-up) and, when replicas
+share the store, ``heartbeat`` / ``requeue_orphans`` (leases of a replica that died).
 """
 
 from __future__ import annotations
@@ -12,27 +13,29 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sqlite3
 import time
-from contextlib import AbstractContextManager
 
 import msgpack
 import numpy as np
 
 from coordinator.errors import ShardNotFoundError
+from coordinator.jobs.database import Database, Tx
 from coordinator.jobs.model import Lease
 
 log = logging.getLogger(__name__)
 
 
 class ShardLeases:
-    """Lease operations over the store's SQLite connection (mixed into ``JobStore``)."""
+    """Lease operations over the store's database (mixed into ``JobStore``).
+
+    Every lease names the node that holds it (``node_id``) and the coordinator process
+    that handed it out (``owner``, the store's ``replica_id``).
+    """
 
     path: str
     max_failures: int
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:  # provided by JobStore
-        raise NotImplementedError
+    replica_id: str
+    database: Database
 
     def lease_next(self, node_id: str, lease_seconds: float, now: float,
                    models: set[str] | None = None) -> Lease | None:
@@ -43,47 +46,51 @@ class ShardLeases:
         """
         if not node_id:
             raise ValueError("node_id must be non-empty")
-        with self._tx() as db:
-            taken = self._take_next(db, node_id, now + lease_seconds, models)
+        taken = self.database.write(
+            lambda db: self._take_next(db, node_id, now + lease_seconds, models))
         return _to_lease(taken, node_id)
 
-    @staticmethod
-    def _take_next(db: sqlite3.Connection, node_id: str, expires: float,
+    def _take_next(self, db: Tx, node_id: str, expires: float,
                    models: set[str] | None) -> tuple | None:
         """Mark the next queued shard leased to ``node_id`` in the caller's transaction;
-        its columns for ``_to_lease``, or None."""
+        its columns for ``_to_lease``, or None. Shards other replicas are leasing right now
+        are skipped, not waited for."""
         if models is not None and not models:
             return None
         where, args = "", ()
         if models is not None:
             names = sorted(models)
-            where = f"AND j.model IN ({', '.join('?' * len(names))})"
+            where = f"AND model IN ({', '.join('?' * len(names))})"
             args = tuple(names)
-        # Choose by the index alone, then read the one shard's blobs: selecting them in the
-        # ordered query made SQLite read every queued shard's payload to sort it.
-        row = db.execute(
-            "SELECT s.shard_id FROM shards s JOIN jobs j ON j.job_id = s.job_id "
-            f"WHERE s.state = 'queued' AND j.state = 'running' {where} "
-            "ORDER BY j.num, s.idx LIMIT 1", args).fetchone()
+        # Jobs oldest first, then the job's first queued shard by the index alone (a query
+        # ordering all queued shards by job and index sorted them all on every lease); the
+        # blobs are read for the one shard taken.
+        row = None
+        for (job_id,) in db.execute(f"SELECT job_id FROM jobs WHERE state = 'running' {where} "
+                                    "ORDER BY num", args).fetchall():
+            row = db.execute("SELECT shard_id FROM shards s WHERE state = 'queued' AND "
+                             f"job_id = ? ORDER BY idx LIMIT 1{self.database.skip_locked}",
+                             (job_id,)).fetchone()
+            if row is not None:
+                break
         if row is None:
             return None
         shard_id, job_id, attempt, model, params, item_ids, payload = db.execute(
-            "SELECT s.shard_id, s.job_id, s.attempt, j.model, j.params, s.item_ids, "
-            "s.payload FROM shards s JOIN jobs j ON j.job_id = s.job_id "
-            "WHERE s.shard_id = ?", row).fetchone()
-        db.execute("UPDATE shards SET state = 'leased', attempt = ?, node_id = ?, "
+            "SELECT s.shard_id, s.job_id, s.attempt, j.model, j.params, d.item_ids, "
+            "d.payload FROM shards s JOIN jobs j ON j.job_id = s.job_id "
+            "JOIN shard_data d ON d.shard_id = s.shard_id "
+            "WHERE s.shard_id = ?", (row[0],)).fetchone()
+        db.execute("UPDATE shards SET state = 'leased', attempt = ?, node_id = ?, owner = ?, "
                    "lease_expires = ? WHERE shard_id = ?",
-                   (attempt + 1, node_id, expires, shard_id))
+                   (attempt + 1, node_id, self.replica_id, expires, shard_id))
         return shard_id, job_id, attempt + 1, model, params, item_ids, payload, expires
 
     def extend_lease(self, shard_id: int, attempt: int, lease_seconds: float,
                      now: float) -> bool:
         """Push the deadline of a current lease to ``now + lease_seconds``; False if not current."""
-        with self._tx() as db:
-            cur = db.execute("UPDATE shards SET lease_expires = ? WHERE shard_id = ? AND "
-                             "attempt = ? AND state = 'leased'",
-                             (now + lease_seconds, shard_id, attempt))
-            return cur.rowcount == 1
+        return self.database.write(lambda db: db.execute(
+            "UPDATE shards SET lease_expires = ? WHERE shard_id = ? AND attempt = ? AND "
+            "state = 'leased'", (now + lease_seconds, shard_id, attempt)).rowcount == 1)
 
     def release(self, shard_id: int, attempt: int, reason: str,
                 counts_as_failure: bool = True) -> bool:
@@ -94,18 +101,25 @@ class ShardLeases:
         pass ``counts_as_failure=False`` when the node, not the shard, is to blame (it became
         unreachable), so that a flapping fleet cannot fail a job.
         """
-        with self._tx() as db:
+        lock = self.database.lock_row
+
+        def release(db: Tx) -> bool:
             row = db.execute("SELECT job_id, failures FROM shards WHERE shard_id = ? AND "
-                             "attempt = ? AND state = 'leased'", (shard_id, attempt)).fetchone()
+                             f"attempt = ? AND state = 'leased'{lock}",
+                             (shard_id, attempt)).fetchone()
             if row is None:
-                self._shard_exists(db, shard_id)
+                if db.execute("SELECT 1 FROM shards WHERE shard_id = ?",
+                              (shard_id,)).fetchone() is None:
+                    raise ShardNotFoundError(f"no shard {shard_id}")
                 return False
             job_id, failures = row[0], row[1] + int(counts_as_failure)
-            db.execute("UPDATE shards SET state = 'queued', node_id = NULL, lease_expires = NULL, "
-                       "failures = ?, last_error = ? WHERE shard_id = ?",
+            db.execute("UPDATE shards SET state = 'queued', node_id = NULL, owner = NULL, "
+                       "lease_expires = NULL, failures = ?, last_error = ? WHERE shard_id = ?",
                        (failures, reason, shard_id))
             if counts_as_failure and failures >= self.max_failures:
                 error = f"shard {shard_id} failed {failures} times; last error: {reason}"
+                db.execute("SELECT shard_id FROM shards WHERE job_id = ? AND state IN "
+                           f"('queued', 'leased') ORDER BY shard_id{lock}", (job_id,)).fetchall()
                 db.execute("UPDATE jobs SET state = 'failed', error = ?, finished_at = ? "
                            "WHERE job_id = ? AND state = 'running'", (error, time.time(), job_id))
                 db.execute("UPDATE shards SET state = 'cancelled', lease_expires = NULL "
@@ -115,53 +129,82 @@ class ShardLeases:
                 db.execute("UPDATE jobs SET requeued_shards = requeued_shards + 1 "
                            "WHERE job_id = ?", (job_id,))
                 log.info("shard %d attempt %d failed (%s); re-queued", shard_id, attempt, reason)
-        return True
+            return True
+
+        return self.database.write(release)
 
     def requeue_node(self, node_id: str) -> int:
         """Re-queue every shard leased to ``node_id`` (dead or drained); returns the count."""
-        with self._tx() as db:
-            _count_requeues(db, "state = 'leased' AND node_id = ?", (node_id,))
-            cur = db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
-                             "lease_expires = NULL WHERE state = 'leased' AND node_id = ?",
-                             (node_id,))
-        if cur.rowcount:
-            log.info("re-queued %d shards of node %s", cur.rowcount, node_id)
-        return cur.rowcount
+        n = len(self._requeue("node_id = ?", (node_id,)))
+        if n:
+            log.info("re-queued %d shards of node %s", n, node_id)
+        return n
 
     def requeue_expired(self, now: float) -> list[tuple[int, str]]:
         """Re-queue leases whose deadline is at or before ``now``; returns (shard_id, node_id)."""
-        with self._tx() as db:
-            expired = db.execute("SELECT shard_id, node_id FROM shards WHERE state = 'leased' "
-                                 "AND lease_expires <= ? ORDER BY shard_id", (now,)).fetchall()
-            _count_requeues(db, "state = 'leased' AND lease_expires <= ?", (now,))
-            db.executemany("UPDATE shards SET state = 'queued', node_id = NULL, "
-                           "lease_expires = NULL WHERE shard_id = ?",
-                           [(shard_id,) for shard_id, _ in expired])
+        expired = self._requeue("lease_expires <= ?", (now,))
         for shard_id, node_id in expired:
             log.info("lease of shard %d by %s expired; re-queued", shard_id, node_id)
-        return [(shard_id, node_id) for shard_id, node_id in expired]
+        return expired
 
     def recover(self) -> int:
-        """At coordinator start: the previous process's leases are void; re-queue them all."""
-        with self._tx() as db:
-            _count_requeues(db, "state = 'leased'", ())
-            cur = db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
-                             "lease_expires = NULL WHERE state = 'leased'")
-        log.info("recovered job store %s: %d leased shards re-queued", self.path, cur.rowcount)
-        return cur.rowcount
+        """At coordinator start: the leases this store's previous users handed out are void.
 
-    @staticmethod
-    def _shard_exists(db: sqlite3.Connection, shard_id: int) -> None:
-        if db.execute("SELECT 1 FROM shards WHERE shard_id = ?", (shard_id,)).fetchone() is None:
-            raise ShardNotFoundError(f"no shard {shard_id}")
+        On a store of its own (SQLite) that is every lease; on a shared one only those of
+        replicas that stopped heartbeating (``requeue_orphans``): the others are working.
+        """
+        if self.database.shared:
+            return len(self.requeue_orphans(time.time()))
+        n = len(self._requeue("1 = 1", ()))
+        log.info("recovered job store %s: %d leased shards re-queued", self.path, n)
+        return n
 
+    def heartbeat(self, address: str, now: float) -> None:
+        """Record that this replica (``replica_id``, serving at ``address``) is alive."""
+        self.database.write(lambda db: db.execute(
+            "INSERT INTO replicas (replica_id, address, started_at, seen_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at, "
+            "address = excluded.address", (self.replica_id, address, now, now)))
 
-def _count_requeues(db: sqlite3.Connection, where: str, args: tuple) -> None:
-    """Add to each job's ``requeued_shards`` its shards matching ``where`` (run before they
-    are re-queued, in the same transaction; unqualified columns are the shard's)."""
-    db.execute("UPDATE jobs SET requeued_shards = requeued_shards + (SELECT COUNT(*) FROM "
-               f"shards s WHERE s.job_id = jobs.job_id AND {where}) WHERE job_id IN "
-               f"(SELECT job_id FROM shards WHERE {where})", args + args)
+    def replicas(self, now: float, timeout_s: float) -> list[tuple[str, str, float]]:
+        """The replicas seen within ``timeout_s``: (replica_id, address, started_at)."""
+        return self.database.read(lambda db: db.execute(
+            "SELECT replica_id, address, started_at FROM replicas WHERE seen_at > ? "
+            "ORDER BY started_at", (now - timeout_s,)).fetchall())
+
+    def requeue_orphans(self, now: float, timeout_s: float = 5.0) -> list[tuple[int, str]]:
+        """Re-queue leases handed out by replicas not seen for ``timeout_s`` (they died with
+        their pullers), and forget those replicas; returns (shard_id, node_id)."""
+        def gone(db: Tx) -> None:
+            db.execute("DELETE FROM replicas WHERE seen_at <= ? AND replica_id <> ?",
+                       (now - timeout_s, self.replica_id))
+        self.database.write(gone)
+        orphans = self._requeue(
+            "owner IS NOT NULL AND owner <> ? AND owner NOT IN (SELECT replica_id FROM "
+            "replicas)", (self.replica_id,))
+        if orphans:
+            log.warning("re-queued %d shard(s) leased by coordinator replicas that stopped",
+                        len(orphans))
+        return orphans
+
+    def _requeue(self, where: str, args: tuple) -> list[tuple[int, str]]:
+        """Re-queue the leased shards matching ``where`` in one transaction, counting them on
+        their jobs; returns (shard_id, node_id). Shard rows are locked before job rows."""
+        def requeue(db: Tx) -> list[tuple[int, str]]:
+            rows = db.execute(f"SELECT shard_id, node_id, job_id FROM shards WHERE state = "
+                              f"'leased' AND {where} ORDER BY shard_id{self.database.lock_row}",
+                              args).fetchall()
+            if not rows:
+                return []
+            db.executemany("UPDATE shards SET state = 'queued', node_id = NULL, owner = NULL, "
+                           "lease_expires = NULL WHERE shard_id = ?", [(r[0],) for r in rows])
+            per_job: dict[str, int] = {}
+            for _, _, job_id in rows:
+                per_job[job_id] = per_job.get(job_id, 0) + 1
+            db.executemany("UPDATE jobs SET requeued_shards = requeued_shards + ? "
+                           "WHERE job_id = ?", [(n, j) for j, n in sorted(per_job.items())])
+            return [(r[0], r[1]) for r in rows]
+        return self.database.write(requeue)
 
 
 def _to_lease(taken: tuple | None, node_id: str) -> Lease | None:

@@ -53,6 +53,39 @@ class ResultRow:
 
 
 @dataclass(frozen=True)
+class ResultBatch:
+    """Final answers for some items of one shard, column by column (the job path's form:
+    no object per item).
+
+    ``item_ids`` [N] str; ``labels`` integer [N]; ``confidences`` float [N], finite;
+    ``tiers`` one tier for all (``"edge"``) or one per item; ``extras`` None or one map per
+    item (the cascade's fields); every item answered by ``node`` with ``model_version``.
+    """
+
+    item_ids: list[str]
+    labels: np.ndarray
+    confidences: np.ndarray
+    node: str
+    model_version: str
+    tiers: str | list[str] = "edge"
+    extras: list[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def rows(self, first_seq: int = 0) -> list[ResultRow]:
+        """The batch as one ``ResultRow`` per item; seqs from ``first_seq`` (0: unassigned)."""
+        tiers = [self.tiers] * len(self) if isinstance(self.tiers, str) else self.tiers
+        extras = self.extras or [{}] * len(self)
+        step = 1 if first_seq else 0
+        return [ResultRow(i, int(label), float(conf), tier, self.node, self.model_version,
+                          dict(extra), first_seq + k * step)
+                for k, (i, label, conf, tier, extra) in enumerate(zip(
+                    self.item_ids, self.labels.tolist(), self.confidences.tolist(), tiers,
+                    extras, strict=True))]
+
+
+@dataclass(frozen=True)
 class JobInfo:
     """A created job; ``existing`` is True when a retried Submit found it already stored."""
 

@@ -1,63 +1,74 @@
-"""SQL helpers for result rows, shared by the job store and the spool queue.
+"""Final results as stored: one block per write, shared by the job store and the spool queue.
 
-They run inside the caller's transaction. ``UNIQUE(job_id, item_id)`` with ``ON CONFLICT
-DO NOTHING`` makes the first result of an item the only one.
+A block holds the final answers a shard's attempt (or the spool) gave for several items,
+column by column in one msgpack body, and the job's seq range it occupies (``first_seq``
+to ``last_seq``). Seqs are per job, allocated from ``jobs.result_seq`` in the writing
+transaction; that transaction holds the job's row until it commits, so a job's blocks
+become visible in seq order and FetchResults can resume after any seq it delivered. That
+each item gets exactly one final result is the caller's part (``shards.marks``).
+
+The helpers run inside the caller's transaction (``coordinator.jobs.database.Tx``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
-from collections import Counter
 from collections.abc import Sequence
 
+import msgpack
 import numpy as np
 
 from coordinator.errors import InvalidResultError
-from coordinator.jobs.model import ResultRow
+from coordinator.jobs.database import Tx
+from coordinator.jobs.model import ResultBatch, ResultRow
 
-INSERT = ("INSERT INTO results (job_id, item_id, shard_id, attempt, label, confidence, tier, "
-          "node, model_version, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-          "ON CONFLICT (job_id, item_id) DO NOTHING")
-
-
-def insert_results(db: sqlite3.Connection, job_id: str, shard_id: int, attempt: int,
-                   rows: Sequence[tuple], now: float) -> int:
-    """Insert validated result rows (an item that already has a result keeps it), count the
-    accepted ones on the job and per node, and finish the job when every item has its
-    result. ``rows`` come from ``result_params``; returns how many were accepted.
-
-    The first results of a shard (the common case) go in with one ``executemany``; when
-    the shard already has some, each row is inserted on its own to see which are new.
-    """
-    if not rows:
-        return 0
-    first = db.execute("SELECT 1 FROM results WHERE shard_id = ? LIMIT 1",
-                       (shard_id,)).fetchone() is None
-    if first and len({r[0] for r in rows}) == len(rows):
-        db.executemany(INSERT, [(job_id, r[0], shard_id, attempt, *r[1:7]) for r in rows])
-        taken = list(rows)
-    else:
-        taken = [r for r in rows
-                 if db.execute(INSERT, (job_id, r[0], shard_id, attempt, *r[1:7])).rowcount]
-    if taken:
-        cloud = sum(r[3] == "cloud" for r in taken)
-        degraded = sum(r[7] for r in taken)
-        db.execute("UPDATE jobs SET done_items = done_items + ?, cloud_items = cloud_items + ?, "
-                   "degraded_items = degraded_items + ? WHERE job_id = ?",
-                   (len(taken), cloud, degraded, job_id))
-        db.executemany("INSERT INTO job_nodes (job_id, node, items) VALUES (?, ?, ?) "
-                       "ON CONFLICT (job_id, node) DO UPDATE SET items = items + excluded.items",
-                       [(job_id, node, n) for node, n in Counter(r[4] for r in taken).items()])
-        db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE job_id = ? "
-                   "AND done_items = total_items AND state = 'running'", (now, job_id))
-    return len(taken)
+INSERT_BLOCK = ("INSERT INTO result_blocks (job_id, last_seq, first_seq, shard_id, attempt, node, "
+                "model_version, items, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def result_params(r: ResultRow) -> tuple:
-    """Validate a result row and return its column values (item_id first), then whether
-    it is a degraded answer (``extra["degraded"]``)."""
+def check_batch(b: ResultBatch) -> ResultBatch:
+    """``b`` with its arrays as int64 / float64 [N]; InvalidResultError naming what is wrong."""
+    n = len(b.item_ids)
+    labels, confidences = np.asarray(b.labels), np.asarray(b.confidences)
+    if labels.shape != (n,) or confidences.shape != (n,):
+        raise InvalidResultError(f"results: {n} item ids but labels of shape "
+                                 f"{labels.shape} and confidences of shape {confidences.shape}")
+    if not all(type(i) is str for i in b.item_ids):
+        raise InvalidResultError("results: every item_id must be a string")
+    if labels.dtype.kind not in "iu":
+        raise InvalidResultError(f"results: labels must be integers, got {labels.dtype}")
+    if confidences.dtype.kind not in "fiu" or not np.isfinite(confidences).all():
+        bad = [c for c in confidences.tolist() if not isinstance(c, int | float)
+               or not math.isfinite(c)][:1]
+        raise InvalidResultError(f"results: confidence must be a finite number, got {bad}")
+    for name in ("node", "model_version"):
+        if not isinstance(getattr(b, name), str):
+            raise InvalidResultError(f"results: {name} must be a string")
+    if not isinstance(b.tiers, str) and (len(b.tiers) != n
+                                         or not all(isinstance(t, str) for t in b.tiers)):
+        raise InvalidResultError("results: tiers must be one string or one per item")
+    if b.extras is not None and (len(b.extras) != n
+                                 or not all(isinstance(e, dict) for e in b.extras)):
+        raise InvalidResultError("results: extras must be one map per item")
+    return ResultBatch(list(b.item_ids), labels.astype(np.int64, copy=False),
+                       confidences.astype(np.float64, copy=False), b.node, b.model_version,
+                       b.tiers if isinstance(b.tiers, str) else list(b.tiers),
+                       None if b.extras is None else list(b.extras))
+
+
+def batches_from_rows(rows: Sequence[ResultRow]) -> list[ResultBatch]:
+    """One batch per (node, model version) of ``rows``, in their order; each row checked."""
+    groups: dict[tuple[str, str], list[ResultRow]] = {}
+    for r in rows:
+        _check_row(r)
+        groups.setdefault((r.node, r.model_version), []).append(r)
+    return [ResultBatch([r.item_id for r in g], np.array([int(r.label) for r in g], np.int64),
+                        np.array([float(r.confidence) for r in g], np.float64), node, version,
+                        [r.tier for r in g], [dict(r.extra) for r in g])
+            for (node, version), g in groups.items()]
+
+
+def _check_row(r: ResultRow) -> None:
     where = f"result for item {r.item_id!r}"
     if not isinstance(r.item_id, str):
         raise InvalidResultError(f"{where}: item_id must be a string")
@@ -72,9 +83,56 @@ def result_params(r: ResultRow) -> tuple:
             raise InvalidResultError(f"{where}: {name} must be a string")
     if not isinstance(r.extra, dict):
         raise InvalidResultError(f"{where}: extra must be a map, got {type(r.extra).__name__}")
+
+
+def subset(b: ResultBatch, keep: Sequence[int]) -> ResultBatch:
+    """The batch's items at positions ``keep`` (in that order)."""
+    if len(keep) == len(b):
+        return b
+    idx = np.asarray(keep, np.int64)
+    return ResultBatch([b.item_ids[k] for k in keep], b.labels[idx], b.confidences[idx],
+                       b.node, b.model_version,
+                       b.tiers if isinstance(b.tiers, str) else [b.tiers[k] for k in keep],
+                       None if b.extras is None else [b.extras[k] for k in keep])
+
+
+def encode_body(b: ResultBatch) -> bytes:
+    """The block body: msgpack of ids, labels (<i8 bytes), confidences (<f8 bytes), tiers,
+    extras. InvalidResultError when an extra holds a value msgpack cannot store."""
     try:
-        extra = json.dumps(r.extra, sort_keys=True) if r.extra else "{}"
-    except (TypeError, ValueError) as e:
-        raise InvalidResultError(f"{where}: extra is not JSON-serializable ({e})") from e
-    return (r.item_id, int(r.label), float(r.confidence), r.tier, r.node, r.model_version, extra,
-            bool(r.extra.get("degraded")))
+        return msgpack.packb([b.item_ids, b.labels.astype("<i8").tobytes(),
+                              b.confidences.astype("<f8").tobytes(), b.tiers, b.extras])
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidResultError(f"results: extra is not serializable ({e})") from e
+
+
+def decode_block(first_seq: int, node: str, version: str, body: bytes) -> list[ResultRow]:
+    """A stored block's results, one ``ResultRow`` per item, with their seqs."""
+    ids, labels, confidences, tiers, extras = msgpack.unpackb(body)
+    return ResultBatch(ids, np.frombuffer(labels, "<i8"), np.frombuffer(confidences, "<f8"),
+                       node, version, tiers, extras).rows(first_seq)
+
+
+def write_block(tx: Tx, job_id: str, shard_id: int, attempt: int, b: ResultBatch,
+                now: float) -> None:
+    """Store ``b`` (items that had no final result) as one block; count the items on the job
+    (done, cloud, degraded) and per node; finish the job when every item has its result."""
+    n = len(b)
+    if not n:
+        return
+    body = encode_body(b)
+    tiers = [b.tiers] * n if isinstance(b.tiers, str) else b.tiers
+    cloud = sum(t == "cloud" for t in tiers)
+    degraded = sum(bool(e.get("degraded")) for e in b.extras) if b.extras else 0
+    last = tx.execute("UPDATE jobs SET result_seq = result_seq + ?, done_items = done_items + ?, "
+                      "cloud_items = cloud_items + ?, degraded_items = degraded_items + ? "
+                      "WHERE job_id = ? RETURNING result_seq, done_items, total_items",
+                      (n, n, cloud, degraded, job_id)).fetchone()
+    tx.execute(INSERT_BLOCK, (job_id, last[0], last[0] - n + 1, shard_id, attempt, b.node,
+                              b.model_version, n, body))
+    tx.execute("INSERT INTO job_nodes (job_id, node, items) VALUES (?, ?, ?) ON CONFLICT "
+               "(job_id, node) DO UPDATE SET items = job_nodes.items + excluded.items",
+               (job_id, b.node, n))
+    if last[1] == last[2]:
+        tx.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE job_id = ? "
+                   "AND state = 'running'", (now, job_id))

@@ -21,7 +21,7 @@ import numpy as np
 from coordinator.cascade.decision import Cascade, Decision
 from coordinator.fleet.forwarder import Forwarder
 from coordinator.fleet.registry import NodeRecord
-from coordinator.jobs.model import Lease, ResultRow
+from coordinator.jobs.model import Lease, ResultBatch, ResultRow
 from coordinator.jobs.spool import Escalation
 
 
@@ -48,9 +48,10 @@ Classify = Callable[[NodeRecord, str, np.ndarray, str, bool, float], Classificat
 
 @dataclass(frozen=True)
 class ShardOutput:
-    """What running a shard produced: final results, and escalations for the spool."""
+    """What running a shard produced: final results (a batch, or rows), and escalations
+    for the spool."""
 
-    results: list[ResultRow]
+    results: ResultBatch | list[ResultRow]
     escalations: list[Escalation] = field(default_factory=list)
 
 
@@ -62,7 +63,7 @@ def shard_results(decision: Decision, ids: Sequence[str], items: np.ndarray, nod
     label and confidence (and the cloud's when it answered) in ``extra``.
     """
     d = decision
-    results, pending = [], []
+    final, extras, pending = [], [], []
     for i, item in enumerate(ids):
         extra = {"edge_label": int(d.edge_labels[i]),
                  "edge_confidence": float(d.edge_confidences[i]),
@@ -72,13 +73,17 @@ def shard_results(decision: Decision, ids: Sequence[str], items: np.ndarray, nod
                          cloud_confidence=float(d.cloud_confidences[i]))
         if d.cloud_refused[i]:  # final: the cloud would refuse it again
             extra.update(degraded=True, cloud_error=d.refusal.summary)
-        row = ResultRow(item, int(d.labels[i]), float(d.confidences[i]), d.tiers[i], node,
-                        version, extra)
         if d.escalated[i] and not d.cloud_answered[i] and not d.cloud_refused[i]:
-            pending.append(Escalation(item, items[i], row))
+            pending.append(Escalation(item, items[i], ResultRow(
+                item, int(d.labels[i]), float(d.confidences[i]), d.tiers[i], node, version,
+                extra)))
         else:
-            results.append(row)
-    return ShardOutput(results, pending)
+            final.append(i)
+            extras.append(extra)
+    keep = np.asarray(final, np.int64)
+    return ShardOutput(ResultBatch([ids[i] for i in final], np.asarray(d.labels)[keep],
+                                   np.asarray(d.confidences)[keep], node, version,
+                                   [d.tiers[i] for i in final], extras), pending)
 
 
 class ShardRunner:
@@ -113,8 +118,14 @@ class ShardRunner:
                                            self.cloud_timeout_s)
             return shard_results(decision, lease.ids, lease.array, node_name,
                                  out.model_version)
-        return ShardOutput([
-            ResultRow(item_id=item, label=int(label), confidence=float(conf), tier="edge",
-                      node=node_name, model_version=out.model_version)
-            for item, label, conf in zip(lease.ids, out.label, out.confidence, strict=True)
-        ])
+        return edge_output(lease.ids, out.label, out.confidence, node_name, out.model_version)
+
+
+def edge_output(ids: Sequence[str], labels: np.ndarray, confidences: np.ndarray, node: str,
+                version: str) -> ShardOutput:
+    """A shard's results when the edge's answers are final (no cascade rule).
+
+    ``ids`` [N]; ``labels`` integer [N]; ``confidences`` float [N]; ``node`` answered with
+    model ``version``.
+    """
+    return ShardOutput(ResultBatch(list(ids), labels, confidences, node, version))

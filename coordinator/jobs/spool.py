@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import msgpack
 import numpy as np
 
+from coordinator.jobs.database import Tx
 from coordinator.jobs.model import ResultRow
 
 
@@ -90,12 +90,15 @@ def decode(blob: bytes) -> tuple[np.ndarray, ResultRow]:
     return data, ResultRow(item, label, conf, tier, node, version, json.loads(extra))
 
 
-def admit(db: sqlite3.Connection, job_id: str, shard_id: int, model: str,
+def admit(db: Tx, job_id: str, shard_id: int, model: str,
           escalations: Sequence[Escalation], limits: SpoolLimits,
-          now: float) -> tuple[int, list[ResultRow]]:
-    """Spool what fits; returns (spooled count, final degraded results for the rest)."""
+          now: float) -> tuple[list[str], list[ResultRow]]:
+    """Spool what fits; returns (the spooled item ids, final degraded results for the rest)."""
+    spooled: list[str] = []
+    overflow: list[ResultRow] = []
+    if not escalations:
+        return spooled, overflow
     items, size = totals(db)
-    spooled, overflow = 0, []
     for e in escalations:
         blob = encode(e)
         if items + 1 > limits.max_items or size + len(blob) > limits.max_bytes:
@@ -108,29 +111,24 @@ def admit(db: sqlite3.Connection, job_id: str, shard_id: int, model: str,
             "DO NOTHING",
             (job_id, e.item_id, shard_id, model, blob, len(blob), now, now + limits.ttl_s))
         if cur.rowcount:
-            spooled += 1
+            spooled.append(e.item_id)
             items += 1
             size += len(blob)
     return spooled, overflow
 
 
-def totals(db: sqlite3.Connection) -> tuple[int, int]:
+def totals(db: Tx) -> tuple[int, int]:
     """Spool entries and payload bytes in total."""
     count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM spool").fetchone()
     return int(count), int(size)
 
 
-def pending_for_shard(db: sqlite3.Connection, shard_id: int) -> int:
-    """How many of the shard's items still wait in the spool."""
-    return db.execute("SELECT COUNT(*) FROM spool WHERE shard_id = ?",
-                      (shard_id,)).fetchone()[0]
-
-
-def select(db: sqlite3.Connection, where: str, args: tuple, limit: int = -1) -> list[SpoolEntry]:
+def select(db: Tx, where: str, args: tuple, limit: int = -1) -> list[SpoolEntry]:
     """Spool entries matching the SQL ``where`` clause, oldest first (``limit`` -1: all)."""
     rows = db.execute(
         "SELECT spool_id, job_id, item_id, shard_id, model, payload, attempts, created_at, "
-        f"expires_at FROM spool {where} ORDER BY spool_id LIMIT ?", (*args, limit)).fetchall()
+        f"expires_at FROM spool {where} ORDER BY spool_id"
+        + (" LIMIT ?" if limit >= 0 else ""), (*args, limit) if limit >= 0 else args).fetchall()
     out = []
     for spool_id, job_id, item_id, shard_id, model, payload, attempts, created, expires in rows:
         data, fallback = decode(payload)

@@ -1,19 +1,17 @@
-"""The durable job store: jobs, shards and results in one SQLite file.
+"""The durable job store: jobs, shards and results, on SQLite or PostgreSQL.
 
-The coordinator process is the only writer. One connection (``check_same_thread=False``)
-sits behind a lock, so the store is thread-safe; every state change is one ``BEGIN
-IMMEDIATE`` transaction, so a SIGKILL at any point leaves either all or none of it.
+The database (``coordinator.jobs.database``): a SQLite file used by one coordinator (the
+default) or a PostgreSQL database shared by several coordinator replicas. Every state
+change is one transaction, so a SIGKILL at any point leaves either all or none of it; on
+SQLite each commit is fsynced (a commit acknowledges results to a node, which then forgets
+them, or hands out a lease).
 
-Durability: WAL journal with ``synchronous=FULL``. In WAL mode ``NORMAL`` already survives a
-killed process, but a power cut could lose the last commits, and a commit here acknowledges
-results to a node (which then forgets them) or hands out a lease; so every commit is fsynced.
-Commits are per shard (tens to thousands of items), so the fsync cost is small.
-
-Exactly once: ``results`` has ``UNIQUE(job_id, item_id)`` and rows are inserted with
-``ON CONFLICT DO NOTHING`` (``INSERT OR IGNORE`` restricted to that one constraint, so a NOT NULL
-violation is still an error): the first writer of an item wins and later duplicates are counted
-and dropped. ``results.seq`` (AUTOINCREMENT, never reused) orders results for FetchResults,
-which resumes after the last seq a client has seen, across coordinator restarts.
+Exactly once: each shard keeps one mark per item (``shards.marks``: open, final result, in
+the spool), read and changed under the shard's row lock in the transaction that writes the
+results. Only open items are written; the rest are counted as duplicates and dropped (the
+first writer wins). Results are stored as blocks of many items (``coordinator.jobs.results``)
+with per-job seqs, assigned in commit order: FetchResults resumes after the last seq a
+client has seen, across coordinator restarts and replicas.
 
 Shard lifecycle::
 
@@ -37,12 +35,11 @@ import io
 import json
 import logging
 import re
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -54,10 +51,9 @@ from coordinator.errors import (
     JobConflictError,
     JobNotFoundError,
     ShardNotFoundError,
-    StoreFullError,
-    StoreUnavailableError,
 )
 from coordinator.jobs import spool
+from coordinator.jobs.database import Database, SQLiteDatabase, Tx, open_database
 from coordinator.jobs.items import ItemSource
 from coordinator.jobs.leases import ShardLeases, _to_lease
 from coordinator.jobs.model import (
@@ -66,97 +62,80 @@ from coordinator.jobs.model import (
     JobProgress,
     JobState,
     NextLease,
+    ResultBatch,
     ResultRow,
     ShardState,
 )
-from coordinator.jobs.results import insert_results, result_params
-from coordinator.jobs.schema import migrate
+from coordinator.jobs.results import (
+    batches_from_rows,
+    check_batch,
+    decode_block,
+    subset,
+    write_block,
+)
+from coordinator.jobs.schema import migrate, migrate_postgres
 from coordinator.jobs.spool import Escalation, SpoolLimits
 
 log = logging.getLogger(__name__)
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+OPEN, FINAL, SPOOLED = 0, 1, 2  # an item's mark in ``shards.marks``
+SCHEMA_LOCK = zlib.crc32(b"edgeshard:schema")  # advisory lock: replicas create it once
 
 
 class JobStore(ShardLeases):
-    """Jobs, shards and results in SQLite; see the module docstring for the guarantees."""
+    """Jobs, shards and results; see the module docstring for the guarantees.
 
-    def __init__(self, path: str, max_failures: int = 3):
+    ``location``: a SQLite file path, a ``postgresql://`` URL, or an open ``Database``.
+    ``replica_id`` names this process in lease rows (``shards.owner``) and ``replicas``.
+    """
+
+    def __init__(self, location: str | Path | Database, max_failures: int = 3,
+                 replica_id: str | None = None):
         if max_failures < 1:
             raise ValueError(f"max_failures must be >= 1, got {max_failures}")
-        self.path = str(path)
         self.max_failures = max_failures
-        self._lock = threading.RLock()
-        self.fault: str | None = None  # why writes fail, while they do (metrics, ListNodes)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)
+        self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        self.database = (location if isinstance(location, Database)
+                         else open_database(str(location)))
+        self.path = self.database.location
         try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                log.warning("%s: SQLite refused WAL mode (journal_mode=%s); commits are still "
-                            "atomic and durable, but slower", self.path, mode)
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            if self.database.dialect == "sqlite":
+                self.database.write(lambda tx: migrate(tx, self.path))
+            else:
+                def create(tx: Tx) -> None:
+                    tx.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+                    migrate_postgres(tx, self.path)
+                self.database.write(create)
         except BaseException:
-            self._db.close()
+            self.database.close()
             raise
 
-    def _migrate(self) -> None:
-        with self._tx() as db:
-            migrate(db, self.path)
-
-    def transaction(self):
-        """A write transaction on the store's connection (for the spool queue)."""
-        return self._tx()
+    @property
+    def fault(self) -> str | None:
+        """Why writes fail while they do (metrics, ListNodes), else None."""
+        return self.database.fault
 
     @property
-    def lock(self) -> threading.RLock:
-        """The store's lock (re-entrant); hold it for reads that must see one state."""
-        return self._lock
+    def shared(self) -> bool:
+        """True when other coordinator processes may use the same store (PostgreSQL)."""
+        return self.database.shared
 
     @property
-    def db(self) -> sqlite3.Connection:
-        """The store's SQLite connection (use under ``lock`` or in ``transaction``)."""
-        return self._db
+    def db(self):
+        """The SQLite connection (tests only; hold ``lock``)."""
+        assert isinstance(self.database, SQLiteDatabase), "SQLite only"
+        return self.database.connection
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise self._write_fault(exc) from exc
-            if self.fault is not None:
-                log.info("job store %s writes again", self.path)
-                self.fault = None
-
-    def _write_fault(self, exc: sqlite3.OperationalError) -> Exception:
-        """The domain error for a write SQLite refused; the first of a run is logged."""
-        full = "full" in str(exc).lower()
-        why = "disk full" if full else str(exc)
-        if self.fault is None:
-            log.error("job store %s cannot write: %s (%s); work waits and resumes by itself "
-                      "when it can write again (logged once)", self.path, why, exc)
-        self.fault = why
-        if full:
-            return StoreFullError(f"job store: disk full ({exc}); free space in the state "
-                                  "directory, writes resume by themselves")
-        return StoreUnavailableError(f"job store: cannot write ({exc}); retry later")
+    @property
+    def lock(self):
+        """The SQLite connection's lock (tests only)."""
+        assert isinstance(self.database, SQLiteDatabase), "SQLite only"
+        return self.database.lock
 
     def close(self) -> None:
-        """Close the connection; the store is unusable afterwards."""
-        with self._lock:
-            self._db.close()
+        """Close the database; the store is unusable afterwards."""
+        self.database.close()
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -186,11 +165,11 @@ class JobStore(ShardLeases):
             raise InvalidJobError(f"params: not JSON-serializable ({e})") from e
         source = items if isinstance(items, ItemSource) else ItemSource.from_arrays(*items)
         now = time.time() if now is None else now
-        digest = hashlib.sha256(json.dumps(
-            [model, shard_size, params_json, source.dtype.str, list(source.item_shape)]
-        ).encode())
+        header = json.dumps([model, shard_size, params_json, source.dtype.str,
+                             list(source.item_shape)]).encode()
 
-        with self._tx() as db:
+        def create(db: Tx) -> JobInfo:
+            digest = hashlib.sha256(header)
             if job_id is not None:
                 row = db.execute("SELECT model, state, total_items, created_at, digest FROM jobs "
                                  "WHERE job_id = ?", (job_id,)).fetchone()
@@ -204,52 +183,44 @@ class JobStore(ShardLeases):
                     shards = db.execute("SELECT COUNT(*) FROM shards WHERE job_id = ?",
                                         (job_id,)).fetchone()[0]
                     return JobInfo(job_id, row[0], row[1], row[2], shards, row[3], existing=True)
-            job_id = job_id or uuid.uuid4().hex
+            new_id = job_id or uuid.uuid4().hex
             db.execute(
                 "INSERT INTO jobs (job_id, model, state, params, shard_size, total_items, dtype, "
                 "item_shape, digest, created_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, '', ?)",
-                (job_id, model, params_json, shard_size, len(source), source.dtype.str,
+                (new_id, model, params_json, shard_size, len(source), source.dtype.str,
                  json.dumps(list(source.item_shape)), now))
             shards = 0
             for ids, array in source.batches(shard_size):
                 _digest_batch(digest, ids, array)
-                db.execute(
-                    "INSERT INTO shards (job_id, idx, state, item_count, item_ids, payload) "
-                    "VALUES (?, ?, 'queued', ?, ?, ?)",
-                    (job_id, shards, len(ids), msgpack.packb(ids), _npy_bytes(array)))
+                shard_id = db.execute(
+                    "INSERT INTO shards (job_id, idx, state, item_count, marks) "
+                    "VALUES (?, ?, 'queued', ?, ?) RETURNING shard_id",
+                    (new_id, shards, len(ids), bytes(len(ids)))).fetchone()[0]
+                db.execute("INSERT INTO shard_data (shard_id, item_ids, payload) "
+                           "VALUES (?, ?, ?)", (shard_id, msgpack.packb(ids), _npy_bytes(array)))
                 shards += 1
-            db.execute("UPDATE jobs SET digest = ? WHERE job_id = ?", (digest.hexdigest(), job_id))
-        log.info("created job %s: model %s, %d items in %d shards", job_id, model, len(source),
-                 shards)
-        return JobInfo(job_id, model, JobState.RUNNING, len(source), shards, now)
+            db.execute("UPDATE jobs SET digest = ? WHERE job_id = ?", (digest.hexdigest(), new_id))
+            return JobInfo(new_id, model, JobState.RUNNING, len(source), shards, now)
+
+        info = self.database.write(create)
+        if not info.existing:
+            log.info("created job %s: model %s, %d items in %d shards", info.job_id, model,
+                     info.total_items, info.shard_count)
+        return info
 
     def progress(self, job_id: str) -> JobProgress:
         """The job's state and counters; JobNotFoundError if there is no such job."""
-        with self._lock:
-            rows = self._progress_rows("WHERE j.job_id = ?", (job_id,))
+        rows = self.database.read(lambda db: _progress_rows(db, "WHERE j.job_id = ?",
+                                                            (job_id,)))
         if not rows:
             raise JobNotFoundError(f"no job {job_id!r}")
         return rows[0]
 
     def list_jobs(self, state: str | None = None) -> list[JobProgress]:
         """Every job (or those in ``state``), oldest first."""
-        with self._lock:
-            if state is None:
-                return self._progress_rows("", ())
-            return self._progress_rows("WHERE j.state = ?", (state,))
-
-    def _progress_rows(self, where: str, args: tuple) -> list[JobProgress]:
-        rows = self._db.execute(
-            "SELECT j.job_id, j.model, j.state, j.total_items, j.done_items, "
-            "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id), "
-            "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'done'), "
-            "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'leased'), "
-            "j.created_at, j.finished_at, j.error, "
-            "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
-            "j.cloud_items, j.degraded_items, j.requeued_shards, j.duplicate_results "
-            f"FROM jobs j {where} ORDER BY j.num",
-            args).fetchall()
-        return [JobProgress(*row) for row in rows]
+        if state is None:
+            return self.database.read(lambda db: _progress_rows(db, "", ()))
+        return self.database.read(lambda db: _progress_rows(db, "WHERE j.state = ?", (state,)))
 
     def cancel(self, job_id: str, now: float | None = None) -> JobProgress:
         """Cancel a running job: its queued and leased shards become ``cancelled``.
@@ -259,8 +230,12 @@ class JobStore(ShardLeases):
         fetchable. Cancelling a finished job changes nothing.
         """
         now = time.time() if now is None else now
-        with self._tx() as db:
-            state = self._job_state(db, job_id)
+
+        def cancel(db: Tx) -> None:
+            db.execute("SELECT shard_id FROM shards WHERE job_id = ? AND state IN "
+                       f"('queued', 'leased') ORDER BY shard_id{self.database.lock_row}",
+                       (job_id,)).fetchall()
+            state = _job_state(db, job_id, self.database.lock_row)
             if state == JobState.RUNNING:
                 db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE job_id = ?",
                            (now, job_id))
@@ -268,104 +243,157 @@ class JobStore(ShardLeases):
                            "WHERE job_id = ? AND state IN ('queued', 'leased')", (job_id,))
                 db.execute("DELETE FROM spool WHERE job_id = ?", (job_id,))
                 log.info("cancelled job %s", job_id)
-        return self.progress(job_id)
 
-    @staticmethod
-    def _job_state(db: sqlite3.Connection, job_id: str) -> str:
-        row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFoundError(f"no job {job_id!r}")
-        return row[0]
+        self.database.write(cancel)
+        return self.progress(job_id)
 
     # -- results ------------------------------------------------------------------------------
 
     def shares(self, job_id: str) -> dict[str, int]:
-        """How many of the job's results each node produced (``results.node``)."""
-        with self._lock:
-            self._job_state(self._db, job_id)
-            return dict(self._db.execute("SELECT node, items FROM job_nodes WHERE job_id = ? "
-                                         "ORDER BY node", (job_id,)).fetchall())
+        """How many of the job's results each node produced."""
+        def read(db: Tx) -> dict[str, int]:
+            _job_state(db, job_id)
+            return dict(db.execute("SELECT node, items FROM job_nodes WHERE job_id = ? "
+                                   "ORDER BY node", (job_id,)).fetchall())
+        return self.database.read(read)
 
-    def complete(self, shard_id: int, attempt: int, results: Sequence[ResultRow],
+    def complete(self, shard_id: int, attempt: int, results: ResultBatch | Sequence[ResultRow],
                  now: float | None = None, escalations: Sequence[Escalation] = (),
                  spool_limits: SpoolLimits | None = None,
                  then_lease: NextLease | None = None) -> CompleteOutcome:
         """Write an attempt's results; each item keeps exactly one result (first writer wins).
 
-        Any attempt that was leased, current or stale, may answer items not yet answered. The
-        shard becomes ``done`` once each of its items has a result or waits in the spool.
-        If the current attempt leaves items unanswered, the shard goes back to ``queued`` so
-        that they are retried. When all items of the job have results the job becomes
-        ``done``. ``escalations`` (items the cloud could not answer yet) are spooled in the
-        same transaction, within ``spool_limits``; those that do not fit get their
-        degraded edge answer as final result. With ``then_lease``, the same transaction
-        also leases the node its next shard (``CompleteOutcome.next_lease``): one commit,
-        one fsync, where two were.
+        ``results`` is a ``ResultBatch`` (the job path) or ``ResultRow`` s. Any attempt that
+        was leased, current or stale, may answer items not yet answered. The shard becomes
+        ``done`` once each of its items has a result or waits in the spool. If the current
+        attempt leaves items unanswered, the shard goes back to ``queued`` so that they are
+        retried. When all items of the job have results the job becomes ``done``.
+        ``escalations`` (items the cloud could not answer yet) are spooled in the same
+        transaction, within ``spool_limits``; those that do not fit get their degraded edge
+        answer as final result. With ``then_lease``, the same transaction also leases the
+        node its next shard (``CompleteOutcome.next_lease``): one commit where two were.
         """
         now = time.time() if now is None else now
-        rows = [result_params(r) for r in results]
-        with self._tx() as db:
+        batches = ([check_batch(results)] if isinstance(results, ResultBatch)
+                   else batches_from_rows(results))
+        limits = spool_limits or SpoolLimits()
+
+        def complete(db: Tx) -> CompleteOutcome:
             row = db.execute(
-                "SELECT s.job_id, s.state, s.attempt, s.item_count, s.item_ids, j.state, j.model "
-                "FROM shards s JOIN jobs j ON j.job_id = s.job_id WHERE s.shard_id = ?",
+                "SELECT s.job_id, s.state, s.attempt, s.item_count, d.item_ids, s.marks, "
+                "j.state, j.model FROM shards s JOIN jobs j ON j.job_id = s.job_id "
+                "JOIN shard_data d ON d.shard_id = s.shard_id "
+                f"WHERE s.shard_id = ?{self.database.lock_joined}",
                 (shard_id,)).fetchone()
             if row is None:
                 raise ShardNotFoundError(f"no shard {shard_id}")
-            job_id, shard_state, current, item_count, item_ids, job_state, model = row
+            job_id, shard_state, current, item_count, item_ids, marks, job_state, model = row
             if isinstance(attempt, bool) or not isinstance(attempt, int) \
                     or not 1 <= attempt <= current:
                 raise InvalidResultError(f"shard {shard_id}: attempt {attempt!r} was never "
                                          f"leased (current attempt {current})")
-            members = set(msgpack.unpackb(item_ids))
-            for item in [r.item_id for r in results] + [e.item_id for e in escalations]:
-                if item not in members:
-                    raise InvalidResultError(
-                        f"shard {shard_id}: item {item!r} is not in this shard")
+            ids = msgpack.unpackb(item_ids)
+            where = _positions(shard_id, ids, batches, escalations)
             stale = attempt < current
+            given = sum(len(b) for b in batches) + len(escalations)
             if (job_state in (JobState.CANCELLED, JobState.FAILED)
                     or shard_state == ShardState.CANCELLED):
-                return CompleteOutcome(0, 0, stale, discarded=len(rows) + len(escalations))
-            answered_now = {r[0] for r in db.execute(
-                "SELECT item_id FROM results WHERE shard_id = ?", (shard_id,))}
-            fresh = [e for e in escalations if e.item_id not in answered_now]
-            spooled, overflow = spool.admit(db, job_id, shard_id, model, fresh,
-                                            spool_limits or SpoolLimits(), now)
-            rows += [result_params(r) for r in overflow]
-            accepted = insert_results(db, job_id, shard_id, attempt, rows, now)
-            answered = db.execute("SELECT COUNT(*) FROM results WHERE shard_id = ?",
-                                  (shard_id,)).fetchone()[0]
-            if answered + spool.pending_for_shard(db, shard_id) == item_count:
-                db.execute("UPDATE shards SET state = 'done', lease_expires = NULL "
-                           "WHERE shard_id = ?", (shard_id,))
+                return CompleteOutcome(0, 0, stale, discarded=given)
+            marks = bytearray(marks if marks is not None else bytes(item_count))
+            fresh = [e for e in escalations if marks[where[e.item_id]] == OPEN]
+            spooled, overflow = spool.admit(db, job_id, shard_id, model, fresh, limits, now)
+            for item in spooled:
+                marks[where[item]] = SPOOLED
+            if overflow:
+                batches.extend(batches_from_rows(overflow))
+            accepted = 0
+            for b in batches:
+                keep = []
+                for k, item in enumerate(b.item_ids):
+                    if marks[where[item]] == OPEN:  # first writer wins, also within a batch
+                        marks[where[item]] = FINAL
+                        keep.append(k)
+                write_block(db, job_id, shard_id, attempt, subset(b, keep), now)
+                accepted += len(keep)
+            duplicates = given - len(spooled) - accepted
+            open_items = marks.count(OPEN)
+            if not open_items:
+                db.execute("UPDATE shards SET state = 'done', lease_expires = NULL, marks = ? "
+                           "WHERE shard_id = ?", (bytes(marks), shard_id))
             elif not stale and shard_state == "leased":
-                log.warning("shard %d attempt %d answered %d of %d items; re-queued", shard_id,
-                            attempt, answered, item_count)
-                db.execute("UPDATE shards SET state = 'queued', node_id = NULL, "
-                           "lease_expires = NULL, last_error = 'partial results' "
-                           "WHERE shard_id = ?", (shard_id,))
+                log.warning("shard %d attempt %d left %d of %d items unanswered; re-queued",
+                            shard_id, attempt, open_items, item_count)
+                db.execute("UPDATE shards SET state = 'queued', node_id = NULL, owner = NULL, "
+                           "lease_expires = NULL, last_error = 'partial results', marks = ? "
+                           "WHERE shard_id = ?", (bytes(marks), shard_id))
                 db.execute("UPDATE jobs SET requeued_shards = requeued_shards + 1 "
                            "WHERE job_id = ?", (job_id,))
-            if len(rows) > accepted:
+            else:
+                db.execute("UPDATE shards SET marks = ? WHERE shard_id = ?",
+                           (bytes(marks), shard_id))
+            if duplicates:
                 db.execute("UPDATE jobs SET duplicate_results = duplicate_results + ? "
-                           "WHERE job_id = ?", (len(rows) - accepted, job_id))
+                           "WHERE job_id = ?", (duplicates, job_id))
             taken = (self._take_next(db, then_lease.node_id, now + then_lease.lease_seconds,
                                      then_lease.models) if then_lease is not None else None)
-        return CompleteOutcome(accepted, len(rows) - accepted, stale, spooled=spooled,
-                               overflow=len(overflow),
-                               next_lease=_to_lease(taken, then_lease.node_id)
-                               if taken is not None else None)
+            return CompleteOutcome(accepted, duplicates, stale, spooled=len(spooled),
+                                   overflow=len(overflow),
+                                   next_lease=_to_lease(taken, then_lease.node_id)
+                                   if taken is not None else None)
+
+        return self.database.write(complete)
 
     def results(self, job_id: str, after_seq: int = 0, limit: int | None = None
                 ) -> list[ResultRow]:
         """The job's results with ``seq > after_seq``, in seq order (at most ``limit``)."""
-        with self._lock:
-            self._job_state(self._db, job_id)
-            rows = self._db.execute(
-                "SELECT item_id, label, confidence, tier, node, model_version, extra, seq "
-                "FROM results WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (job_id, after_seq, -1 if limit is None else limit)).fetchall()
-        return [ResultRow(i, label, conf, tier, node, version, json.loads(extra), seq)
-                for i, label, conf, tier, node, version, extra, seq in rows]
+        def read(db: Tx) -> list[ResultRow]:
+            _job_state(db, job_id)
+            cur = db.execute("SELECT first_seq, node, model_version, body FROM result_blocks "
+                             "WHERE job_id = ? AND last_seq > ? ORDER BY last_seq",
+                             (job_id, after_seq))
+            out: list[ResultRow] = []
+            while limit is None or len(out) < limit:
+                block = cur.fetchone()
+                if block is None:
+                    break
+                out.extend(r for r in decode_block(*block) if r.seq > after_seq)
+            return out if limit is None else out[:limit]
+        return self.database.read(read)
+
+
+def _positions(shard_id: int, ids: list[str], batches: Sequence[ResultBatch],
+               escalations: Sequence[Escalation]) -> dict[str, int]:
+    """Each answered item's position in the shard; InvalidResultError for a stranger."""
+    where = {i: k for k, i in enumerate(ids)}
+    for b in batches:
+        for item in b.item_ids:
+            if item not in where:
+                raise InvalidResultError(f"shard {shard_id}: item {item!r} is not in this shard")
+    for e in escalations:
+        if e.item_id not in where:
+            raise InvalidResultError(f"shard {shard_id}: item {e.item_id!r} is not in this shard")
+    return where
+
+
+def _progress_rows(db: Tx, where: str, args: tuple) -> list[JobProgress]:
+    rows = db.execute(
+        "SELECT j.job_id, j.model, j.state, j.total_items, j.done_items, "
+        "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id), "
+        "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'done'), "
+        "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'leased'), "
+        "j.created_at, j.finished_at, j.error, "
+        "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
+        "j.cloud_items, j.degraded_items, j.requeued_shards, j.duplicate_results "
+        f"FROM jobs j {where} ORDER BY j.num",
+        args).fetchall()
+    return [JobProgress(*row) for row in rows]
+
+
+def _job_state(db: Tx, job_id: str, lock: str = "") -> str:
+    row = db.execute(f"SELECT state FROM jobs WHERE job_id = ?{lock}", (job_id,)).fetchone()
+    if row is None:
+        raise JobNotFoundError(f"no job {job_id!r}")
+    return row[0]
 
 
 def _digest_batch(digest: Any, ids: list[str], array: np.ndarray) -> None:

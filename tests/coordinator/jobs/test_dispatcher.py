@@ -259,7 +259,7 @@ def test_partial_results_requeue_the_rest(store, registry, dispatchers):
     def half_then_all(node: NodeRecord, lease: Lease) -> ShardOutput:
         calls.append(lease.attempt)
         out = echo_results(node, lease)
-        return ShardOutput(out.results[:2]) if lease.attempt == 1 else out
+        return ShardOutput(out.results.rows()[:2]) if lease.attempt == 1 else out
 
     dispatchers(store, registry, half_then_all, shards_per_node=1)
     assert wait_for(lambda: finished(store, job.job_id)).state is JobState.DONE
@@ -277,7 +277,7 @@ def test_rejected_results_do_not_stop_the_node_pulling(store, registry, dispatch
         out = echo_results(node, lease)
         if lease.attempt == 1:
             return ShardOutput([ResultRow(r.item_id, r.label, float("nan"), r.tier, r.node,
-                                          r.model_version) for r in out.results])
+                                          r.model_version) for r in out.results.rows()])
         return out
 
     # short leases: the sweeper re-queues the shard within a second either way
@@ -291,7 +291,7 @@ def test_a_store_error_does_not_end_the_pullers(store, dispatchers, caplog):
     # A real SQLite refusal: the store's connection may not write while query_only is on,
     # as when its disk is full. The store logs it once, the pullers keep trying, and the
     # job finishes once the store takes writes again.
-    caplog.set_level(logging.INFO, logger="coordinator.jobs.store")
+    caplog.set_level(logging.INFO, logger="coordinator.jobs.database")
     ids, data = items(4)
     job = store.create_job("m", (ids, data), shard_size=2)
     registry = Registry(suspect_after=60.0, dead_after=120.0)
@@ -388,7 +388,7 @@ def test_shard_runner_without_cascade_gives_edge_results(store, registry):
     out = make_runner(registry, None, edge)(registry.get("a:1"), lease_one(store))
     assert edge.asked_probabilities == [False]
     assert out.escalations == []
-    assert [(r.item_id, r.label, r.tier, r.node, r.model_version) for r in out.results] == [
+    assert [(r.item_id, r.label, r.tier, r.node, r.model_version) for r in out.results.rows()] == [
         ("c0", 0, "edge", "node-a", "v7"), ("c1", 0, "edge", "node-a", "v7"),
         ("c2", 1, "edge", "node-a", "v7"), ("c3", 2, "edge", "node-a", "v7")]
     node = registry.get("a:1")
@@ -414,7 +414,7 @@ def test_shard_runner_with_answering_cloud(store, registry):
     out = make_runner(registry, make_cascade(cloud), edge)(registry.get("a:1"), lease_one(store))
     assert edge.asked_probabilities == [True]
     assert out.escalations == [] and cloud.sent == 2
-    by_id = {r.item_id: r for r in out.results}
+    by_id = {r.item_id: r for r in out.results.rows()}
     assert [by_id[i].tier for i in CASCADE_IDS] == ["edge", "cloud", "edge", "cloud"]
     assert by_id["c1"].label == 40 and by_id["c3"].label == 42
     assert by_id["c1"].extra == {"edge_label": 0, "edge_confidence": pytest.approx(0.4),
@@ -428,8 +428,8 @@ def test_unanswered_escalations_become_spool_escalations(store, registry):
     cloud = Cloud(down=True)
     lease = lease_one(store)
     out = make_runner(registry, make_cascade(cloud), EdgeNode())(registry.get("a:1"), lease)
-    assert [r.item_id for r in out.results] == ["c0", "c2"]
-    assert all(r.tier == "edge" for r in out.results)
+    assert [r.item_id for r in out.results.rows()] == ["c0", "c2"]
+    assert all(r.tier == "edge" for r in out.results.rows())
     assert [e.item_id for e in out.escalations] == ["c1", "c3"]
     for e in out.escalations:
         i = CASCADE_IDS.index(e.item_id)
@@ -456,11 +456,11 @@ def test_shard_results_from_a_decision_directly():
     cascade.cloud.budget = TokenBucket(0.0, 1)  # the cloud may answer one item only
     decision = cascade.decide(cascade.rule("m"), PROBS, PROBS, CASCADE_IDS, 1.0)
     out = shard_results(decision, CASCADE_IDS, PROBS, "node-x", "v1")
-    assert [(r.item_id, r.tier) for r in out.results] == [
+    assert [(r.item_id, r.tier) for r in out.results.rows()] == [
         ("c0", "edge"), ("c1", "cloud"), ("c2", "edge")]
     assert [e.item_id for e in out.escalations] == ["c3"]
     assert out.escalations[0].fallback.label == 2
-    assert all(r.node == "node-x" and r.model_version == "v1" for r in out.results)
+    assert all(r.node == "node-x" and r.model_version == "v1" for r in out.results.rows())
 
 
 def test_spool_replayer_resolves_spooled_items_once_the_cloud_answers(store, registry):
@@ -544,7 +544,7 @@ def test_items_the_cloud_refuses_get_their_edge_answer_as_final(store, registry)
     cascade = make_cascade(Cloud(down=False, refusing=True))
     out = make_runner(registry, cascade, EdgeNode())(registry.get("a:1"), lease)
     assert out.escalations == []  # nothing spooled: it would be refused again
-    refused = {r.item_id: r for r in out.results if r.extra.get("cloud_error")}
+    refused = {r.item_id: r for r in out.results.rows() if r.extra.get("cloud_error")}
     assert sorted(refused) == ["c1", "c3"]
     for r in refused.values():
         assert r.tier == "edge" and r.extra["degraded"] is True

@@ -14,7 +14,7 @@ from coordinator.jobs.store import JobStore
 ROOT = Path(__file__).resolve().parents[3]
 
 # The child plays a coordinator: it creates a job, leases four shards, completes two, and is
-# SIGKILLed in the middle of completing the third (after its INSERTs, before COMMIT; the
+# SIGKILLed in the middle of completing the third (after its result block, before COMMIT; the
 # trace callback is fault injection on the store's one connection). Before dying it prints
 # the committed results so the parent can check that they survive unchanged.
 CHILD = """
@@ -37,10 +37,10 @@ committed = [[r.item_id, r.seq, r.label] for r in store.results(info.job_id)]
 print(json.dumps({"committed": committed, "killed_shard": leases[2].shard_id}), flush=True)
 
 def kill_before_commit(sql):
-    if sql.startswith("UPDATE jobs SET done_items"):
+    if sql.startswith("INSERT INTO job_nodes"):
         os.kill(os.getpid(), signal.SIGKILL)
 
-store._db.set_trace_callback(kill_before_commit)
+store.db.set_trace_callback(kill_before_commit)
 store.complete(leases[2].shard_id, leases[2].attempt, answer(leases[2]))
 print("not reached", flush=True)
 """

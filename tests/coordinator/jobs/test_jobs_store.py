@@ -411,7 +411,7 @@ def test_a_version_2_store_is_upgraded_in_place(tmp_path):
     store.requeue_node("n1")
     assert store.progress(info.job_id).requeued_shards == 1
     assert lease.attempt == 1
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
     store.close()
 
 
