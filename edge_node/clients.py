@@ -1,9 +1,10 @@
-"""The edge node's client of the coordinator: register, then heartbeat with load.
+"""The edge node's client of its coordinators: register, then heartbeat with load.
 
-Runs in one daemon thread. Registration is retried with capped exponential backoff
-until the coordinator answers; a heartbeat answered ``reregister`` (the coordinator
-restarted or forgot us) starts over. The node serves regardless: losing the coordinator
-never stops local inference.
+One ``CoordinatorLink`` per coordinator, each in its own daemon thread, so a coordinator
+that is down or slow delays no other's heartbeats. Registration is retried with capped
+exponential backoff until the coordinator answers; a heartbeat answered ``reregister``
+(the coordinator restarted or forgot us) starts over. The node serves regardless: losing
+a coordinator never stops local inference.
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ class CoordinatorLink:
         """Start the registration and heartbeat thread."""
         self._thread.start()
 
+    def stop(self) -> None:
+        """Tell the thread to end (it sends nothing more); ``close`` waits for it."""
+        self._stop.set()
+
     def close(self) -> None:
         """Stop the thread (waits up to ``RPC_TIMEOUT_S + 1`` seconds) and close the channel."""
-        self._stop.set()
+        self.stop()
         self._thread.join(RPC_TIMEOUT_S + 1)
         self._channel.close()
 
@@ -88,7 +93,8 @@ class CoordinatorLink:
         ), timeout=RPC_TIMEOUT_S)
         if response.draining != self.drained:
             self.drained = response.draining
-            log.info("coordinator %s this node", "drained" if self.drained else "undrained")
+            log.info("coordinator %s %s this node", self.address,
+                     "drained" if self.drained else "undrained")
         return not response.reregister
 
     def _run(self) -> None:
@@ -100,7 +106,8 @@ class CoordinatorLink:
                     interval = self._register()
                     backoff = 0.2
                 elif not self._beat():
-                    log.info("coordinator asked this node to register again")
+                    log.info("coordinator %s asked this node to register again",
+                             self.address)
                     self.registered.clear()
                     interval = None
                     continue
@@ -114,3 +121,12 @@ class CoordinatorLink:
                     interval = None  # re-register once it answers again
                 self._stop.wait(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+
+def close_links(links: list[CoordinatorLink]) -> None:
+    """Close every link: all are told to stop first, so that one waiting on an RPC to a
+    coordinator that does not answer holds up no other."""
+    for link in links:
+        link.stop()
+    for link in links:
+        link.close()

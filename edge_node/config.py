@@ -79,10 +79,13 @@ class NodeConfig:
     )
     """How many requests the coordinator may keep in flight here; 0 = 4 per worker."""
 
-    coordinator: str | None = field(
-        default=None, metadata={"help": "coordinator HOST:PORT to register with"}
+    coordinator: tuple[str, ...] = field(
+        default=(), metadata={"help": "coordinator HOST:PORT to register with; several: "
+                              "repeat the flag or separate them with commas"}
     )
-    """When set, the node registers with this coordinator and sends heartbeats with load."""
+    """Coordinators (``HOST:PORT``) the node registers with and sends heartbeats with load
+    to, each on its own (one that is down delays no other); empty = none. A string is
+    split at commas (flags, env, or a TOML string or array)."""
 
     advertise: bool = field(default=False, metadata={"help": "announce the node by zeroconf"})
     """Register a ``_edgeshard._tcp.local.`` service so ``edge-coordinator --discover``
@@ -131,10 +134,8 @@ class NodeConfig:
             f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}",
         )
         check(self.capacity >= 0, "capacity", "must be >= 0")
-        if self.coordinator is not None:
-            host, _, port = self.coordinator.rpartition(":")
-            check(bool(host) and port.isdigit(), "coordinator",
-                  f"{self.coordinator!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+        object.__setattr__(self, "coordinator",
+                           settings.address_list("coordinator", self.coordinator))
         if not self.workers:
             object.__setattr__(self, "workers", max(1, os.cpu_count() or 1))
         if not self.capacity:

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import ext
-from edge_node.clients import CoordinatorLink, LoadReport
+from edge_node.clients import CoordinatorLink, LoadReport, close_links
 from edge_node.config import NodeConfig
 from edge_node.engine import InferenceEngine
 from edge_node.errors import ModelLoadError
@@ -47,7 +47,7 @@ class EdgeNodeServer:
         self.metrics_port: int | None = None
         self.node_id = ""
         self._server: grpc.Server | None = None
-        self._link = None  # CoordinatorLink when --coordinator is set
+        self._links: list[CoordinatorLink] = []  # one per --coordinator
         self._advertiser = None  # Advertiser when --advertise is set
         self._stopped = threading.Event()
         self._served = False  # reached SERVING (a failed start never does)
@@ -105,14 +105,14 @@ class EdgeNodeServer:
                           capacity=self.config.capacity)
 
     def _announce(self) -> None:
-        """Join the coordinator and/or advertise by zeroconf, as configured."""
+        """Join each coordinator and/or advertise by zeroconf, as configured."""
         cfg = self.config
         address = f"{cfg.public_host}:{self.port}"
-        if cfg.coordinator:
-            self._link = CoordinatorLink(cfg.coordinator, self.node_id, address,
-                                         self.models_served, self.load_report,
-                                         software_version=VERSION)
-            self._link.start()
+        for coordinator in cfg.coordinator:
+            link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,
+                                   self.load_report, software_version=VERSION)
+            self._links.append(link)
+            link.start()
         if cfg.advertise:
             from edge_node.advertise import Advertiser  # zeroconf only when asked for
 
@@ -147,8 +147,7 @@ class EdgeNodeServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._advertiser is not None:
             self._advertiser.close()
-        if self._link is not None:
-            self._link.close()
+        close_links(self._links)
         drained = True
         if self._server is not None:
             self._server.stop(grace).wait()

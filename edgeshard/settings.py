@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,30 @@ def check(ok: bool, name: str, message: str) -> None:
 def check_port(name: str, value: int) -> None:
     """Raise ``SettingsError`` unless ``value`` is a port number in 0..65535."""
     check(0 <= value <= 65535, name, f"must be a port in 0..65535, got {value}")
+
+
+def address_list(name: str, value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``value`` as a tuple of ``HOST:PORT`` addresses, in order.
+
+    ``value`` is one address, a comma-separated list, or a sequence of either (repeated
+    flags, a TOML array); blank entries are dropped. Raises ``SettingsError`` naming
+    ``name`` and the entry that is not ``HOST:PORT`` or that is given twice.
+    """
+    if value is None:
+        return ()
+    out: list[str] = []
+    for part in [value] if isinstance(value, str) else value:
+        if not isinstance(part, str):
+            raise SettingsError(f"{name}: {part!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+        for entry in (e.strip() for e in part.split(",")):
+            if not entry:
+                continue
+            host, _, port = entry.rpartition(":")
+            check(bool(host) and port.isdigit() and int(port) <= 65535, name,
+                  f"{entry!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+            check(entry not in out, name, f"{entry!r} is given twice")
+            out.append(entry)
+    return tuple(out)
 
 
 def _kind(f: dataclasses.Field) -> str:

@@ -12,7 +12,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
 
 def test_node_example_loads():
     cfg = build_node({}, {}, CONFIG / "node.toml")
-    assert cfg.port == 8001 and cfg.advertise and cfg.coordinator == "coordinator.local:8000"
+    assert cfg.port == 8001 and cfg.advertise and cfg.coordinator == ("coordinator.local:8000",)
     assert cfg.capacity == 8  # 4 x 2 workers
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 import grpc
 
@@ -112,7 +113,7 @@ def admin(args) -> int:
     """
     from coordinator.api.control_client import CoordinatorClient
 
-    client = CoordinatorClient(args.coordinator)
+    client = CoordinatorClient(args.coordinator)  # moves to the next one that answers
     try:
         if args.command == "nodes":
             answer = client.listing()
@@ -128,21 +129,38 @@ def admin(args) -> int:
             print(f"job {status.job_id} is {status.state} ({status.done_items}/"
                   f"{status.total_items} items answered)")
     except grpc.RpcError as exc:
-        print(f"edge-coordinator {args.command}: {rpc_failure(exc, args.coordinator)}",
-              file=sys.stderr)
+        print(f"edge-coordinator {args.command}: "
+              f"{rpc_failure(exc, args.coordinator, client.address)}", file=sys.stderr)
         return 1
     finally:
         client.close()
     return 0
 
 
-def rpc_failure(exc: grpc.RpcError, address: str) -> str:
-    """One line for a failed call to the coordinator at ``address``, with a hint where the
-    status suggests a wrong address."""
+def rpc_failure(exc: grpc.RpcError, addresses: str | Sequence[str],
+                answered: str = "") -> str:
+    """One line for a failed call to the coordinator(s) at ``addresses`` (every one was
+    tried when the error is UNAVAILABLE), with a hint where the status suggests a wrong
+    address; ``answered`` is the address that gave the error, when known."""
+    addresses = (addresses,) if isinstance(addresses, str) else tuple(addresses)
     text = f"{exc.code().name}: {exc.details()}"
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return (f"{text} (is a coordinator running at {address}? "
-                "set it with --coordinator or EDGESHARD_COORDINATOR)")
+        if len(addresses) == 1:
+            return (f"{text} (is a coordinator running at {addresses[0]}? "
+                    "set it with --coordinator or EDGESHARD_COORDINATOR)")
+        return (f"{text} (no coordinator answered; tried {', '.join(addresses)}: is one "
+                "of them running and reachable from here? set them with --coordinator or "
+                "EDGESHARD_COORDINATOR)")
     if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-        return f"{text} ({address} is not a coordinator: an edge node?)"
+        who = answered or (addresses[0] if len(addresses) == 1
+                           else f"one of {', '.join(addresses)}")
+        return f"{text} ({who} is not a coordinator: an edge node?)"
     return text
+
+
+def described(addresses: str | Sequence[str]) -> str:
+    """``the coordinator at A``, or ``any coordinator at A, B`` for several."""
+    addresses = (addresses,) if isinstance(addresses, str) else tuple(addresses)
+    if len(addresses) == 1:
+        return f"the coordinator at {addresses[0]}"
+    return f"any coordinator at {', '.join(addresses)}"

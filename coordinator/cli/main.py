@@ -16,13 +16,18 @@ from coordinator.cli.interrupt import Interrupted, exit_interrupted
 from coordinator.config import CoordinatorConfig, build
 from edgeshard import VERSION
 from edgeshard.lifecycle import run_until_signal
-from edgeshard.settings import SettingsError, add_flags, config_file_from
+from edgeshard.settings import SettingsError, add_flags, address_list, config_file_from
 
 log = logging.getLogger("coordinator")
 
 BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader went away
 
-DEFAULT_COORDINATOR = os.environ.get("EDGESHARD_COORDINATOR", "127.0.0.1:8000")
+DEFAULT_COORDINATOR = "127.0.0.1:8000"
+COORDINATOR_ENV = "EDGESHARD_COORDINATOR"
+COORDINATOR_HELP = (
+    "coordinator HOST:PORT; for several replicas of one fleet repeat the flag or separate "
+    "the addresses with commas: calls go to one and move to the next when it does not "
+    f"answer (env {COORDINATOR_ENV}, comma-separated; default {DEFAULT_COORDINATOR})")
 
 SERVE_EPILOG = """\
 Every option can also come from the environment (EDGESHARD_<OPTION>) or a TOML file
@@ -53,9 +58,8 @@ def parser() -> argparse.ArgumentParser:
     add_flags(serve, CoordinatorConfig)
 
     def with_target(sp):
-        sp.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
-                        help="coordinator HOST:PORT (env EDGESHARD_COORDINATOR; "
-                        f"default {DEFAULT_COORDINATOR})")
+        sp.add_argument("--coordinator", action="append", metavar="HOST:PORT[,...]",
+                        help=COORDINATOR_HELP)
         return sp
 
     submit = with_target(sub.add_parser(
@@ -168,11 +172,28 @@ def submit(args) -> int:
     return 0 if outcome.state == JobState.DONE else 1
 
 
+def coordinators(flags: list[str] | None, env) -> tuple[str, ...]:
+    """The coordinators a command asks: ``--coordinator`` (repeated and/or comma-separated),
+    else ``EDGESHARD_COORDINATOR`` (comma-separated), else the default. Raises
+    ``SettingsError`` naming the source and the entry that is not ``HOST:PORT``."""
+    if flags:
+        return address_list("--coordinator", flags)
+    if env.get(COORDINATOR_ENV, "").strip():
+        return address_list(COORDINATOR_ENV, env[COORDINATOR_ENV])
+    return (DEFAULT_COORDINATOR,)
+
+
 def run_command(args, argv: list[str] | None) -> int:
     """Run the subcommand ``args`` names; returns its exit code."""
     if args.command == "serve":
         return serve(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if hasattr(args, "coordinator"):
+        try:
+            args.coordinator = coordinators(args.coordinator, os.environ)
+        except SettingsError as exc:
+            print(f"edge-coordinator {args.command}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "submit":
         return submit(args)
     if args.command == "demo":

@@ -22,12 +22,14 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from coordinator.api.control_client import CoordinatorClient
+from coordinator.cli.admin import described
 from coordinator.cli.interrupt import Interrupted, close_client
 from coordinator.cli.job_monitor import AWAY, JobMonitor
 from coordinator.cli.progress import ProgressBar
@@ -42,8 +44,8 @@ SUBMIT_AGAIN = RETRYABLE | {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class CoordinatorUnreachable(UnavailableError):
-    """The coordinator did not answer within ``--retry-for`` seconds (the message says
-    whether the job can be resumed)."""
+    """No coordinator answered within ``--retry-for`` seconds (the message names every
+    address tried and says whether the job can be resumed)."""
 
 
 @dataclass
@@ -78,12 +80,14 @@ def _save(output: Path, job_id: str, seq: int, written: int, offset: int,
 
 
 class _Waiting:
-    """Says once on stderr that the command waits for the coordinator, then keeps it on
-    the progress line; raises ``CoordinatorUnreachable`` after ``retry_for`` seconds
-    without an answer (``answered`` may be called from another thread)."""
+    """Says once on stderr that the command waits for a coordinator (of ``addresses``),
+    then keeps it on the progress line; raises ``CoordinatorUnreachable`` after
+    ``retry_for`` seconds without an answer (``answered`` may be called from another
+    thread)."""
 
-    def __init__(self, address: str, retry_for: float, bar: ProgressBar | None):
-        self.address = address
+    def __init__(self, addresses: str | Sequence[str], retry_for: float,
+                 bar: ProgressBar | None):
+        self.where = described(addresses)
         self.retry_for = retry_for
         self.bar = bar
         self.said = False
@@ -100,12 +104,12 @@ class _Waiting:
         ends the message) when the time is up."""
         if time.monotonic() >= self.give_up:
             raise CoordinatorUnreachable(
-                f"no answer from the coordinator at {self.address} ({why}) for "
+                f"no answer from {self.where} ({why}) for "
                 f"{self.retry_for:g} s (--retry-for); {next_step}")
         if not self.said:
             self.said = True
-            line = (f"edge-coordinator submit: waiting for the coordinator at {self.address} "
-                    f"({why}); retrying for up to {self.retry_for:g} s (--retry-for)")
+            line = (f"edge-coordinator submit: waiting for {self.where} ({why}); "
+                    f"retrying for up to {self.retry_for:g} s (--retry-for)")
             if self.bar:
                 self.bar.say(line)
             else:
@@ -114,23 +118,18 @@ class _Waiting:
             self.bar.update(note=AWAY)
 
     def until_reachable(self, client: CoordinatorClient, next_step: str) -> None:
-        """Block until the client's channel connects (``away`` every second until then)."""
-        ready = grpc.channel_ready_future(client.channel)
-        try:
-            while True:
-                try:
-                    ready.result(timeout=1.0)
-                    return
-                except grpc.FutureTimeoutError:
-                    self.away("not reachable", next_step)
-        finally:
-            ready.cancel()
+        """Block until one of the client's coordinators accepts a connection (``away``
+        every second until then)."""
+        while not client.connect(1.0):
+            self.away("not reachable", next_step)
 
 
-def run_submit(coordinator: str, model: str, input_path: Path, output: Path,
+def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, output: Path,
                shard_size: int = 0, job_id: str = "", model_version: str = "",
                retry_for: float = 120.0, progress: bool = True) -> SubmitOutcome:
     """Submit (or resume) a job and write its results; returns when it is finished.
+
+    ``coordinator``: one address or several (see ``CoordinatorClient``).
 
     Raises ``JobInputError``/``ValueError``/``OSError`` for bad input or a sidecar of
     another job, ``CoordinatorUnreachable`` after ``retry_for`` seconds without an
