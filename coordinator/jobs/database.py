@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +32,7 @@ from coordinator.errors import StoreFullError, StoreUnavailableError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+FAULT_HOLD_S = 2.0  # a write fault is reported until writes succeed this long after it
 
 
 class Cursor(Protocol):
@@ -71,6 +73,7 @@ class Database:
     def __init__(self) -> None:
         self.fault: str | None = None
         self._fault_lock = threading.Lock()
+        self._fault_at = 0.0
 
     def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in one write transaction and commit; all or nothing."""
@@ -89,6 +92,7 @@ class Database:
         with self._fault_lock:
             first = self.fault is None
             self.fault = "disk full" if full else why
+            self._fault_at = time.monotonic()
         if first:
             log.error("job store %s cannot write: %s (%s); work waits and resumes by itself "
                       "when it can write again (logged once)", self.location, self.fault, exc)
@@ -98,8 +102,12 @@ class Database:
         return StoreUnavailableError(f"job store: cannot write ({exc}); retry later")
 
     def _recovered(self) -> None:
+        """A write succeeded: the fault is over once none failed for ``FAULT_HOLD_S`` (small
+        writes may fit where large ones do not, as in a nearly full disk)."""
         if self.fault is not None:
             with self._fault_lock:
+                if self.fault is None or time.monotonic() - self._fault_at < FAULT_HOLD_S:
+                    return
                 self.fault = None
             log.info("job store %s writes again", self.location)
 

@@ -10,7 +10,6 @@ share the store, ``heartbeat`` / ``requeue_orphans`` (leases of a replica that d
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -75,15 +74,16 @@ class ShardLeases:
                 break
         if row is None:
             return None
-        shard_id, job_id, attempt, model, params, item_ids, payload = db.execute(
-            "SELECT s.shard_id, s.job_id, s.attempt, j.model, j.params, d.item_ids, "
-            "d.payload FROM shards s JOIN jobs j ON j.job_id = s.job_id "
+        shard_id, job_id, attempt, model, params, dtype, shape, item_ids, payload = db.execute(
+            "SELECT s.shard_id, s.job_id, s.attempt, j.model, j.params, j.dtype, j.item_shape, "
+            "d.item_ids, d.payload FROM shards s JOIN jobs j ON j.job_id = s.job_id "
             "JOIN shard_data d ON d.shard_id = s.shard_id "
             "WHERE s.shard_id = ?", (row[0],)).fetchone()
         db.execute("UPDATE shards SET state = 'leased', attempt = ?, node_id = ?, owner = ?, "
                    "lease_expires = ? WHERE shard_id = ?",
                    (attempt + 1, node_id, self.replica_id, expires, shard_id))
-        return shard_id, job_id, attempt + 1, model, params, item_ids, payload, expires
+        return (shard_id, job_id, attempt + 1, model, params, item_ids, (dtype, shape, payload),
+                expires)
 
     def extend_lease(self, shard_id: int, attempt: int, lease_seconds: float,
                      now: float) -> bool:
@@ -213,6 +213,18 @@ def _to_lease(taken: tuple | None, node_id: str) -> Lease | None:
         return None
     shard_id, job_id, attempt, model, params, item_ids, payload, expires = taken
     log.debug("leased shard %d (job %s) attempt %d to %s", shard_id, job_id, attempt, node_id)
-    return Lease(job_id, shard_id, attempt, model, msgpack.unpackb(item_ids),
-                 np.load(io.BytesIO(payload), allow_pickle=False), json.loads(params),
-                 node_id, expires)
+    ids = msgpack.unpackb(item_ids)
+    return Lease(job_id, shard_id, attempt, model, ids, npy_items(*payload, len(ids)),
+                 json.loads(params), node_id, expires)
+
+
+def npy_items(dtype: str, item_shape: str, blob: bytes, count: int) -> np.ndarray:
+    """The ``count`` items of a stored shard payload (.npy bytes of a C-ordered array), as a
+    read-only view of ``blob``: dtype and item shape (JSON) come from the job's row, so only
+    the header's length is read (``np.load`` parses the header text, on every lease)."""
+    if blob[:6] != b"\x93NUMPY":
+        raise ValueError("shard payload: not .npy bytes")
+    start = (10 + int.from_bytes(blob[8:10], "little") if blob[6] == 1
+             else 12 + int.from_bytes(blob[8:12], "little"))
+    items = np.frombuffer(blob, np.dtype(dtype), offset=start)
+    return items.reshape(count, *json.loads(item_shape))

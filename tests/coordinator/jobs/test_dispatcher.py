@@ -307,8 +307,8 @@ def test_a_store_error_does_not_end_the_pullers(store, dispatchers, caplog):
     assert progress.state is JobState.DONE
     assert progress.done_items == 4
     assert any(t.name.startswith("pull-node-a") and t.is_alive() for t in threading.enumerate())
+    wait_for(lambda: store.fault is None, timeout=10.0, what="the fault to clear")
     assert caplog.text.count("cannot write") == 1 and "writes again" in caplog.text
-    assert store.fault is None
 
 
 def test_close_stops_the_pullers(store, registry):

@@ -53,7 +53,10 @@ def images(n: int) -> np.ndarray:
     return np.zeros((n, 28, 28), np.uint8)
 
 
-def test_a_full_disk_refuses_writes_clearly_and_they_resume_when_it_frees(small_disk):
+def test_a_full_disk_refuses_writes_clearly_and_they_resume_when_it_frees(small_disk,
+                                                                         monkeypatch):
+    # The fault is reported until writes work for FAULT_HOLD_S; here from the first one.
+    monkeypatch.setattr("coordinator.jobs.database.FAULT_HOLD_S", 0.0)
     store = JobStore(str(small_disk / "jobs.sqlite3"))
     try:
         store.create_job("m", (None, images(10)), 5)
@@ -96,7 +99,10 @@ def test_a_job_survives_its_disk_filling_and_finishes_once_space_is_back(fleet, 
     assert status.state == "done"
     seen = Counter(r.id for r in fleet.client.results(job.job_id))
     assert set(seen) == set(ids) and max(seen.values()) == 1  # nothing lost or repeated
-    assert fleet.client.listing().store_fault == ""
+    deadline = time.monotonic() + 10  # reported until writes work for a while
+    while fleet.client.listing().store_fault:
+        assert time.monotonic() < deadline, "the store fault is still reported"
+        time.sleep(0.2)
     log = fleet.coordinator.log_path.read_text()
     # Logged when writes start failing and when they work again (writes that fit the
     # write-ahead log may succeed in between), never once per retry, never a traceback.
