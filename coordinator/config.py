@@ -45,6 +45,19 @@ class CoordinatorConfig:
     """Jobs, shards and results live in ``state_dir/jobs.sqlite3``; restart on the same
     directory resumes unfinished jobs."""
 
+    state_url: str | None = field(
+        default=None, metadata=_help("postgresql://USER@HOST:PORT/DB: share a PostgreSQL job "
+                                     "store with other coordinator replicas (default: SQLite "
+                                     "in --state-dir)"))
+    """When set, jobs, shards, results and the spool live in this PostgreSQL database,
+    shared by every coordinator given the same URL (replicas); ``state_dir`` is unused."""
+
+    replica_timeout_s: float = field(
+        default=5.0, metadata=_help("a replica silent this long is dead: its leases go back "
+                                    "to the queue (PostgreSQL only)"))
+    """Replicas heartbeat in the shared store every second; one not seen for this long
+    has died and the shards its pullers held are re-queued at once."""
+
     metrics_port: int | None = field(
         default=None, metadata=_help("Prometheus /metrics port (0 picks one; unset: off)")
     )
@@ -190,6 +203,11 @@ class CoordinatorConfig:
             host, _, port = address.rpartition(":")
             check(bool(host) and port.isdigit(), "node",
                   f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:8001)")
+        if self.state_url is not None:
+            check(self.state_url.startswith(("postgresql://", "postgres://")), "state_url",
+                  f"{self.state_url!r} is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")
+        check(self.replica_timeout_s >= 2.0, "replica_timeout_s",
+              f"must be >= 2 (replicas heartbeat every second), got {self.replica_timeout_s}")
         for name in ("heartbeat_interval_s", "probe_interval_s", "probe_timeout_s",
                      "suspect_after_s", "dead_after_s", "request_timeout_s",
                      "shard_deadline_s", "lease_s"):

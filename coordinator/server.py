@@ -1,7 +1,9 @@
 """Coordinator process lifecycle: state -> membership -> dispatch -> serve -> drain.
 
-Start-up re-opens the SQLite job store under ``--state-dir`` and re-queues the shards a
-previous process had leased, so a coordinator killed with SIGKILL resumes its jobs.
+Start-up re-opens the job store (SQLite under ``--state-dir``, or the PostgreSQL database
+of ``--state-url`` shared with other replicas) and re-queues the shards a previous process
+had leased, so a coordinator killed with SIGKILL resumes its jobs (on PostgreSQL the
+surviving replicas re-queue a dead one's leases within ``--replica-timeout-s``).
 Health is SERVING once the gRPC server runs; SIGTERM turns it NOT_SERVING, refuses new
 RPCs and gives in-flight ones ``grace_seconds``.
 """
@@ -101,9 +103,12 @@ class CoordinatorServer:
     def start(self) -> None:
         """Open the state, start membership, jobs and the cascade, then serve."""
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_state_dir()
-        self.store = JobStore(str(cfg.state_dir / "jobs.sqlite3"))
+        if cfg.state_url is not None:  # a store shared by replicas: no state dir to own
+            self.store = JobStore(cfg.state_url)
+        else:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_state_dir()
+            self.store = JobStore(str(cfg.state_dir / "jobs.sqlite3"))
         for address in cfg.node:
             self.registry.add_candidate(address, "seed")
         self.cascade = self._build_cascade()
@@ -113,7 +118,8 @@ class CoordinatorServer:
             ShardRunner(self.forwarder, node_classifier(self.clients), cfg.shard_deadline_s,
                         self.cascade, cfg.cloud_timeout_s),
             cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed,
-            spool_limits=SpoolLimits(cfg.spool_max_items, cfg.spool_max_bytes, cfg.spool_ttl_s))
+            spool_limits=SpoolLimits(cfg.spool_max_items, cfg.spool_max_bytes, cfg.spool_ttl_s),
+            replica_timeout_s=cfg.replica_timeout_s)
         if self.cascade is not None:
             self.replayer = SpoolReplayer(spool, self.cascade, cfg.cloud_timeout_s,
                                           on_change=self.dispatcher.notify)
@@ -127,6 +133,7 @@ class CoordinatorServer:
         self._server = create_server(32 + 3 * cfg.max_streams, "coord-grpc",
                                      message_options(cfg.max_message_bytes))
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
+        self.dispatcher.address = f"{cfg.host}:{self.port}"
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s,
@@ -153,7 +160,7 @@ class CoordinatorServer:
         self.front.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator serving on %s:%d (state %s, %d seed node(s))",
-                 cfg.host, self.port, cfg.state_dir, len(cfg.node))
+                 cfg.host, self.port, self.store.path, len(cfg.node))
         if cfg.ready_file:
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
             tmp.write_text(json.dumps({"grpc_port": self.port,

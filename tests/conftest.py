@@ -188,3 +188,12 @@ def pg_url(postgres):
     url = postgres.create_database(name)
     yield url
     postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a job store lives, once per backend: a SQLite file, then a fresh PostgreSQL
+    database (the backend-independent store tests run on both)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    return request.getfixturevalue("pg_url")

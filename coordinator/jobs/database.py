@@ -87,6 +87,11 @@ class Database:
         """Release connections; the database is unusable afterwards."""
         raise NotImplementedError
 
+    def owns(self, duty: str) -> bool:
+        """True when this process runs the singleton ``duty`` now: always, on a database
+        of its own; on a shared one, while it holds the duty's lock."""
+        return True
+
     def _faulted(self, why: str, full: bool, exc: Exception) -> Exception:
         """The domain error for a write the database refused; the first of a run is logged."""
         with self._fault_lock:

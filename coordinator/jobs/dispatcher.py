@@ -57,7 +57,8 @@ class Dispatcher:
     def __init__(self, store: JobStore, registry: Registry, run_shard: RunShard,
                  shards_per_node: int = 2, lease_s: float = 15.0,
                  on_commit: Callable[[str, int, int], None] | None = None,
-                 spool_limits: SpoolLimits | None = None):
+                 spool_limits: SpoolLimits | None = None, address: str = "",
+                 replica_timeout_s: float = 5.0):
         self.store = store
         self.registry = registry
         self.run_shard = run_shard
@@ -65,6 +66,8 @@ class Dispatcher:
         self.lease_s = lease_s
         self.on_commit = on_commit  # metrics hook: (node_id, accepted, duplicates)
         self.spool_limits = spool_limits
+        self.address = address  # this coordinator's, in the replicas table
+        self.replica_timeout_s = replica_timeout_s
         self._cond = threading.Condition()
         self._pullers: dict[str, list[threading.Thread]] = {}
         self._stop = threading.Event()
@@ -73,7 +76,12 @@ class Dispatcher:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Re-queue the previous process's leases, follow membership, start pulling."""
+        """Re-queue the previous process's leases, follow membership, start pulling.
+
+        On a shared store this replica first says it is alive, so that no other replica
+        takes its leases for a dead one's."""
+        if self.store.shared:
+            self.store.heartbeat(self.address, time.time())
         recovered = self.store.recover()
         if recovered:
             log.info("re-queued %d shard(s) leased before the restart", recovered)
@@ -207,9 +215,18 @@ class Dispatcher:
         return outcome.next_lease
 
     def _sweep(self) -> None:
+        """Every 0.5 s: heartbeat (shared store); and, while this process owns the duty,
+        re-queue expired leases and those of replicas that died."""
         while not self._stop.wait(0.5):
+            now = time.time()
             try:
-                expired = self.store.requeue_expired(time.time())
+                if self.store.shared:
+                    self.store.heartbeat(self.address, now)
+                if not self.store.owns("lease-sweeper"):
+                    continue
+                expired = self.store.requeue_expired(now)
+                if self.store.shared:
+                    expired += self.store.requeue_orphans(now, self.replica_timeout_s)
             except (StoreFullError, StoreUnavailableError):
                 continue  # logged once by the store; the sweep runs again in 0.5 s
             except Exception:  # noqa: BLE001
@@ -217,5 +234,6 @@ class Dispatcher:
                 continue
             if expired:
                 self.requeued += len(expired)
-                log.warning("re-queued %d shard(s) whose lease expired", len(expired))
+                log.warning("re-queued %d shard(s) whose lease expired or whose coordinator "
+                            "replica stopped", len(expired))
                 self.notify()

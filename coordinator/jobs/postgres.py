@@ -79,6 +79,7 @@ class PostgresDatabase(Database):
         self.pool = ConnectionPool(url, min_size=1, max_size=max_connections,
                                    timeout=pool_timeout_s, open=False, name="edgeshard-store",
                                    kwargs={"autocommit": False})
+        self.duties = Duties(url)
         self.pool.open(wait=False)
         try:
             self.pool.wait(timeout=pool_timeout_s)
@@ -114,7 +115,11 @@ class PostgresDatabase(Database):
             raise self._faulted(str(exc), False, exc) from exc
 
     def close(self) -> None:  # noqa: D102
+        self.duties.close()
         self.pool.close()
+
+    def owns(self, duty: str) -> bool:  # noqa: D102
+        return self.duties.owns(duty)
 
 
 class Duties:

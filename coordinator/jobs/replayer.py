@@ -100,7 +100,9 @@ class SpoolReplayer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                resolved = self.run_once()
+                # One replica replays a shared spool (each entry costs a cloud call).
+                resolved = (self.run_once() if self.queue.store.owns("spool-replayer")
+                            else 0)
             except (StoreFullError, StoreUnavailableError):
                 resolved = 0  # logged once by the store; the next round tries again
             except Exception:  # noqa: BLE001 - keep replaying

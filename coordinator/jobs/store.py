@@ -137,6 +137,12 @@ class JobStore(ShardLeases):
         """Close the database; the store is unusable afterwards."""
         self.database.close()
 
+    def owns(self, duty: str) -> bool:
+        """True when this process runs the singleton ``duty`` (lease sweeper, spool
+        replayer) now; on a shared store one replica does, and another takes over when it
+        dies."""
+        return self.database.owns(duty)
+
     # -- jobs ---------------------------------------------------------------------------------
 
     def create_job(self, model: str, items: ItemSource | tuple[Sequence[str] | None, np.ndarray],

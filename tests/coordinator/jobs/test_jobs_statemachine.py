@@ -12,9 +12,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import psycopg
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from coordinator.jobs.model import ResultRow
 from coordinator.jobs.store import JobStore
@@ -28,7 +35,7 @@ class JobStoreMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="jobstore-sm-")
-        self.path = str(Path(self.dir) / "jobs.db")
+        self.path = self.location()
         self.store = JobStore(self.path, max_failures=10_000)
         info = self.store.create_job("m", (None, np.zeros((ITEMS, 2, 2), np.uint8)), 3, {})
         self.job_id = info.job_id
@@ -36,6 +43,10 @@ class JobStoreMachine(RuleBasedStateMachine):
         self.leases = []  # every lease ever handed out, stale ones included
         self.current = {}  # shard_id -> latest attempt
         self.first = {}  # item_id -> (node, attempt) of the first answer
+
+    def location(self) -> str:
+        """A fresh, empty store for this example."""
+        return str(Path(self.dir) / "jobs.db")
 
     def answers(self, lease, ids):
         return [ResultRow(i, int(i), 0.5, "edge", lease.node_id, str(lease.attempt))
@@ -103,7 +114,7 @@ class JobStoreMachine(RuleBasedStateMachine):
 
     def teardown(self):
         try:
-            self.store.recover()
+            self.restart()  # the leases of the process that held them are void
             while (lease := self.store.lease_next("drain", LEASE_SECONDS, self.now)) is not None:
                 self.current[lease.shard_id] = lease.attempt
                 self.deliver(lease, lease.ids)
@@ -121,3 +132,22 @@ JobStoreMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_job_store_state_machine = JobStoreMachine.TestCase
+
+
+class PostgresJobStoreMachine(JobStoreMachine):
+    """The same machine on PostgreSQL: each example starts from an empty schema."""
+
+    url = ""  # set by the test below
+
+    def location(self) -> str:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        return self.url
+
+
+def test_job_store_state_machine_on_postgresql(pg_url, monkeypatch):
+    monkeypatch.setattr(PostgresJobStoreMachine, "url", pg_url)
+    run_state_machine_as_test(PostgresJobStoreMachine, settings=settings(
+        max_examples=20, stateful_step_count=30, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow]))

@@ -21,8 +21,8 @@ from coordinator.jobs.store import JobStore
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = JobStore(str(tmp_path / "jobs.db"))
+def store(store_location):
+    s = JobStore(store_location)
     yield s
     s.close()
 
@@ -213,8 +213,8 @@ def test_release_requeues_only_the_current_attempt(store):
         store.release(9999, 1, "x")
 
 
-def test_repeated_failures_fail_the_job(tmp_path):
-    store = JobStore(str(tmp_path / "jobs.db"), max_failures=2)
+def test_repeated_failures_fail_the_job(store_location):
+    store = JobStore(store_location, max_failures=2)
     info = job(store, n=4, shard_size=2)
     for _ in range(2):
         lease = store.lease_next("n1", 10, now=0)
@@ -226,8 +226,8 @@ def test_repeated_failures_fail_the_job(tmp_path):
     store.close()
 
 
-def test_unreachable_node_does_not_count_as_a_shard_failure(tmp_path):
-    store = JobStore(str(tmp_path / "jobs.db"), max_failures=1)
+def test_unreachable_node_does_not_count_as_a_shard_failure(store_location):
+    store = JobStore(store_location, max_failures=1)
     info = job(store, n=2, shard_size=2)
     for _ in range(3):
         lease = store.lease_next("n1", 10, now=0)
@@ -264,8 +264,8 @@ def test_requeue_expired_with_fake_clock(store):
     assert store.lease_next("n3", 10, now=140).shard_id == a.shard_id
 
 
-def test_recover_requeues_every_lease_and_payloads_survive_reopen(tmp_path):
-    path = str(tmp_path / "jobs.db")
+def test_recover_requeues_every_lease_and_payloads_survive_reopen(store_location):
+    path = store_location
     store = JobStore(path)
     info = store.create_job("mnist", (["a", "b", "c"], images(3)), 2, {"p": [1, 2]})
     store.lease_next("n1", 10, now=0)
@@ -321,8 +321,8 @@ def test_list_jobs(store):
 # -- results / resume -----------------------------------------------------------------------
 
 
-def test_results_after_seq_resume(tmp_path):
-    path = str(tmp_path / "jobs.db")
+def test_results_after_seq_resume(store_location):
+    path = store_location
     store = JobStore(path)
     info = job(store, n=10, shard_size=3)
     while (lease := store.lease_next("n1", 10, now=0)) is not None:
@@ -362,8 +362,8 @@ def test_concurrent_leases_never_share_a_shard(store):
 # -- what a job survived --------------------------------------------------------------------
 
 
-def test_jobs_count_their_requeued_shards_and_discarded_duplicates(tmp_path):
-    path = str(tmp_path / "jobs.db")
+def test_jobs_count_their_requeued_shards_and_discarded_duplicates(store_location):
+    path = store_location
     store = JobStore(path)
     first = job(store, n=12, shard_size=2)
     other = store.create_job("mnist", (None, images(2)), 2)

@@ -1,0 +1,116 @@
+"""Several coordinator replicas on one real PostgreSQL job store, with real edge nodes.
+
+Any replica answers any Jobs call; a replica SIGKILLed mid-job loses and repeats nothing:
+the others re-queue the shards its pullers held and finish the job.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from coordinator.api.control_client import CoordinatorClient
+from coordinator.cli.launcher import start_coordinator, start_node
+from tests.conftest import FAST_MEMBERSHIP
+from tests.coordinator.jobs.test_fleet_jobs import (
+    EDGE,
+    PACED,
+    check_exactly_once,
+    job_items,
+    wait_done_items,
+    wait_finished,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def processes():
+    started = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+def wait_live(client: CoordinatorClient, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(n.state == "live" for n in client.nodes()) < count:
+        assert time.monotonic() < deadline, f"{client.address}: {client.nodes()}"
+        time.sleep(0.1)
+
+
+def wait_for_leases(pg_url: str, address: str, timeout: float = 30.0) -> int:
+    """How many shards the replica serving at ``address`` holds leased, once it holds any
+    (read from the shared store itself)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        while True:
+            held = conn.execute(
+                "SELECT COUNT(*) FROM shards s JOIN replicas r ON r.replica_id = s.owner "
+                "WHERE s.state = 'leased' AND r.address = %s", (address,)).fetchone()[0]
+            if held:
+                return held
+            assert time.monotonic() < deadline, f"{address} never held a lease"
+            time.sleep(0.005)
+
+
+def replica(name: str, pg_url: str, tmp_path, processes: list):
+    proc = start_coordinator(name, tmp_path / name, tmp_path, extra_args=[
+        *FAST_MEMBERSHIP, "--state-url", pg_url, "--replica-timeout-s", "3"])
+    processes.append(proc)
+    return proc
+
+
+def test_a_replica_killed_mid_job_loses_and_repeats_nothing(tmp_path, pg_url, processes,
+                                                             shipped_repository, holdout):
+    a = replica("replica-a", pg_url, tmp_path, processes)
+    b = replica("replica-b", pg_url, tmp_path, processes)
+    for i in range(3):
+        processes.append(start_node(f"n{i}", shipped_repository, tmp_path, extra_args=[
+            "--coordinator", a.address, "--coordinator", b.address, "--workers", "1",
+            *PACED]))
+    via_a, via_b = CoordinatorClient(a.address), CoordinatorClient(b.address)
+    try:
+        wait_live(via_a, 3)
+        wait_live(via_b, 3)
+        items, truth = job_items(holdout, 8)
+        status = via_a.submit(EDGE, items, shard_size=16, job_id="replicated-job")
+        # The other replica sees the job at once and works on it too.
+        assert via_b.get(status.job_id).total_items == len(truth)
+        wait_done_items(via_b, status.job_id, len(truth) // 3)
+        held = wait_for_leases(pg_url, a.address)  # so that the kill orphans some
+        a.kill()  # SIGKILL mid-job
+        final = wait_finished(via_b, status.job_id)
+        assert final.state == "done", final
+        check_exactly_once(via_b, status.job_id, truth)
+        assert final.requeued_shards >= held  # B gave the dead replica's shards back
+        assert "leased by coordinator replicas that stopped" in b.log_path.read_text()
+    finally:
+        via_a.close()
+        via_b.close()
+
+
+def test_any_replica_answers_for_a_job_submitted_on_another(tmp_path, pg_url, processes,
+                                                            shipped_repository, holdout):
+    a = replica("replica-a", pg_url, tmp_path, processes)
+    b = replica("replica-b", pg_url, tmp_path, processes)
+    processes.append(start_node("n0", shipped_repository, tmp_path, extra_args=[
+        "--coordinator", a.address, "--workers", "1", *PACED]))
+    via_a, via_b = CoordinatorClient(a.address), CoordinatorClient(b.address)
+    try:
+        wait_live(via_a, 1)
+        items, truth = job_items(holdout, 20)
+        status = via_a.submit(EDGE, items, shard_size=16, job_id="cancel-me")
+        wait_done_items(via_b, status.job_id, 1)
+        assert [j.job_id for j in via_b.list_jobs()] == ["cancel-me"]
+        cancelled = via_b.cancel(status.job_id)
+        assert cancelled.state == "cancelled"
+        assert via_a.get(status.job_id).state == "cancelled"
+        fetched = list(via_b.results(status.job_id))
+        assert 0 < len(fetched) < len(truth)
+        assert len({r.id for r in fetched}) == len(fetched)
+    finally:
+        via_a.close()
+        via_b.close()
