@@ -4,13 +4,15 @@ bottleneck).
 Usage::
 
     python bench/bench_jobpath.py [--items 100000] [--nodes 1 4] [--shard-size 64]
+    python bench/bench_jobpath.py --postgres --replicas 1 2 4 [--nodes 4]
 
-Starts a coordinator and ``--nodes`` stand-in nodes (bench/instant_node.py: same protocol
-as ``edge-node``, no model) as separate processes on loopback, submits one job of
-``--items`` 28x28 uint8 items, waits for it to finish, fetches every result and reports:
-items/s (Submit to done), the coordinator's CPU seconds per item (µs, user + system, all
-threads, from /proc; and the part spent until Submit returned, which stores the items),
-the stand-ins' CPU, and lost / duplicated results (must be 0).
+Starts a coordinator (or ``--replicas`` of them on one PostgreSQL store, each knowing every
+node) and ``--nodes`` stand-in nodes (bench/instant_node.py: same protocol as ``edge-node``,
+no model) as separate processes on loopback, submits one job of ``--items`` 28x28 uint8
+items, waits for it to finish, fetches every result and reports: items/s (Submit to done),
+the coordinators' CPU seconds per item (µs, user + system, all threads and replicas, from
+/proc; and the part spent until Submit returned, which stores the items), the stand-ins'
+CPU, and lost / duplicated results (must be 0). PostgreSQL's own CPU is not counted.
 Everything it starts is stopped before it exits. Results: docs/PERFORMANCE.md.
 """
 
@@ -38,20 +40,27 @@ from coordinator.jobs.items import ItemSource  # noqa: E402
 
 
 def run(items: int, nodes: int, shard_size: int, timeout: float,
-        profile: Path | None = None) -> dict:
-    """One job on a fresh coordinator with ``nodes`` instant stand-ins; its figures."""
+        profile: Path | None = None, state_url: str | None = None, replicas: int = 1) -> dict:
+    """One job on fresh coordinator(s) with ``nodes`` instant stand-ins; its figures.
+
+    With ``state_url`` (an empty PostgreSQL database), ``replicas`` coordinators share it;
+    every replica knows every node; the job is submitted and watched through the first.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="edgeshard-bench-jobpath-"))
-    procs = []
+    procs, coordinators = [], []
     try:
         for i in range(nodes):
             procs.append(start_process(f"instant-{i}", [str(HERE / "instant_node.py")],
                                        ["--max-batch", str(shard_size)], workdir))
         seeds = [arg for p in procs for arg in ("--node", p.address)]
-        coordinator = start_coordinator("coordinator", workdir / "state", workdir,
-                                        extra_args=["--log-level", "WARNING", "--shard-size",
-                                                    str(shard_size), *seeds])
-        procs.append(coordinator)
-        client = CoordinatorClient(coordinator.address)
+        store = ["--state-url", state_url] if state_url else []
+        for r in range(replicas):
+            coordinators.append(start_coordinator(
+                f"coordinator-{r}", workdir / f"state-{r}", workdir,
+                extra_args=["--log-level", "WARNING", "--shard-size", str(shard_size),
+                            *store, *seeds]))
+        procs.extend(coordinators)
+        client = CoordinatorClient(coordinators[0].address)
         deadline = time.monotonic() + 30
         while sum(n.state == "live" for n in client.nodes()) < nodes:
             if time.monotonic() > deadline:
@@ -59,25 +68,31 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
             time.sleep(0.1)
         ids = [str(i) for i in range(items)]
         source = ItemSource.from_arrays(ids, np.zeros((items, 28, 28), np.uint8))
-        pid, node_pids = coordinator.process.pid, [p.process.pid for p in procs[:-1]]
+        pids = [c.process.pid for c in coordinators]
+        node_pids = [p.process.pid for p in procs[:nodes]]
         spy = None
-        if profile is not None:  # py-spy (pip install py-spy) samples the coordinator
+        if profile is not None:  # py-spy (pip install py-spy) samples the first coordinator
             import subprocess
 
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
-                                    "--rate", "200", "--nonblocking", "-o", str(profile)],
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(pids[0]), "--format",
+                                    "raw", "--rate", "200", "--nonblocking", "-o",
+                                    str(profile)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
-        c0, n0 = proc_cpu_seconds(pid), sum(proc_cpu_seconds(p) for p in node_pids)
+
+        def coordinator_cpu() -> float:
+            return sum(proc_cpu_seconds(pid) for pid in pids)
+
+        c0, n0 = coordinator_cpu(), sum(proc_cpu_seconds(p) for p in node_pids)
         t0 = time.monotonic()
         status = client.submit("mnist_edge", source, shard_size, timeout=timeout)
-        submit_cpu = proc_cpu_seconds(pid) - c0
+        submit_cpu = coordinator_cpu() - c0
         for update in client.watch(status.job_id, interval=0.05, timeout=timeout):
             status = update
             if update.state != "running":
                 break
         elapsed = time.monotonic() - t0
-        cpu = proc_cpu_seconds(pid) - c0
+        cpu = coordinator_cpu() - c0
         node_cpu = sum(proc_cpu_seconds(p) for p in node_pids) - n0
         if spy is not None:
             import signal
@@ -86,8 +101,9 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
             spy.wait(30)
         seen = Counter(r.id for r in client.results(status.job_id, timeout=timeout))
         client.close()
-        return {"nodes": nodes, "items": items, "state": status.state,
+        return {"nodes": nodes, "replicas": replicas, "items": items, "state": status.state,
                 "items_per_s": items / elapsed, "coordinator_us_per_item": cpu / items * 1e6,
+                "coordinator_cpu_per_s": cpu / elapsed,
                 "submit_us_per_item": submit_cpu / items * 1e6,
                 "nodes_us_per_item": node_cpu / items * 1e6,
                 "lost": sum(1 for i in ids if i not in seen),
@@ -99,27 +115,54 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
 
 
 def main() -> int:
-    """Run the job once per ``--nodes`` value and print a table."""
+    """Run the job once per ``--nodes`` (and ``--replicas``) value and print a table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 4])
     p.add_argument("--shard-size", type=int, default=64)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--postgres", action="store_true",
+                   help="keep the job store in a temporary PostgreSQL server (tests/postgres.py, "
+                        "needs bash scripts/setup_postgres.sh) instead of SQLite")
+    p.add_argument("--pg-bin", type=Path, help="PostgreSQL server binaries to use with "
+                   "--postgres (default: Debian's newest /usr/lib/postgresql/N/bin)")
+    p.add_argument("--replicas", type=int, nargs="+", default=[1],
+                   help="coordinator replicas sharing the store (more than 1 needs --postgres)")
     p.add_argument("--profile", type=Path, help="write py-spy's raw samples of the "
                    "coordinator here (first run only)")
     args = p.parse_args()
+    if max(args.replicas) > 1 and not args.postgres:
+        p.error("--replicas above 1 needs --postgres (replicas share a PostgreSQL store)")
     for line in machine_info():
         print(line)
-    print(f"| nodes | items | state | items/s | coordinator µs CPU/item | of which Submit "
-          f"| stand-ins µs/item | lost | dup |  (shard size {args.shard_size})")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    for n in args.nodes:
-        r = run(args.items, n, args.shard_size, args.timeout,
-                args.profile if n == args.nodes[0] else None)
-        print(f"| {n} | {r['items']} | {r['state']} | {r['items_per_s']:,.0f} | "
-              f"{r['coordinator_us_per_item']:.1f} | {r['submit_us_per_item']:.1f} | "
-              f"{r['nodes_us_per_item']:.1f} | "
-              f"{r['lost']} | {r['duplicated']} |")
+    print(f"store: {'PostgreSQL' if args.postgres else 'SQLite'}")
+    print(f"| nodes | replicas | items | state | items/s | coordinator µs CPU/item "
+          f"| coordinators CPU s/s | of which Submit µs/item | stand-ins µs/item | lost | dup "
+          f"|  (shard size {args.shard_size})")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    server = None
+    if args.postgres:
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer(args.pg_bin).start(
+            tempfile.mkdtemp(prefix="edgeshard-bench-pg-"))
+    try:
+        first = True
+        for n in args.nodes:
+            for replicas in args.replicas:
+                url = (server.create_database(f"bench_{n}_{replicas}") if server is not None
+                       else None)
+                r = run(args.items, n, args.shard_size, args.timeout,
+                        args.profile if first else None, url, replicas)
+                first = False
+                print(f"| {n} | {replicas} | {r['items']} | {r['state']} | "
+                      f"{r['items_per_s']:,.0f} | {r['coordinator_us_per_item']:.1f} | "
+                      f"{r['coordinator_cpu_per_s']:.2f} | {r['submit_us_per_item']:.1f} | "
+                      f"{r['nodes_us_per_item']:.1f} | {r['lost']} | {r['duplicated']} |",
+                      flush=True)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 

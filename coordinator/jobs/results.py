@@ -113,26 +113,44 @@ def decode_block(first_seq: int, node: str, version: str, body: bytes) -> list[R
                        node, version, tiers, extras).rows(first_seq)
 
 
-def write_block(tx: Tx, job_id: str, shard_id: int, attempt: int, b: ResultBatch,
-                now: float) -> None:
-    """Store ``b`` (items that had no final result) as one block; count the items on the job
-    (done, cloud, degraded) and per node; finish the job when every item has its result."""
-    n = len(b)
-    if not n:
+def write_blocks(tx: Tx, job_id: str, shard_id: int, attempt: int,
+                 blocks: Sequence[ResultBatch], now: float, duplicates: int = 0,
+                 requeued: int = 0) -> None:
+    """Store ``blocks`` (items that had no final result) as one block each and count them
+    on the job (done, cloud, degraded, ``duplicates`` dropped, shards ``requeued``) and per
+    node; finish the job when every item has its result.
+
+    Call it last in the transaction: it locks the job's row (every writer of the job's
+    results waits for it), so the lock is held only until the commit.
+    """
+    blocks = [b for b in blocks if len(b)]
+    n = sum(len(b) for b in blocks)
+    if not (n or duplicates or requeued):
         return
-    body = encode_body(b)
-    tiers = [b.tiers] * n if isinstance(b.tiers, str) else b.tiers
-    cloud = sum(t == "cloud" for t in tiers)
-    degraded = sum(bool(e.get("degraded")) for e in b.extras) if b.extras else 0
-    last = tx.execute("UPDATE jobs SET result_seq = result_seq + ?, done_items = done_items + ?, "
-                      "cloud_items = cloud_items + ?, degraded_items = degraded_items + ? "
-                      "WHERE job_id = ? RETURNING result_seq, done_items, total_items",
-                      (n, n, cloud, degraded, job_id)).fetchone()
-    tx.execute(INSERT_BLOCK, (job_id, last[0], last[0] - n + 1, shard_id, attempt, b.node,
-                              b.model_version, n, body))
-    tx.execute("INSERT INTO job_nodes (job_id, node, items) VALUES (?, ?, ?) ON CONFLICT "
-               "(job_id, node) DO UPDATE SET items = job_nodes.items + excluded.items",
-               (job_id, b.node, n))
-    if last[1] == last[2]:
-        tx.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE job_id = ? "
-                   "AND state = 'running'", (now, job_id))
+    bodies = [encode_body(b) for b in blocks]
+    cloud = degraded = 0
+    for b in blocks:
+        cloud += (len(b) if b.tiers == "cloud" else 0) if isinstance(b.tiers, str) \
+            else sum(t == "cloud" for t in b.tiers)
+        degraded += sum(bool(e.get("degraded")) for e in b.extras) if b.extras else 0
+    counts: dict[str, int] = {}
+    for b in blocks:
+        counts[b.node] = counts.get(b.node, 0) + len(b)
+    tx.executemany("INSERT INTO job_nodes (job_id, node, items) VALUES (?, ?, ?) ON CONFLICT "
+                   "(job_id, node) DO UPDATE SET items = job_nodes.items + excluded.items",
+                   [(job_id, node, k) for node, k in sorted(counts.items())])
+    last = tx.execute(
+        "UPDATE jobs SET result_seq = result_seq + ?, done_items = done_items + ?, "
+        "cloud_items = cloud_items + ?, degraded_items = degraded_items + ?, "
+        "duplicate_results = duplicate_results + ?, requeued_shards = requeued_shards + ?, "
+        "state = CASE WHEN state = 'running' AND done_items + ? = total_items "
+        "THEN 'done' ELSE state END, "
+        "finished_at = CASE WHEN state = 'running' AND done_items + ? = total_items "
+        "THEN ? ELSE finished_at END "
+        "WHERE job_id = ? RETURNING result_seq",
+        (n, n, cloud, degraded, duplicates, requeued, n, n, now, job_id)).fetchone()[0]
+    first = last - n + 1
+    for b, body in zip(blocks, bodies, strict=True):
+        tx.execute(INSERT_BLOCK, (job_id, first + len(b) - 1, first, shard_id, attempt,
+                                  b.node, b.model_version, len(b), body))
+        first += len(b)

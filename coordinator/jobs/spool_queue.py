@@ -16,7 +16,7 @@ import msgpack
 
 from coordinator.jobs.database import Tx
 from coordinator.jobs.model import ResultRow
-from coordinator.jobs.results import batches_from_rows, write_block
+from coordinator.jobs.results import batches_from_rows, write_blocks
 from coordinator.jobs.spool import SpoolEntry, select, totals
 from coordinator.jobs.store import FINAL, SPOOLED, JobStore
 
@@ -48,6 +48,11 @@ class SpoolQueue:
 
         def resolve(db: Tx) -> int:
             accepted = 0
+            ids = sorted(spool_id for spool_id, _ in answers)
+            if ids:  # shard rows before job rows (coordinator.jobs.database)
+                db.execute("SELECT shard_id FROM shards WHERE shard_id IN (SELECT shard_id "
+                           f"FROM spool WHERE spool_id IN ({', '.join('?' * len(ids))})) "
+                           f"ORDER BY shard_id{self.database.lock_row}", ids).fetchall()
             for spool_id, result in sorted(answers, key=lambda a: a[0]):
                 row = db.execute("SELECT job_id, shard_id FROM spool WHERE spool_id = ?",
                                  (spool_id,)).fetchone()
@@ -67,6 +72,9 @@ class SpoolQueue:
     def expire(self, now: float) -> int:
         """Entries past their TTL: their degraded edge answer becomes final."""
         def expire(db: Tx) -> int:
+            db.execute("SELECT shard_id FROM shards WHERE shard_id IN (SELECT shard_id FROM "
+                       f"spool WHERE expires_at <= ?) ORDER BY shard_id{self.database.lock_row}",
+                       (now,)).fetchall()
             entries = select(db, "WHERE expires_at <= ?", (now,))
             for e in entries:
                 final = replace(e.fallback, extra={**e.fallback.extra, "degraded": True,
@@ -99,6 +107,5 @@ def _finish(db: Tx, job_id: str, shard_id: int, spool_id: int, result: ResultRow
         return 0
     marks[k] = FINAL
     db.execute("UPDATE shards SET marks = ? WHERE shard_id = ?", (bytes(marks), shard_id))
-    for batch in batches_from_rows([result]):
-        write_block(db, job_id, shard_id, 0, batch, now)
+    write_blocks(db, job_id, shard_id, 0, batches_from_rows([result]), now)
     return 1

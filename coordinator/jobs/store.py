@@ -71,7 +71,7 @@ from coordinator.jobs.results import (
     check_batch,
     decode_block,
     subset,
-    write_block,
+    write_blocks,
 )
 from coordinator.jobs.schema import migrate, migrate_postgres
 from coordinator.jobs.spool import Escalation, SpoolLimits
@@ -312,17 +312,18 @@ class JobStore(ShardLeases):
                 marks[where[item]] = SPOOLED
             if overflow:
                 batches.extend(batches_from_rows(overflow))
-            accepted = 0
+            blocks = []
             for b in batches:
                 keep = []
                 for k, item in enumerate(b.item_ids):
                     if marks[where[item]] == OPEN:  # first writer wins, also within a batch
                         marks[where[item]] = FINAL
                         keep.append(k)
-                write_block(db, job_id, shard_id, attempt, subset(b, keep), now)
-                accepted += len(keep)
+                blocks.append(subset(b, keep))
+            accepted = sum(len(b) for b in blocks)
             duplicates = given - len(spooled) - accepted
             open_items = marks.count(OPEN)
+            requeued = 0
             if not open_items:
                 db.execute("UPDATE shards SET state = 'done', lease_expires = NULL, marks = ? "
                            "WHERE shard_id = ?", (bytes(marks), shard_id))
@@ -332,16 +333,14 @@ class JobStore(ShardLeases):
                 db.execute("UPDATE shards SET state = 'queued', node_id = NULL, owner = NULL, "
                            "lease_expires = NULL, last_error = 'partial results', marks = ? "
                            "WHERE shard_id = ?", (bytes(marks), shard_id))
-                db.execute("UPDATE jobs SET requeued_shards = requeued_shards + 1 "
-                           "WHERE job_id = ?", (job_id,))
+                requeued = 1
             else:
                 db.execute("UPDATE shards SET marks = ? WHERE shard_id = ?",
                            (bytes(marks), shard_id))
-            if duplicates:
-                db.execute("UPDATE jobs SET duplicate_results = duplicate_results + ? "
-                           "WHERE job_id = ?", (duplicates, job_id))
             taken = (self._take_next(db, then_lease.node_id, now + then_lease.lease_seconds,
                                      then_lease.models) if then_lease is not None else None)
+            # last: the job's row is locked from here to the commit
+            write_blocks(db, job_id, shard_id, attempt, blocks, now, duplicates, requeued)
             return CompleteOutcome(accepted, duplicates, stale, spooled=len(spooled),
                                    overflow=len(overflow),
                                    next_lease=_to_lease(taken, then_lease.node_id)
