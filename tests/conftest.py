@@ -64,20 +64,27 @@ FAST_MEMBERSHIP = [
 class Fleet:
     """A coordinator process and edge-node processes on loopback, for one test."""
 
-    def __init__(self, workdir: Path, repository: Path):
+    def __init__(self, workdir: Path, repository: Path, state_url: str | None = None):
         self.workdir = workdir
         self.repository = repository
         self.state_dir = workdir / "state"
+        self.state_url = state_url  # a PostgreSQL job store instead of SQLite in state_dir
         self.coordinator = None
         self.nodes: list = []
         self.client = None
+
+    @property
+    def store_location(self) -> str:
+        """Where the coordinator's job store is (for ``JobStore``)."""
+        return self.state_url or str(self.state_dir / "jobs.sqlite3")
 
     def start_coordinator(self, *args: str, name: str = "coordinator"):
         from coordinator.api.control_client import CoordinatorClient
         from coordinator.cli.launcher import start_coordinator
 
+        store = ["--state-url", self.state_url] if self.state_url else []
         self.coordinator = start_coordinator(name, self.state_dir, self.workdir,
-                                             extra_args=[*FAST_MEMBERSHIP, *args])
+                                             extra_args=[*FAST_MEMBERSHIP, *store, *args])
         if self.client is not None:
             self.client.close()
         self.client = CoordinatorClient(self.coordinator.address)

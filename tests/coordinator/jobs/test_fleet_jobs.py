@@ -22,6 +22,18 @@ pytestmark = pytest.mark.timeout(180)
 PACED = ("--max-batch-delay-ms", "10")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fleet(request, tmp_path, shipped_repository):
+    """A ``Fleet`` whose coordinator keeps its jobs in SQLite, then in PostgreSQL: every
+    guarantee below holds on both backends."""
+    from tests.conftest import Fleet
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    f = Fleet(tmp_path, shipped_repository, state_url=url)
+    yield f
+    f.close()
+
+
 def job_items(holdout, repeat: int) -> tuple[ItemSource, dict[str, int]]:
     images, labels = holdout
     ids = [f"{r}-{i}" for r in range(repeat) for i in range(len(images))]
@@ -108,7 +120,7 @@ def test_coordinator_sigkill_and_restart_resumes_the_job(fleet, holdout):
     wait_done_items(fleet.client, status.job_id, len(truth) // 3)
     port = fleet.coordinator.info["grpc_port"]
     fleet.coordinator.kill()  # SIGKILL mid-job
-    store = JobStore(str(fleet.state_dir / "jobs.sqlite3"))  # what was committed at the kill
+    store = JobStore(fleet.store_location)  # what was committed at the kill
     before = {r.item_id: (r.seq, r.label, r.node) for r in store.results(status.job_id)}
     assert store.progress(status.job_id).state == "running"
     store.close()
