@@ -76,6 +76,13 @@ class PostgresDatabase(Database):
         super().__init__()
         self.url = url
         self.location = _redact(url)
+        try:  # one plain connection first: a wrong address or password fails at once, saying why
+            psycopg.connect(url, connect_timeout=max(1, round(pool_timeout_s))).close()
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise CoordinatorError(
+                f"state_url: cannot connect to PostgreSQL at {self.location}: {reason}; check "
+                "that the server runs, the address, the database and the credentials") from exc
         self.pool = ConnectionPool(url, min_size=1, max_size=max_connections,
                                    timeout=pool_timeout_s, open=False, name="edgeshard-store",
                                    kwargs={"autocommit": False})

@@ -114,3 +114,26 @@ def test_any_replica_answers_for_a_job_submitted_on_another(tmp_path, pg_url, pr
     finally:
         via_a.close()
         via_b.close()
+
+
+@pytest.mark.parametrize("url, code, message", [
+    ("mysql://db/jobs", 2, "state_url: 'mysql://db/jobs' is not a PostgreSQL URL"),
+    ("postgresql://nobody@127.0.0.1:{port}/jobs", 1,
+     "state_url: cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:{port}/jobs: "
+     "connection failed"),
+])
+def test_a_bad_state_url_is_refused_naming_it(tmp_path, url, code, message):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "coordinator", "serve", "--port", "0", "--state-dir",
+         str(tmp_path), "--state-url", url.format(port=port)],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == code, out.stderr
+    assert message.format(port=port) in out.stderr
+    assert "Traceback" not in out.stderr
