@@ -69,6 +69,7 @@ class Database:
     skip_locked = ""
     location = ""
     shared = False  # True when several coordinator processes may use it at once
+    clock = "(julianday('now') - 2440587.5) * 86400.0"  # SQL: the database's time, epoch s
 
     def __init__(self) -> None:
         self.fault: str | None = None

@@ -81,7 +81,7 @@ class Dispatcher:
         On a shared store this replica first says it is alive, so that no other replica
         takes its leases for a dead one's."""
         if self.store.shared:
-            self.store.heartbeat(self.address, time.time())
+            self.store.heartbeat(self.address)
         recovered = self.store.recover()
         if recovered:
             log.info("re-queued %d shard(s) leased before the restart", recovered)
@@ -221,12 +221,12 @@ class Dispatcher:
             now = time.time()
             try:
                 if self.store.shared:
-                    self.store.heartbeat(self.address, now)
+                    self.store.heartbeat(self.address)
                 if not self.store.owns("lease-sweeper"):
                     continue
                 expired = self.store.requeue_expired(now)
                 if self.store.shared:
-                    expired += self.store.requeue_orphans(now, self.replica_timeout_s)
+                    expired += self.store.requeue_orphans(self.replica_timeout_s)
             except (StoreFullError, StoreUnavailableError):
                 continue  # logged once by the store; the sweep runs again in 0.5 s
             except Exception:  # noqa: BLE001

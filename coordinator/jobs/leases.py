@@ -154,30 +154,28 @@ class ShardLeases:
         replicas that stopped heartbeating (``requeue_orphans``): the others are working.
         """
         if self.database.shared:
-            return len(self.requeue_orphans(time.time()))
+            return len(self.requeue_orphans())
         n = len(self._requeue("1 = 1", ()))
         log.info("recovered job store %s: %d leased shards re-queued", self.path, n)
         return n
 
-    def heartbeat(self, address: str, now: float) -> None:
-        """Record that this replica (``replica_id``, serving at ``address``) is alive."""
+    def heartbeat(self, address: str) -> None:
+        """Record that this replica (``replica_id``, serving at ``address``) is alive, by
+        the database's clock (replicas' own clocks may disagree)."""
+        clock = self.database.clock
         self.database.write(lambda db: db.execute(
-            "INSERT INTO replicas (replica_id, address, started_at, seen_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (replica_id) DO UPDATE SET seen_at = excluded.seen_at, "
-            "address = excluded.address", (self.replica_id, address, now, now)))
+            "INSERT INTO replicas (replica_id, address, started_at, seen_at) VALUES "
+            f"(?, ?, {clock}, {clock}) ON CONFLICT (replica_id) DO UPDATE SET "
+            "seen_at = excluded.seen_at, address = excluded.address",
+            (self.replica_id, address)))
 
-    def replicas(self, now: float, timeout_s: float) -> list[tuple[str, str, float]]:
-        """The replicas seen within ``timeout_s``: (replica_id, address, started_at)."""
-        return self.database.read(lambda db: db.execute(
-            "SELECT replica_id, address, started_at FROM replicas WHERE seen_at > ? "
-            "ORDER BY started_at", (now - timeout_s,)).fetchall())
-
-    def requeue_orphans(self, now: float, timeout_s: float = 5.0) -> list[tuple[int, str]]:
-        """Re-queue leases handed out by replicas not seen for ``timeout_s`` (they died with
-        their pullers), and forget those replicas; returns (shard_id, node_id)."""
+    def requeue_orphans(self, timeout_s: float = 5.0) -> list[tuple[int, str]]:
+        """Re-queue leases handed out by replicas not seen for ``timeout_s`` by the
+        database's clock (they died with their pullers), and forget those replicas;
+        returns (shard_id, node_id)."""
         def gone(db: Tx) -> None:
-            db.execute("DELETE FROM replicas WHERE seen_at <= ? AND replica_id <> ?",
-                       (now - timeout_s, self.replica_id))
+            db.execute(f"DELETE FROM replicas WHERE seen_at <= {self.database.clock} - ? "
+                       "AND replica_id <> ?", (timeout_s, self.replica_id))
         self.database.write(gone)
         orphans = self._requeue(
             "owner IS NOT NULL AND owner <> ? AND owner NOT IN (SELECT replica_id FROM "

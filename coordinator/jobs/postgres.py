@@ -69,6 +69,7 @@ class PostgresDatabase(Database):
     dialect = "postgresql"
     lock_row = " FOR UPDATE"
     lock_joined = " FOR UPDATE OF s"
+    clock = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     shared = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -431,3 +432,27 @@ def test_complete_can_lease_the_nodes_next_shard_in_the_same_commit(store):
                            then_lease=NextLease("n1", 10, {"another-model"}))
     assert other.next_lease is None  # nothing queued for the models it serves
     assert store.lease_next("n2", 10, now=0) is not None  # the last shard is still queued
+
+
+def test_a_replica_requeues_only_the_leases_of_replicas_that_stopped(pg_url):
+    a, b = JobStore(pg_url, replica_id="a"), JobStore(pg_url, replica_id="b")
+    try:
+        info = job(a, n=6, shard_size=2)
+        a.heartbeat("a:1")
+        b.heartbeat("b:1")
+        held_by_a = a.lease_next("n1", 60, now=0)
+        held_by_b = b.lease_next("n2", 60, now=0)
+        assert b.requeue_orphans(timeout_s=60) == []  # a is alive: its lease stays
+        assert a.progress(info.job_id).shards_leased == 2
+        time.sleep(0.05)
+        b.heartbeat("b:1")
+        # a has not been seen for longer than this: it died with its pullers
+        assert b.requeue_orphans(timeout_s=0.02) == [(held_by_a.shard_id, "n1")]
+        progress = b.progress(info.job_id)
+        assert (progress.shards_leased, progress.requeued_shards) == (1, 1)
+        again = b.lease_next("n3", 60, now=0)
+        assert again.shard_id == held_by_a.shard_id and again.attempt == 2
+        assert held_by_b.shard_id != again.shard_id
+    finally:
+        a.close()
+        b.close()
