@@ -43,6 +43,7 @@ from coordinator.fleet.membership import Membership
 from coordinator.fleet.registry import Registry
 from coordinator.fleet.router import Router
 from coordinator.jobs.dispatcher import Dispatcher
+from coordinator.jobs.drains import DrainBook
 from coordinator.jobs.replayer import SpoolReplayer
 from coordinator.jobs.runner import ShardRunner
 from coordinator.jobs.service import JobService
@@ -109,6 +110,9 @@ class CoordinatorServer:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
             self._lock_state_dir()
             self.store = JobStore(str(cfg.state_dir / "jobs.sqlite3"))
+        drains = DrainBook(self.store.database)
+        self.membership.record_drain, self.membership.recorded_drains = (drains.record,
+                                                                          drains.drained)
         for address in cfg.node:
             self.registry.add_candidate(address, "seed")
         self.cascade = self._build_cascade()

@@ -39,6 +39,10 @@ class Membership:
         self.interval = interval
         self.timeout = timeout
         self.slow_policy = slow_policy or SlowNodePolicy()
+        # Where operator drains are kept, if anywhere (the job store: shared by replicas):
+        # record(node, drained) and the recorded set, applied every round.
+        self.record_drain: Callable[[str, bool], None] | None = None
+        self.recorded_drains: Callable[[], set[str]] | None = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="membership", daemon=True)
@@ -88,13 +92,34 @@ class Membership:
         return False
 
     def set_drained(self, node: str, drained: bool) -> NodeRecord:
-        """An operator drains (or undrains) ``node`` (id or address)."""
+        """An operator drains (or undrains) ``node`` (id or address); recorded first where
+        drains are kept, so every coordinator of the store applies it."""
+        rec = self.registry.get(node)  # UnknownNodeError before anything is recorded
+        if self.record_drain is not None:
+            if not drained:  # it may have been recorded under its address before it registered
+                self.record_drain(rec.address, False)
+            self.record_drain(rec.node_id, drained)
         rec = self.registry.set_drained(node, drained)
         log.info("node %s %s by an operator", rec.node_id, "drained" if drained else "undrained")
         return rec
 
+    def apply_drains(self, drained: set[str]) -> None:
+        """Make the registry's drain flags match the recorded ``drained`` ids/addresses
+        (drains made through another coordinator, or before a restart)."""
+        for rec in self.registry.snapshot():
+            want = rec.node_id in drained or rec.address in drained
+            if want != rec.drained:
+                self.registry.set_drained(rec.address, want)
+                log.info("node %s %s (recorded in the job store)", rec.node_id,
+                         "drained" if want else "undrained")
+
     def run_round(self) -> None:
         """Probe every known node once, age the silent ones, update routing weights."""
+        if self.recorded_drains is not None:
+            try:
+                self.apply_drains(self.recorded_drains())
+            except Exception as exc:  # noqa: BLE001 - a store fault must not stop probing
+                log.debug("recorded drains unavailable: %s", exc)
         addresses = self.registry.addresses()
         futures = [self._pool.submit(self.probe_now, a) for a in addresses]
         for f in futures:

@@ -6,7 +6,8 @@ items' ids and data once, so a restarted coordinator needs nothing else), ``spoo
 version 3) and, since version 4, ``result_blocks`` (final results, one row per write of
 many items: see ``coordinator.jobs.results``) with ``shards.marks`` (one byte per item: 0
 open, 1 final result, 2 in the spool: what makes each result exactly-once) and
-``replicas`` (coordinator processes sharing the store, with their last heartbeat). Until
+``replicas`` (coordinator processes sharing the store, with their last heartbeat) and
+``drained_nodes`` (operator drains, kept across restarts and seen by every replica). Until
 version 3 results were one row per item (``results``); version 4 converts them.
 
 SQLite keeps the version in ``PRAGMA user_version`` and upgrades step by step; a
@@ -154,6 +155,10 @@ CREATE TABLE replicas (
     started_at    REAL NOT NULL,
     seen_at       REAL NOT NULL
 );
+CREATE TABLE drained_nodes (
+    node          TEXT PRIMARY KEY,                   -- node id (or address) an operator drained
+    since         REAL NOT NULL
+);
 CREATE INDEX jobs_running ON jobs (num) WHERE state = 'running'
 """
 
@@ -240,6 +245,10 @@ CREATE TABLE replicas (
     address       TEXT NOT NULL,
     started_at    DOUBLE PRECISION NOT NULL,
     seen_at       DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE drained_nodes (
+    node          TEXT PRIMARY KEY,
+    since         DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX jobs_running ON jobs (num) WHERE state = 'running'
 """

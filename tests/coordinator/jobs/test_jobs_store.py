@@ -456,3 +456,24 @@ def test_a_replica_requeues_only_the_leases_of_replicas_that_stopped(pg_url):
     finally:
         a.close()
         b.close()
+
+
+def test_operator_drains_are_kept_in_the_store(store_location):
+    from coordinator.jobs.drains import DrainBook
+
+    store = JobStore(store_location)
+    try:
+        book = DrainBook(store.database)
+        book.record("node-7", True)
+        book.record("node-7", True)  # again: no error, one entry
+        book.record("10.0.0.9:8001", True)
+        assert book.drained() == {"node-7", "10.0.0.9:8001"}
+        book.record("node-7", False)
+        book.record("never-drained", False)
+    finally:
+        store.close()
+    reopened = JobStore(store_location)  # a restart keeps them
+    try:
+        assert DrainBook(reopened.database).drained() == {"10.0.0.9:8001"}
+    finally:
+        reopened.close()

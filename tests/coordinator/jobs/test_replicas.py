@@ -137,3 +137,30 @@ def test_a_bad_state_url_is_refused_naming_it(tmp_path, url, code, message):
     assert out.returncode == code, out.stderr
     assert message.format(port=port) in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_drain_through_one_replica_reaches_the_others(tmp_path, pg_url, processes,
+                                                         shipped_repository):
+    a = replica("replica-a", pg_url, tmp_path, processes)
+    b = replica("replica-b", pg_url, tmp_path, processes)
+    processes.append(start_node("n0", shipped_repository, tmp_path, extra_args=[
+        "--coordinator", f"{a.address},{b.address}", "--workers", "1"]))
+    via_a, via_b = CoordinatorClient(a.address), CoordinatorClient(b.address)
+
+    def state_on(client: CoordinatorClient, wanted: str) -> None:
+        deadline = time.monotonic() + 15
+        while (node := client.nodes()[0]).state != wanted:
+            assert time.monotonic() < deadline, f"{client.address}: {node}"
+            time.sleep(0.1)
+
+    try:
+        wait_live(via_a, 1)
+        wait_live(via_b, 1)
+        via_a.drain("n0")
+        state_on(via_b, "draining")  # applied by B's next membership round
+        via_b.drain("n0", undo=True)
+        state_on(via_a, "live")
+        assert "drained (recorded in the job store)" in b.log_path.read_text()
+    finally:
+        via_a.close()
+        via_b.close()
