@@ -177,6 +177,8 @@ def _check_ids(ids: Sequence[str], count: int, where: str) -> list[str]:
     if len(ids) != count:
         raise JobInputError(f"{where}: ids: {len(ids)} ids for {count} items; give exactly "
                             "one id per item", path=where, field="ids")
+    if all(type(i) is str and i for i in ids) and len(set(ids)) == count:
+        return ids  # the common case, checked at C speed; the loop below names the culprit
     seen: dict[str, int] = {}
     for index, item_id in enumerate(ids):
         if not isinstance(item_id, str) or not item_id:
