@@ -142,8 +142,9 @@ class Dispatcher:
             if not rec.routable:
                 if lease is not None:  # not this node's any more (a no-op if re-queued)
                     try:
-                        self.store.release(lease.shard_id, lease.attempt, "node not live",
-                                           counts_as_failure=False)
+                        if self.store.release(lease.shard_id, lease.attempt, "node not live",
+                                              counts_as_failure=False):
+                            self.requeued += 1
                     except Exception:  # noqa: BLE001 - the lease expires and comes back
                         log.info("shard %d stays leased to %s until its lease expires",
                                  lease.shard_id, rec.node_id)
