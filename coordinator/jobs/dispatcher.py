@@ -72,6 +72,9 @@ class Dispatcher:
         self._pullers: dict[str, list[threading.Thread]] = {}
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="shard-sweeper", daemon=True)
+        self._wake = threading.Event()  # the sweeper has nodes to hand back
+        self._gone: dict[str, NodeRecord] = {}
+        self._gone_lock = threading.Lock()
         self.requeued = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -96,6 +99,7 @@ class Dispatcher:
     def close(self, timeout: float = 5.0) -> None:
         """Stop pulling and sweeping; waits up to ``timeout`` seconds for the threads."""
         self._stop.set()
+        self._wake.set()
         self.notify()
         deadline = time.monotonic() + timeout
         for threads in list(self._pullers.values()):
@@ -122,13 +126,29 @@ class Dispatcher:
             self._pullers[rec.address] = alive
 
     def node_gone(self, rec: NodeRecord) -> None:
-        """Re-queue every shard the dead or drained node holds and wake the pullers."""
-        n = self.store.requeue_node(rec.address)
-        if n:
-            self.requeued += n
-            log.warning("re-queued %d shard(s) held by %s (%s)", n, rec.node_id,
-                        "drained" if rec.drained else rec.state)
-        self.notify()
+        """The node died or was drained: the sweeper thread re-queues every shard it holds
+        at once and wakes the pullers (membership, which calls this, never waits for the
+        store; a re-queue the store refuses is tried again)."""
+        with self._gone_lock:
+            self._gone[rec.address] = rec
+        self._wake.set()
+
+    def _requeue_gone(self) -> None:
+        with self._gone_lock:
+            gone, self._gone = self._gone, {}
+        for address, rec in gone.items():
+            try:
+                n = self.store.requeue_node(address)
+            except Exception:
+                with self._gone_lock:
+                    self._gone.setdefault(address, rec)  # the next round tries again
+                raise
+            if n:
+                self.requeued += n
+                log.warning("re-queued %d shard(s) held by %s (%s)", n, rec.node_id,
+                            "drained" if rec.drained else rec.state)
+        if gone:
+            self.notify()
 
     # -- work ------------------------------------------------------------------------------
     def _pull(self, address: str) -> None:
@@ -216,9 +236,24 @@ class Dispatcher:
         return outcome.next_lease
 
     def _sweep(self) -> None:
-        """Every 0.5 s: heartbeat (shared store); and, while this process owns the duty,
-        re-queue expired leases and those of replicas that died."""
-        while not self._stop.wait(0.5):
+        """At once: hand back the shards of nodes that left. Every 0.5 s: heartbeat (shared
+        store); and, while this process owns the duty, re-queue expired leases and those
+        of replicas that died."""
+        due = time.monotonic() + 0.5
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._requeue_gone()
+            except (StoreFullError, StoreUnavailableError):
+                pass  # logged once by the store; tried again below or at the next wake
+            except Exception:  # noqa: BLE001
+                log.exception("re-queueing a departed node's shards failed; retrying")
+            if time.monotonic() < due:
+                continue
+            due = time.monotonic() + 0.5
             now = time.time()
             try:
                 if self.store.shared:
