@@ -477,3 +477,57 @@ def test_operator_drains_are_kept_in_the_store(store_location):
         assert DrainBook(reopened.database).drained() == {"10.0.0.9:8001"}
     finally:
         reopened.close()
+
+
+def test_a_version_3_store_keeps_its_results_and_resume_points(tmp_path):
+    """Per-item result rows (v3) become blocks that keep their seqs; the shards keep their
+    items, answered items stay answered, and new results continue after the old seqs."""
+    import io
+    import json
+    import sqlite3
+
+    import msgpack
+
+    from coordinator.jobs.schema import COUNTERS_SCHEMA, SCHEMA, SPOOL_SCHEMA, _run
+
+    path = str(tmp_path / "v3.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    for script in (SCHEMA, SPOOL_SCHEMA, COUNTERS_SCHEMA):
+        _run(db, script)
+    db.execute("INSERT INTO jobs (job_id, model, state, params, shard_size, total_items, "
+               "done_items, dtype, item_shape, digest, created_at) VALUES ('old', 'mnist', "
+               "'running', '{}', 2, 4, 1, '|u1', '[2, 2]', 'd', 0)")
+    for idx, ids in enumerate([["a", "b"], ["c", "d"]]):
+        buf = io.BytesIO()
+        np.save(buf, np.full((2, 2, 2), idx, np.uint8))
+        db.execute("INSERT INTO shards (job_id, idx, state, attempt, item_count, item_ids, "
+                   "payload) VALUES ('old', ?, ?, 1, 2, ?, ?)",
+                   (idx, "leased" if idx == 0 else "queued", msgpack.packb(ids),
+                    buf.getvalue()))
+    db.execute("INSERT INTO results (seq, job_id, item_id, shard_id, attempt, label, confidence, "
+               "tier, node, model_version, extra) VALUES (41, 'old', 'a', 1, 1, 7, 0.5, "
+               "'edge', 'n1', '1', ?)", (json.dumps({"k": 1}),))
+    db.execute("INSERT INTO job_nodes (job_id, node, items) VALUES ('old', 'n1', 1)")
+    db.execute("PRAGMA user_version=3")
+    db.execute("COMMIT")
+    db.close()
+
+    store = JobStore(path)
+    try:
+        [old] = store.results("old")
+        assert (old.item_id, old.seq, old.label, old.extra) == ("a", 41, 7, {"k": 1})
+        outcome = store.complete(1, 1, [ResultRow(i, 1, 0.9, "edge", "n2", "1")
+                                        for i in ("a", "b")])
+        assert (outcome.accepted, outcome.duplicates) == (1, 1)  # "a" stays answered
+        lease = store.lease_next("n2", 10, now=0)
+        assert lease.ids == ["c", "d"] and (lease.array == 1).all()
+        store.complete(lease.shard_id, lease.attempt, answer(lease))
+        rows = store.results("old")
+        assert [r.item_id for r in rows] == ["a", "b", "c", "d"]
+        assert rows[0].seq == 41 and all(r.seq > 41 for r in rows[1:])
+        assert store.results("old", after_seq=41) == rows[1:]
+        assert store.progress("old").state == "done"
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
+    finally:
+        store.close()
