@@ -4,7 +4,7 @@ bottleneck).
 Usage::
 
     python bench/bench_jobpath.py [--items 100000] [--nodes 1 4] [--shard-size 64]
-    python bench/bench_jobpath.py --postgres --replicas 1 2 4 [--nodes 4]
+    python bench/bench_jobpath.py --postgres --replicas 1 2 4 [--nodes 4] [--jobs 4]
 
 Starts a coordinator (or ``--replicas`` of them on one PostgreSQL store, each knowing every
 node) and ``--nodes`` stand-in nodes (bench/instant_node.py: same protocol as ``edge-node``,
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,17 @@ from coordinator.jobs.items import ItemSource  # noqa: E402
 
 
 def run(items: int, nodes: int, shard_size: int, timeout: float,
-        profile: Path | None = None, state_url: str | None = None, replicas: int = 1) -> dict:
-    """One job on fresh coordinator(s) with ``nodes`` instant stand-ins; its figures.
+        profile: Path | None = None, state_url: str | None = None, replicas: int = 1,
+        jobs: int = 1) -> dict:
+    """``jobs`` jobs (``items`` in all) on fresh coordinator(s) with ``nodes`` instant
+    stand-ins; their figures.
 
     With ``state_url`` (an empty PostgreSQL database), ``replicas`` coordinators share it;
-    every replica knows every node; the job is submitted and watched through the first.
+    every replica knows every node. Job k is submitted and watched through replica
+    k mod ``replicas``, all jobs at once.
     """
     workdir = Path(tempfile.mkdtemp(prefix="edgeshard-bench-jobpath-"))
-    procs, coordinators = [], []
+    procs, coordinators, clients = [], [], []
     try:
         for i in range(nodes):
             procs.append(start_process(f"instant-{i}", [str(HERE / "instant_node.py")],
@@ -60,14 +64,16 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
                 extra_args=["--log-level", "WARNING", "--shard-size", str(shard_size),
                             *store, *seeds]))
         procs.extend(coordinators)
-        client = CoordinatorClient(coordinators[0].address)
+        clients = [CoordinatorClient(c.address) for c in coordinators]
         deadline = time.monotonic() + 30
-        while sum(n.state == "live" for n in client.nodes()) < nodes:
+        while any(sum(n.state == "live" for n in c.nodes()) < nodes for c in clients):
             if time.monotonic() > deadline:
                 raise RuntimeError("the stand-in nodes did not become live")
             time.sleep(0.1)
         ids = [str(i) for i in range(items)]
-        source = ItemSource.from_arrays(ids, np.zeros((items, 28, 28), np.uint8))
+        parts = [ids[k::jobs] for k in range(jobs)]
+        sources = [ItemSource.from_arrays(p, np.zeros((len(p), 28, 28), np.uint8))
+                   for p in parts]
         pids = [c.process.pid for c in coordinators]
         node_pids = [p.process.pid for p in procs[:nodes]]
         spy = None
@@ -83,14 +89,21 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
         def coordinator_cpu() -> float:
             return sum(proc_cpu_seconds(pid) for pid in pids)
 
+        def one_job(k: int):
+            client = clients[k % replicas]
+            status = client.submit("mnist_edge", sources[k], shard_size, timeout=timeout)
+            submitted[k] = coordinator_cpu()
+            for update in client.watch(status.job_id, interval=0.05, timeout=timeout):
+                status = update
+                if update.state != "running":
+                    break
+            return status
+
+        submitted = [0.0] * jobs
         c0, n0 = coordinator_cpu(), sum(proc_cpu_seconds(p) for p in node_pids)
         t0 = time.monotonic()
-        status = client.submit("mnist_edge", source, shard_size, timeout=timeout)
-        submit_cpu = coordinator_cpu() - c0
-        for update in client.watch(status.job_id, interval=0.05, timeout=timeout):
-            status = update
-            if update.state != "running":
-                break
+        with ThreadPoolExecutor(jobs) as pool:
+            statuses = list(pool.map(one_job, range(jobs)))
         elapsed = time.monotonic() - t0
         cpu = coordinator_cpu() - c0
         node_cpu = sum(proc_cpu_seconds(p) for p in node_pids) - n0
@@ -99,16 +112,23 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
 
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
-        seen = Counter(r.id for r in client.results(status.job_id, timeout=timeout))
-        client.close()
-        return {"nodes": nodes, "replicas": replicas, "items": items, "state": status.state,
+        seen: Counter = Counter()
+        for k, status in enumerate(statuses):
+            seen.update(r.id for r in clients[k % replicas].results(status.job_id,
+                                                                    timeout=timeout))
+        states = sorted({s.state for s in statuses})
+        return {"nodes": nodes, "replicas": replicas, "jobs": jobs, "items": items,
+                "state": ",".join(states),
                 "items_per_s": items / elapsed, "coordinator_us_per_item": cpu / items * 1e6,
                 "coordinator_cpu_per_s": cpu / elapsed,
-                "submit_us_per_item": submit_cpu / items * 1e6,
+                "submit_us_per_item": ((submitted[0] - c0) / items * 1e6 if jobs == 1
+                                       else float("nan")),
                 "nodes_us_per_item": node_cpu / items * 1e6,
                 "lost": sum(1 for i in ids if i not in seen),
                 "duplicated": sum(c - 1 for c in seen.values())}
     finally:
+        for c in clients:
+            c.close()
         for p in reversed(procs):
             p.stop(grace=5)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -128,6 +148,9 @@ def main() -> int:
                    "--postgres (default: Debian's newest /usr/lib/postgresql/N/bin)")
     p.add_argument("--replicas", type=int, nargs="+", default=[1],
                    help="coordinator replicas sharing the store (more than 1 needs --postgres)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="split the items into this many jobs submitted at once (job k "
+                        "through replica k mod --replicas)")
     p.add_argument("--profile", type=Path, help="write py-spy's raw samples of the "
                    "coordinator here (first run only)")
     args = p.parse_args()
@@ -136,10 +159,10 @@ def main() -> int:
     for line in machine_info():
         print(line)
     print(f"store: {'PostgreSQL' if args.postgres else 'SQLite'}")
-    print(f"| nodes | replicas | items | state | items/s | coordinator µs CPU/item "
+    print(f"| nodes | replicas | jobs | items | state | items/s | coordinator µs CPU/item "
           f"| coordinators CPU s/s | of which Submit µs/item | stand-ins µs/item | lost | dup "
           f"|  (shard size {args.shard_size})")
-    print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     server = None
     if args.postgres:
         from tests.postgres import PostgresServer
@@ -150,12 +173,12 @@ def main() -> int:
         first = True
         for n in args.nodes:
             for replicas in args.replicas:
-                url = (server.create_database(f"bench_{n}_{replicas}") if server is not None
-                       else None)
+                url = (server.create_database(f"bench_{n}_{replicas}_{args.jobs}")
+                       if server is not None else None)
                 r = run(args.items, n, args.shard_size, args.timeout,
-                        args.profile if first else None, url, replicas)
+                        args.profile if first else None, url, replicas, args.jobs)
                 first = False
-                print(f"| {n} | {replicas} | {r['items']} | {r['state']} | "
+                print(f"| {n} | {replicas} | {r['jobs']} | {r['items']} | {r['state']} | "
                       f"{r['items_per_s']:,.0f} | {r['coordinator_us_per_item']:.1f} | "
                       f"{r['coordinator_cpu_per_s']:.2f} | {r['submit_us_per_item']:.1f} | "
                       f"{r['nodes_us_per_item']:.1f} | {r['lost']} | {r['duplicated']} |",
