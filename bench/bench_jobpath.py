@@ -167,8 +167,8 @@ def main() -> int:
     if args.postgres:
         from tests.postgres import PostgresServer
 
-        server = PostgresServer(args.pg_bin).start(
-            tempfile.mkdtemp(prefix="edgeshard-bench-pg-"))
+        pg_dir = tempfile.mkdtemp(prefix="edgeshard-bench-pg-")
+        server = PostgresServer(args.pg_bin).start(pg_dir)
     try:
         first = True
         for n in args.nodes:
@@ -186,6 +186,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
+            shutil.rmtree(pg_dir, ignore_errors=True)
     return 0
 
 

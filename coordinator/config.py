@@ -204,8 +204,10 @@ class CoordinatorConfig:
             check(bool(host) and port.isdigit(), "node",
                   f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:8001)")
         if self.state_url is not None:
-            check(self.state_url.startswith(("postgresql://", "postgres://")), "state_url",
-                  f"{self.state_url!r} is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")
+            scheme = self.state_url.partition("://")[0] if "://" in self.state_url else ""
+            check(scheme in ("postgresql", "postgres"), "state_url",  # the value may hold a
+                  f"not a PostgreSQL URL (scheme {scheme!r}); give "  # password: not echoed
+                  "postgresql://USER@HOST:PORT/DB")
         check(self.replica_timeout_s >= 2.0, "replica_timeout_s",
               f"must be >= 2 (replicas heartbeat every second), got {self.replica_timeout_s}")
         for name in ("heartbeat_interval_s", "probe_interval_s", "probe_timeout_s",

@@ -48,7 +48,10 @@ class CoordinatorLink:
         self._load = load
         self._software_version = software_version
         self._stop = threading.Event()
-        self._channel = open_channel(address)
+        # After an outage the node reaches the coordinator again within 2 s of its return,
+        # not after gRPC's reconnect back-off (up to 120 s by default).
+        self._channel = open_channel(address, options=[("grpc.max_reconnect_backoff_ms", 2000),
+                                                       ("grpc.initial_reconnect_backoff_ms", 500)])
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="coordinator-link", daemon=True)
         self.epoch = 0

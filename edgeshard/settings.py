@@ -38,11 +38,12 @@ def address_list(name: str, value: str | Sequence[str] | None) -> tuple[str, ...
     """``value`` as a tuple of ``HOST:PORT`` addresses, in order.
 
     ``value`` is one address, a comma-separated list, or a sequence of either (repeated
-    flags, a TOML array); blank entries are dropped. Raises ``SettingsError`` naming
-    ``name`` and the entry that is not ``HOST:PORT`` or that is given twice.
+    flags, a TOML array); blank entries are dropped, but not every entry. Raises
+    ``SettingsError`` naming ``name`` and the entry that is not ``HOST:PORT`` (a URL
+    scheme included) or that is given twice, or saying that none was given.
     """
-    if value is None:
-        return ()
+    if value is None or (not isinstance(value, str) and not value):
+        return ()  # none configured
     out: list[str] = []
     for part in [value] if isinstance(value, str) else value:
         if not isinstance(part, str):
@@ -50,11 +51,14 @@ def address_list(name: str, value: str | Sequence[str] | None) -> tuple[str, ...
         for entry in (e.strip() for e in part.split(",")):
             if not entry:
                 continue
+            check("://" not in entry, name,
+                  f"{entry!r}: give HOST:PORT without a scheme (e.g. 127.0.0.1:8000)")
             host, _, port = entry.rpartition(":")
             check(bool(host) and port.isdigit() and int(port) <= 65535, name,
                   f"{entry!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
             check(entry not in out, name, f"{entry!r} is given twice")
             out.append(entry)
+    check(bool(out), name, f"no address in {value!r}; give HOST:PORT (e.g. 127.0.0.1:8000)")
     return tuple(out)
 
 

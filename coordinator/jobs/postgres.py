@@ -26,6 +26,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -73,7 +74,7 @@ class PostgresDatabase(Database):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     shared = True
 
-    def __init__(self, url: str, max_connections: int = 16, pool_timeout_s: float = 10.0):
+    def __init__(self, url: str, max_connections: int = 16, pool_timeout_s: float = 5.0):
         super().__init__()
         self.url = url
         self.location = _redact(url)
@@ -86,7 +87,10 @@ class PostgresDatabase(Database):
                 "that the server runs, the address, the database and the credentials") from exc
         self.pool = ConnectionPool(url, min_size=1, max_size=max_connections,
                                    timeout=pool_timeout_s, open=False, name="edgeshard-store",
-                                   kwargs={"autocommit": False})
+                                   kwargs={"autocommit": False, "connect_timeout": 3})
+        # The pool warns at every failed reconnection (many lines a second while the server
+        # is away); the store logs the fault once, and its return.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self.duties = Duties(url)
         self.pool.open(wait=False)
         try:
@@ -189,10 +193,13 @@ def _key(name: str) -> int:
 
 
 def _redact(url: str) -> str:
-    """``url`` without its password, for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}@{host}"
+    """``url`` without its passwords (in the user part or as ``password=`` in the query),
+    for logs and errors."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
+        netloc = f"{creds.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, "***" if "password" in k.lower() else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -102,6 +102,18 @@ def test_a_bad_address_is_named_with_its_source(value, bad):
     assert f"EDGESHARD_COORDINATOR: {bad!r} is not HOST:PORT" in out.stderr
 
 
+@pytest.mark.parametrize("value,message", [
+    (" ", "no address in [' ']; give HOST:PORT"),
+    (",", "no address in [',']; give HOST:PORT"),
+    ("http://127.0.0.1:8000", "'http://127.0.0.1:8000': give HOST:PORT without a scheme"),
+])
+def test_an_empty_list_or_a_url_is_refused_in_one_line(value, message):
+    out = coordinator("jobs", "--coordinator", value)
+    assert out.returncode == 2
+    assert f"edge-coordinator jobs: --coordinator: {message}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_help_says_how_to_name_several(capsys):
     from coordinator.cli.main import main
 

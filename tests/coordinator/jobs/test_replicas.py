@@ -117,10 +117,13 @@ def test_any_replica_answers_for_a_job_submitted_on_another(tmp_path, pg_url, pr
 
 
 @pytest.mark.parametrize("url, code, message", [
-    ("mysql://db/jobs", 2, "state_url: 'mysql://db/jobs' is not a PostgreSQL URL"),
+    ("mysql://db/jobs", 2, "state_url: not a PostgreSQL URL (scheme 'mysql')"),
+    ("host=db password=SECRET", 2, "state_url: not a PostgreSQL URL (scheme '')"),
     ("postgresql://nobody@127.0.0.1:{port}/jobs", 1,
      "state_url: cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:{port}/jobs: "
      "connection failed"),
+    ("postgresql://nobody:SECRET@127.0.0.1:{port}/jobs?password=SECRET", 1,
+     "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:{port}/jobs?password=***"),
 ])
 def test_a_bad_state_url_is_refused_naming_it(tmp_path, url, code, message):
     import socket
@@ -136,7 +139,7 @@ def test_a_bad_state_url_is_refused_naming_it(tmp_path, url, code, message):
         capture_output=True, text=True, timeout=60)
     assert out.returncode == code, out.stderr
     assert message.format(port=port) in out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and "SECRET" not in out.stderr
 
 
 def test_a_drain_through_one_replica_reaches_the_others(tmp_path, pg_url, processes,
