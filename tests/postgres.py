@@ -172,6 +172,26 @@ class PostgresServer:
         self.port = None
         self._remove_directory()
 
+    def halt(self) -> None:
+        """Stop the server (``pg_ctl -m fast stop``: sessions are cut) but keep its data,
+        to be started again on the same port with ``resume``: a database outage."""
+        self._require_started()
+        self._run([self.bin_dir / "pg_ctl", "-D", self.data_dir, "-m", "fast", "-w", "-t",
+                   "30", "stop"], check=True)
+
+    def resume(self) -> None:
+        """Start a halted server again on its port, and wait until it answers."""
+        self._require_started()
+        out = self._run(
+            [self.bin_dir / "pg_ctl", "-D", self.data_dir, "-l", self.log_path, "-w", "-t",
+             str(int(self.start_timeout)), "-o",
+             f"-p {self.port} -k {shlex.quote(str(self.socket_dir))}", "start"],
+            check=False, timeout=self.start_timeout + 10)
+        if out.returncode != 0:
+            raise PostgresStartError(f"PostgreSQL did not start again on {HOST}:{self.port}:"
+                                     f"\n{out.stdout.strip()}\n{self._log_tail()}")
+        self._wait_ready()
+
     def __enter__(self) -> PostgresServer:
         if self.port is None:
             self.start()

@@ -167,3 +167,41 @@ def test_a_drain_through_one_replica_reaches_the_others(tmp_path, pg_url, proces
     finally:
         via_a.close()
         via_b.close()
+
+
+def test_a_database_outage_mid_job_loses_and_repeats_nothing(tmp_path, processes,
+                                                             shipped_repository, holdout):
+    """PostgreSQL stops part-way (sessions cut) and comes back: the coordinator says so
+    once, keeps serving, and the job finishes with each item exactly once, no restart."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        coordinator = replica("coordinator", server.create_database("outage"), tmp_path,
+                              processes)
+        for i in range(2):
+            processes.append(start_node(f"n{i}", shipped_repository, tmp_path, extra_args=[
+                "--coordinator", coordinator.address, "--workers", "1", *PACED]))
+        client = CoordinatorClient(coordinator.address)
+        try:
+            wait_live(client, 2)
+            items, truth = job_items(holdout, 8)
+            status = client.submit(EDGE, items, shard_size=16, job_id="outage-job")
+            wait_done_items(client, status.job_id, len(truth) // 3)
+            server.halt()
+            deadline = time.monotonic() + 30
+            while not client.listing().store_fault:  # said while it lasts, in `nodes`
+                assert time.monotonic() < deadline, "the outage was never reported"
+                time.sleep(0.2)
+            assert [n.state for n in client.nodes()] == ["live", "live"]  # still serving
+            server.resume()
+            final = wait_finished(client, status.job_id)
+            assert final.state == "done", final
+            check_exactly_once(client, status.job_id, truth)
+        finally:
+            client.close()
+        log = coordinator.log_path.read_text()
+        assert log.count("cannot write") == 1 and "writes again" in log
+        assert "Traceback" not in log
+    finally:
+        server.stop()
