@@ -50,17 +50,21 @@ def _pg(sql: str) -> str:
 class _Tx:
     """A transaction on one pooled connection, with ``?`` placeholders."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "sent")
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
+        self.sent = False  # has a statement reached the server (then a retry is unsafe)
 
     def execute(self, sql: str, args: tuple | list = ()) -> psycopg.Cursor:
-        return self.conn.execute(_pg(sql), args or None)
+        cur = self.conn.execute(_pg(sql), args or None)
+        self.sent = True
+        return cur
 
     def executemany(self, sql: str, rows: list) -> psycopg.Cursor:
         cur = self.conn.cursor()
         cur.executemany(_pg(sql), rows)
+        self.sent = True
         return cur
 
 
@@ -104,9 +108,11 @@ class PostgresDatabase(Database):
 
     def write(self, fn: Callable[[_Tx], T]) -> T:  # noqa: D102
         for attempt in range(1, RETRIES + 1):
+            tx = None
             try:
                 with self.pool.connection() as conn:
-                    out = fn(_Tx(conn))
+                    tx = _Tx(conn)
+                    out = fn(tx)
                 self._recovered()
                 return out
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
@@ -116,15 +122,22 @@ class PostgresDatabase(Database):
             except pg_errors.DiskFull as exc:
                 raise self._faulted(str(exc), True, exc) from exc
             except (psycopg.OperationalError, PoolTimeout) as exc:
+                if _stale(exc, tx) and attempt < RETRIES:
+                    continue  # a pooled connection the server had closed: nothing was sent
                 raise self._faulted(str(exc), False, exc) from exc
         raise AssertionError("unreachable")
 
     def read(self, fn: Callable[[_Tx], T]) -> T:  # noqa: D102
-        try:
-            with self.pool.connection() as conn:
-                return fn(_Tx(conn))
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise self._faulted(str(exc), False, exc) from exc
+        for attempt in range(1, RETRIES + 1):
+            try:
+                with self.pool.connection() as conn:
+                    return fn(_Tx(conn))
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if isinstance(exc, PoolTimeout) or attempt == RETRIES:
+                    raise self._faulted(str(exc), False, exc) from exc
+                # reads are safe to run again: on a fresh connection (the pool drops the
+                # broken one) the server may well be back
+        raise AssertionError("unreachable")
 
     def close(self) -> None:  # noqa: D102
         self.duties.close()
@@ -185,6 +198,12 @@ class Duties:
         """Give every duty up (closing the connection releases its locks)."""
         with self._lock:
             self._drop()
+
+
+def _stale(exc: Exception, tx: _Tx | None) -> bool:
+    """True when a write failed on a connection before any statement reached the server
+    (a pooled connection closed by a server restart), so that running it again is safe."""
+    return isinstance(exc, psycopg.OperationalError) and tx is not None and not tx.sent
 
 
 def _key(name: str) -> int:
