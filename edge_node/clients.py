@@ -36,11 +36,13 @@ class LoadReport:
 
 
 class CoordinatorLink:
-    """Keeps this node registered with the coordinator at ``address``."""
+    """Keeps this node registered with the coordinator at ``address``; with
+    ``credentials`` over TLS (the node's own certificate as its client certificate)."""
 
     def __init__(self, address: str, node_id: str, node_address: str,
                  models: Callable[[], dict[str, list[str]]], load: Callable[[], LoadReport],
-                 software_version: str = ""):
+                 software_version: str = "",
+                 credentials: grpc.ChannelCredentials | None = None):
         self.address = address
         self.node_id = node_id
         self.node_address = node_address
@@ -48,7 +50,7 @@ class CoordinatorLink:
         self._load = load
         self._software_version = software_version
         self._stop = threading.Event()
-        self._channel = open_channel(address)
+        self._channel = open_channel(address, credentials=credentials)  # None: plaintext
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="coordinator-link", daemon=True)
         self.epoch = 0

@@ -17,6 +17,7 @@ from coordinator.config import CoordinatorConfig, build
 from edgeshard import VERSION
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, address_list, config_file_from
+from edgeshard.tls import TLSError
 
 log = logging.getLogger("coordinator")
 
@@ -136,8 +137,12 @@ def serve(args) -> int:
     from coordinator.errors import CoordinatorError
     from coordinator.server import CoordinatorServer
 
-    return run_until_signal(CoordinatorServer(config),
-                            (OSError, CoordinatorError, sqlite3.DatabaseError), log)
+    try:
+        server = CoordinatorServer(config)  # reads the TLS files
+    except TLSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return run_until_signal(server, (OSError, CoordinatorError, sqlite3.DatabaseError), log)
 
 
 def submit(args) -> int:
