@@ -212,6 +212,13 @@ def server_credentials(files: TLSFiles) -> grpc.ServerCredentials | None:
         watcher.config, watcher.fetch, require_client_authentication=files.ca is not None)
 
 
+def handshake_failed(details: str) -> bool:
+    """Whether an UNAVAILABLE's ``details`` report a failed TLS handshake (a certificate
+    not verified, TLS against a plaintext server), which waiting does not fix."""
+    lower = details.lower()
+    return "handshake" in lower or "ssl_error" in lower
+
+
 def handshake_hint(details: str, client_tls: bool) -> str | None:
     """One line for an UNAVAILABLE whose ``details`` show a TLS mismatch, else None.
 
@@ -220,7 +227,7 @@ def handshake_hint(details: str, client_tls: bool) -> str | None:
     closed socket right after connecting is read as the same mismatch.
     """
     lower = details.lower()
-    if "handshake" in lower or "ssl_error" in lower:
+    if handshake_failed(details):
         return (f"TLS handshake failed: {details} (check --tls-ca/--tls-cert/--tls-key: "
                 "the server's certificate must be signed by --tls-ca, and the server must "
                 "speak TLS)")
@@ -229,8 +236,8 @@ def handshake_hint(details: str, client_tls: bool) -> str | None:
             return (f"TLS handshake failed: the server closed the connection ({details}); "
                     "check --tls-ca/--tls-cert/--tls-key: a server that requires client "
                     "certificates needs --tls-cert and --tls-key signed by its CA")
-        return (f"TLS handshake failed: the server closed a plaintext connection "
-                f"({details}); it may require TLS: check --tls-ca/--tls-cert/--tls-key")
+        return (f"the server closed a plaintext connection ({details}): it may require "
+                "TLS; check --tls-ca/--tls-cert/--tls-key")
     return None
 
 
