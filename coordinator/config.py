@@ -13,6 +13,7 @@ from typing import Any
 from coordinator.cascade.rules import CascadeRule, parse_cascade
 from edgeshard import settings
 from edgeshard.settings import check, check_port
+from edgeshard.tls import TLSFiles, check_server_settings
 
 
 def _help(text: str) -> dict:
@@ -182,11 +183,38 @@ class CoordinatorConfig:
     spool_ttl_s: float = field(default=24 * 3600.0, metadata=_help("spooled item lifetime (s)"))
     """After this long in the spool an escalation's edge answer becomes final (degraded)."""
 
+    tls_cert: Path | None = field(default=None, metadata=_help(
+        "PEM certificate (chain) to serve TLS with and to present to nodes and the cloud"))
+    """The coordinator's certificate: its gRPC server (OIP front, Fleet, Jobs) speaks TLS
+    with it, and its clients of nodes and of the cloud tier present it. Replaced files are
+    served from the next connection on, without a restart."""
+
+    tls_key: Path | None = field(default=None, metadata=_help("PEM private key of --tls-cert"))
+    """The private key of ``tls_cert`` (unencrypted PEM; keep it 0600)."""
+
+    tls_ca: Path | None = field(default=None, metadata=_help(
+        "PEM CA bundle: clients and nodes must present a certificate it signed (mTLS); "
+        "nodes and the cloud tier are verified against it"))
+    """With it the server requires client certificates signed by this CA (mutual TLS),
+    and the coordinator verifies nodes and the cloud tier against it; without it, but
+    with ``tls_cert``, it dials them with TLS against the system's roots."""
+
+    insecure: bool = field(default=False,
+                           metadata=_help("allow plaintext gRPC on a non-loopback --host"))
+    """Without TLS a coordinator bound to anything but loopback refuses to start unless
+    this is set."""
+
     ready_file: Path | None = field(default=None, metadata=_help("write ports JSON when ready"))
     """When set, a JSON file with the bound ports is written once serving."""
 
     log_level: str = field(default="INFO", metadata=_help("DEBUG, INFO, WARNING, ERROR"))
     """Logging level of the process."""
+
+    @property
+    def tls_files(self) -> TLSFiles:
+        """The TLS files: the server's certificate and CA, also used to dial nodes and the
+        cloud tier."""
+        return TLSFiles(self.tls_cert, self.tls_key, self.tls_ca)
 
     def cascade_rules(self) -> dict[str, CascadeRule]:
         """Edge model -> (cloud model, escalation policy)."""
@@ -196,6 +224,10 @@ class CoordinatorConfig:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         if self.ready_file is not None:
             object.__setattr__(self, "ready_file", Path(self.ready_file))
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value else None)
+        check_server_settings(self.host, self.tls_files, self.insecure)
         check_port("port", self.port)
         if self.metrics_port is not None:
             check_port("metrics_port", self.metrics_port)

@@ -51,6 +51,7 @@ from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
+from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import add_port, create_server, message_options
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
@@ -64,9 +65,10 @@ FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs")
 class CoordinatorServer:
     """One coordinator process: builds the domain objects, serves the gRPC API, drains.
 
-    ``start`` raises ``OSError`` (port or state dir unavailable), ``sqlite3.DatabaseError``
-    (a corrupt store) or ``CoordinatorError``; ``stop(grace)`` drains for ``grace`` seconds
-    (the config's ``grace_seconds`` by default).
+    Construction raises ``TLSError`` when a TLS file is unusable (the message names the
+    flag and the file). ``start`` raises ``OSError`` (port or state dir unavailable),
+    ``sqlite3.DatabaseError`` (a corrupt store) or ``CoordinatorError``; ``stop(grace)``
+    drains for ``grace`` seconds (the config's ``grace_seconds`` by default).
     """
 
     def __init__(self, config: CoordinatorConfig):
@@ -74,7 +76,9 @@ class CoordinatorServer:
         self.metrics = CoordinatorMetrics()
         self.registry = Registry(config.suspect_after_s, config.dead_after_s,
                                  expire_after=config.expire_after_s)
-        self.clients = ClientPool(config.max_message_bytes)
+        # TLS files are read here, before anything starts: a wrong path fails at once.
+        self._server_tls = server_credentials(config.tls_files)
+        self.clients = ClientPool(config.max_message_bytes, channel_credentials(config.tls_files))
         self.router = Router(self.registry, config.epsilon)
         self.forwarder = Forwarder(self.registry, self.router, config.max_in_flight,
                                    on_result=self.metrics.forwarded_result,
@@ -136,7 +140,7 @@ class CoordinatorServer:
         # so unary calls, heartbeats above all, always find one.
         self._server = create_server(32 + 3 * cfg.max_streams, "coord-grpc",
                                      message_options(cfg.max_message_bytes))
-        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
+        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}", self._server_tls)
         self.dispatcher.address = f"{cfg.host}:{self.port}"
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(
@@ -163,8 +167,8 @@ class CoordinatorServer:
             threading.Thread(target=self._gauges, name="gauges", daemon=True).start()
         self.front.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("coordinator serving on %s:%d (state %s, %d seed node(s))",
-                 cfg.host, self.port, self.store.path, len(cfg.node))
+        log.info("coordinator serving on %s:%d (%s; state %s, %d seed node(s))",
+                 cfg.host, self.port, describe(cfg.tls_files), self.store.path, len(cfg.node))
         if cfg.ready_file:
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
             tmp.write_text(json.dumps({"grpc_port": self.port,

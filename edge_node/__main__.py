@@ -16,6 +16,7 @@ from edge_node.errors import ModelLoadError
 from edgeshard import VERSION
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, config_file_from
+from edgeshard.tls import TLSError
 
 log = logging.getLogger("edge_node")
 
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
 
-        return run_until_signal(EdgeNodeServer(config), (ModelLoadError, OSError), log)
+        return run_until_signal(EdgeNodeServer(config), (ModelLoadError, OSError, TLSError),
+                                log)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         print("edge-node: interrupted while starting", file=sys.stderr)
         return 130

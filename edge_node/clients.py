@@ -36,11 +36,13 @@ class LoadReport:
 
 
 class CoordinatorLink:
-    """Keeps this node registered with the coordinator at ``address``."""
+    """Keeps this node registered with the coordinator at ``address``; with
+    ``credentials`` over TLS (the node's own certificate as its client certificate)."""
 
     def __init__(self, address: str, node_id: str, node_address: str,
                  models: Callable[[], dict[str, list[str]]], load: Callable[[], LoadReport],
-                 software_version: str = ""):
+                 software_version: str = "",
+                 credentials: grpc.ChannelCredentials | None = None):
         self.address = address
         self.node_id = node_id
         self.node_address = node_address
@@ -49,9 +51,10 @@ class CoordinatorLink:
         self._software_version = software_version
         self._stop = threading.Event()
         # After an outage the node reaches the coordinator again within 2 s of its return,
-        # not after gRPC's reconnect back-off (up to 120 s by default).
+        # not after gRPC's reconnect back-off (up to 120 s by default). None: plaintext.
         self._channel = open_channel(address, options=[("grpc.max_reconnect_backoff_ms", 2000),
-                                                       ("grpc.initial_reconnect_backoff_ms", 500)])
+                                                       ("grpc.initial_reconnect_backoff_ms", 500)],
+                                     credentials=credentials)
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="coordinator-link", daemon=True)
         self.epoch = 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from edgeshard import settings
 from edgeshard.settings import SettingsError, check, check_port
+from edgeshard.tls import TLSFiles, check_server_settings
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,28 @@ class NodeConfig:
     )
     """Interfaces (by IPv4 address) for zeroconf; empty = every interface."""
 
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "PEM certificate (chain) to serve TLS with and to "
+                                "present to coordinators"})
+    """This node's certificate: the gRPC server speaks TLS with it, and registration with
+    coordinators presents it as the client certificate. Replaced files are served from
+    the next connection on, without a restart."""
+
+    tls_key: Path | None = field(default=None,
+                                 metadata={"help": "PEM private key of --tls-cert"})
+    """The private key of ``tls_cert`` (unencrypted PEM; keep it 0600)."""
+
+    tls_ca: Path | None = field(
+        default=None, metadata={"help": "PEM CA bundle: clients must present a certificate "
+                                "it signed (mTLS), and coordinators are verified against it"})
+    """With it the server requires client certificates signed by this CA (mutual TLS),
+    and the node verifies its coordinators' certificates against it."""
+
+    insecure: bool = field(
+        default=False, metadata={"help": "allow plaintext gRPC on a non-loopback --host"})
+    """Without TLS a node bound to anything but loopback refuses to start unless this is
+    set."""
+
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     """Logging level of the process."""
 
@@ -136,10 +159,19 @@ class NodeConfig:
         check(self.capacity >= 0, "capacity", "must be >= 0")
         object.__setattr__(self, "coordinator",
                            settings.address_list("coordinator", self.coordinator))
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value else None)
+        check_server_settings(self.host, self.tls_files, self.insecure)
         if not self.workers:
             object.__setattr__(self, "workers", max(1, os.cpu_count() or 1))
         if not self.capacity:
             object.__setattr__(self, "capacity", 4 * self.workers)
+
+    @property
+    def tls_files(self) -> TLSFiles:
+        """The TLS files: the server's certificate and CA, also used to dial coordinators."""
+        return TLSFiles(self.tls_cert, self.tls_key, self.tls_ca)
 
     @property
     def public_host(self) -> str:

@@ -25,6 +25,7 @@ from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
 from edge_node.servicer import NodeServicer
 from edgeshard import VERSION
+from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import add_port, create_server, message_options
 from protos.discovery import NodeAdvert
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
@@ -49,15 +50,20 @@ class EdgeNodeServer:
         self._server: grpc.Server | None = None
         self._links: list[CoordinatorLink] = []  # one per --coordinator
         self._advertiser = None  # Advertiser when --advertise is set
+        self._link_credentials = None  # TLS to coordinators, when configured
         self._stopped = threading.Event()
         self._served = False  # reached SERVING (a failed start never does)
 
     def start(self) -> None:
         """Load the models, bind the port, warm every worker up, then turn SERVING and announce.
 
-        Raises ``ModelLoadError`` when no model loads and ``OSError`` when the port cannot be bound.
+        Raises ``ModelLoadError`` when no model loads, ``OSError`` when the port cannot be
+        bound and ``TLSError`` (naming the flag and file) when a TLS file is unusable.
         """
         cfg = self.config
+        # TLS files first: a wrong path fails at once, not after the models load.
+        server_tls = server_credentials(cfg.tls_files)
+        self._link_credentials = channel_credentials(cfg.tls_files)  # None: plaintext
         log.info("edge node starting: runtime %s, ext kernels %s", RUNTIME, ext.IMPLEMENTATION)
         self.repository.load()
         if not self.repository.ready_versions():
@@ -72,7 +78,7 @@ class EdgeNodeServer:
         self._server = create_server(
             max(8, 2 * cfg.workers + 4), "edge-grpc", message_options(cfg.max_message_bytes),
             maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers)
-        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}")
+        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}", server_tls)
         self.node_id = cfg.resolved_node_id(self.port)
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)
         self.servicer = NodeServicer(self.engine, self.node_id)
@@ -86,8 +92,9 @@ class EdgeNodeServer:
         self.servicer.ready.set()
         self._served = True
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("edge node %s serving %d model version(s) on %s:%d",
-                 self.node_id, len(self.engine.pipelines), cfg.host, self.port)
+        log.info("edge node %s serving %d model version(s) on %s:%d (%s)",
+                 self.node_id, len(self.engine.pipelines), cfg.host, self.port,
+                 describe(cfg.tls_files))
         self._announce()
         if cfg.ready_file:
             self._write_ready_file()
@@ -110,7 +117,8 @@ class EdgeNodeServer:
         address = f"{cfg.public_host}:{self.port}"
         for coordinator in cfg.coordinator:
             link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,
-                                   self.load_report, software_version=VERSION)
+                                   self.load_report, software_version=VERSION,
+                                   credentials=self._link_credentials)
             self._links.append(link)
             link.start()
         if cfg.advertise:

@@ -14,11 +14,13 @@ def test_node_example_loads():
     cfg = build_node({}, {}, CONFIG / "node.toml")
     assert cfg.port == 8001 and cfg.advertise and cfg.coordinator == ("coordinator.local:8000",)
     assert cfg.capacity == 8  # 4 x 2 workers
+    assert cfg.tls_files.cert == Path("/etc/edgeshard/tls/node-1.pem") and cfg.tls_files.ca
 
 
 def test_coordinator_example_loads_with_its_cascade():
     cfg = build_coordinator({}, {}, CONFIG / "coordinator.toml")
     assert cfg.node == ("10.0.0.5:8001", "10.0.0.6:8001") and cfg.discover
+    assert cfg.tls_key == Path("/etc/edgeshard/tls/coordinator.key") and not cfg.insecure
     (rule,) = cfg.cascade_rules().values()
     assert (rule.model, rule.cloud_model) == ("mnist_edge", "mnist_cloud")
     assert (rule.policy.name, rule.policy.threshold) == ("max_prob", 0.87)

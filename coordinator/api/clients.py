@@ -27,11 +27,13 @@ DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class OIPClient:
-    """A channel to one OIP server, with the calls the coordinator needs."""
+    """A channel to one OIP server, with the calls the coordinator needs; TLS with
+    ``credentials`` (``edgeshard.tls.channel_credentials``), else plaintext."""
 
-    def __init__(self, address: str, max_message_bytes: int = DEFAULT_MESSAGE_BYTES):
+    def __init__(self, address: str, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+                 credentials: grpc.ChannelCredentials | None = None):
         self.address = address
-        self.channel = open_channel(address, options=[
+        self.channel = open_channel(address, credentials=credentials, options=[
             *message_options(max_message_bytes),
             # A peer that was down (a cloud outage, a restarted node) is retried within
             # 2 s, not on gRPC's default back-off that grows to 2 minutes.
@@ -143,10 +145,13 @@ def string_parameter(config, key: str, default: str = "") -> str:
 
 
 class ClientPool:
-    """One channel per node address, created on first use, shared by all threads."""
+    """One channel per node address, created on first use, shared by all threads; every
+    one TLS with ``credentials`` (health probes included), else plaintext."""
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MESSAGE_BYTES):
+    def __init__(self, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+                 credentials: grpc.ChannelCredentials | None = None):
         self._max = max_message_bytes
+        self._credentials = credentials
         self._clients: dict[str, OIPClient] = {}
         self._lock = threading.Lock()
 
@@ -155,7 +160,8 @@ class ClientPool:
         with self._lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = OIPClient(address, self._max)
+                client = self._clients[address] = OIPClient(address, self._max,
+                                                                 self._credentials)
             return client
 
     def close(self) -> None:

@@ -105,11 +105,12 @@ class CoordinatorClient:
     (seconds; per address tried for unary calls, for the whole stream for streams);
     failures raise ``grpc.RpcError``. A stream whose coordinator went away waits up to
     ``reconnect_s`` for each address to accept connections before asking it, so that a
-    lone coordinator that restarts is waited for. Thread-safe.
+    lone coordinator that restarts is waited for. With ``credentials``
+    (``edgeshard.tls.channel_credentials``) every channel is TLS. Thread-safe.
     """
 
     def __init__(self, address: str | Sequence[str], max_message_bytes: int = 64 * 1024 * 1024,
-                 reconnect_s: float = 10.0):
+                 reconnect_s: float = 10.0, credentials: grpc.ChannelCredentials | None = None):
         self.addresses = address_list("coordinator", address)
         if not self.addresses:
             raise ValueError("coordinator: no address given; expected HOST:PORT")
@@ -119,7 +120,8 @@ class CoordinatorClient:
             # After an outage the CLI reconnects within 2 s, not gRPC's back-off of minutes.
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
-        self._channels = [open_channel(a, options=options) for a in self.addresses]
+        self._channels = [open_channel(a, options=options, credentials=credentials)
+                          for a in self.addresses]
         self._stubs = [_Stubs(fleet_pb2_grpc.FleetStub(c), fleet_pb2_grpc.JobsStub(c))
                        for c in self._channels]
         self._current = 0

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import grpc
 
+from edgeshard.tls import handshake_hint
+
 COMMANDS = {  # name: (one-line help, --help description)
     "nodes": ("list the fleet's nodes",
               "List every node the coordinator knows: id, address, state (candidate, live, "
@@ -113,7 +115,8 @@ def admin(args) -> int:
     """
     from coordinator.api.control_client import CoordinatorClient
 
-    client = CoordinatorClient(args.coordinator)  # moves to the next one that answers
+    # Moves to the next coordinator when one does not answer.
+    client = CoordinatorClient(args.coordinator, credentials=args.credentials)
     try:
         if args.command == "nodes":
             answer = client.listing()
@@ -130,7 +133,8 @@ def admin(args) -> int:
                   f"{status.total_items} items answered)")
     except grpc.RpcError as exc:
         print(f"edge-coordinator {args.command}: "
-              f"{rpc_failure(exc, args.coordinator, client.address)}", file=sys.stderr)
+              f"{rpc_failure(exc, args.coordinator, client.address, args.client_tls)}",
+              file=sys.stderr)
         return 1
     finally:
         client.close()
@@ -138,13 +142,17 @@ def admin(args) -> int:
 
 
 def rpc_failure(exc: grpc.RpcError, addresses: str | Sequence[str],
-                answered: str = "") -> str:
+                answered: str = "", client_tls: bool = False) -> str:
     """One line for a failed call to the coordinator(s) at ``addresses`` (every one was
     tried when the error is UNAVAILABLE), with a hint where the status suggests a wrong
-    address; ``answered`` is the address that gave the error, when known."""
+    address or a TLS mismatch (``client_tls``: whether this client spoke TLS);
+    ``answered`` is the address that gave the error, when known."""
     addresses = (addresses,) if isinstance(addresses, str) else tuple(addresses)
     text = f"{exc.code().name}: {exc.details()}"
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        hint = handshake_hint(exc.details() or "", client_tls)
+        if hint:
+            return f"{hint} (coordinator {', '.join(addresses)})"
         if len(addresses) == 1:
             return (f"{text} (is a coordinator running at {addresses[0]}? "
                     "set it with --coordinator or EDGESHARD_COORDINATOR)")

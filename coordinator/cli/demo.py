@@ -35,10 +35,12 @@ from coordinator.api.control_client import CoordinatorClient
 from coordinator.cli.calibrate import calibrate, write_calibration
 from coordinator.cli.interrupt import Interrupted, close_client
 from coordinator.cli.job_monitor import waiting_reason
-from coordinator.cli.launcher import NodeProcess, start_coordinator, start_node
+from coordinator.cli.launcher import NodeProcess, start_coordinator, start_node, tls_args
 from coordinator.cli.progress import ProgressBar
 from coordinator.jobs.items import ItemSource
 from coordinator.jobs.model import JobState
+from edgeshard.certs import write_fleet_pki
+from edgeshard.tls import TLSFiles, channel_credentials
 
 FAST_MEMBERSHIP = [  # a demo fleet on loopback can afford quick failure detection
     "--heartbeat-interval-s", "0.5", "--probe-interval-s", "0.5", "--probe-timeout-s", "0.5",
@@ -63,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online", type=int, default=300,
                    help="single-image online requests for the latency figure (300)")
     p.add_argument("--workdir", type=Path, help="keep logs and state here (default: temp)")
+    p.add_argument("--tls", action="store_true",
+                   help="run every link over mutual TLS (a development CA in <workdir>/tls)")
 
 
 @dataclass
@@ -149,8 +153,9 @@ def _wait_live(client: CoordinatorClient, n: int, timeout: float = 30.0) -> None
     raise RuntimeError(f"fewer than {n} nodes became live within {timeout:.0f}s")
 
 
-def _online_latency(address: str, model: str, images: np.ndarray, count: int) -> list[float]:
-    client = OIPClient(address)
+def _online_latency(address: str, model: str, images: np.ndarray, count: int,
+                    credentials=None) -> list[float]:
+    client = OIPClient(address, credentials=credentials)
     try:
         latencies = []
         for i in range(count):
@@ -187,13 +192,16 @@ def _ignore_sigint() -> None:
 
 def run(workdir: Path, nodes: int = 3, kill_one: bool = False, repeat: int = 10,
         shard_size: int = 64, online: int = 300, out=print, progress: bool = True,
-        cloud: bool = True, cloud_outage: float = 0.0, budget: float = 0.15) -> Report:
+        cloud: bool = True, cloud_outage: float = 0.0, budget: float = 0.15,
+        tls: bool = False) -> Report:
     """Start a local fleet (and cloud tier), calibrate, run the hold-out job; return its report.
 
     ``repeat`` copies of the hold-out set form the job; ``online`` single-image requests
     measure latency first; ``kill_one`` SIGKILLs an edge node a third of the way through;
     ``cloud_outage`` (seconds) takes the cloud tier down at that point; ``budget`` is the
-    escalation fraction the calibration picks the threshold for. Each line of progress
+    escalation fraction the calibration picks the threshold for; with ``tls`` every
+    process and the demo's own clients use mutual TLS (certificates made into
+    ``workdir/tls``). Each line of progress
     goes to ``out``; logs and state to ``workdir``, which the caller removes. Every
     process started is stopped on return, also on Ctrl-C (``KeyboardInterrupt`` is raised
     after that). Raises whatever fails (``LaunchError``, ``RuntimeError``, gRPC errors).
@@ -207,17 +215,28 @@ def run(workdir: Path, nodes: int = 3, kill_one: bool = False, repeat: int = 10,
     client = None
     try:
         edge_repo, cloud_repo = _split_repository(workdir)
+        pki = workdir / "tls" if tls else None
+        credentials = None
+        if pki is not None:
+            names = [f"node-{i + 1}" for i in range(nodes)] + ["cloud", "calibrate"]
+            write_fleet_pki(pki, names, force=True)
+            credentials = channel_credentials(
+                TLSFiles(pki / "client.pem", pki / "client.key", pki / "ca.pem"))
+            out(f"mutual TLS on every link: development CA and certificates in {pki}")
         coord_args = FAST_MEMBERSHIP + ["--shard-size", str(shard_size), "--metrics-port", "0"]
         cloud_node = calibration = None
         if cloud:
-            cloud_node = start_node("cloud", cloud_repo, workdir, extra_args=["--workers", "1"])
+            cloud_node = start_node("cloud", cloud_repo, workdir,
+                                    extra_args=["--workers", "1", *tls_args(pki, "cloud")])
             procs.append(cloud_node)
             out(f"cloud tier: an edge-node serving {edgeshard_models.CLOUD_MODEL} on "
                 f"{cloud_node.address}")
-            probe = start_node("calibrate", edge_repo, workdir, extra_args=["--workers", "1"])
+            probe = start_node("calibrate", edge_repo, workdir,
+                               extra_args=["--workers", "1", *tls_args(pki, "calibrate")])
             try:
                 calibration = calibrate(probe.address, cloud_node.address, model,
-                                        edgeshard_models.CLOUD_MODEL, "max_prob", budget, None)
+                                        edgeshard_models.CLOUD_MODEL, "max_prob", budget, None,
+                                        credentials=credentials)
             finally:
                 probe.stop()
             write_calibration(calibration, edge_repo / model / "1", budget)
@@ -233,17 +252,19 @@ def run(workdir: Path, nodes: int = 3, kill_one: bool = False, repeat: int = 10,
             ]
         out(f"starting a coordinator and {nodes} edge node(s) on loopback")
         coord = start_coordinator("coordinator", workdir / "state", workdir,
-                                  extra_args=coord_args)
+                                  extra_args=coord_args + tls_args(pki, "coordinator"))
         procs.append(coord)
         for i in range(nodes):
             procs.append(start_node(
                 f"node-{i + 1}", edge_repo, workdir,
-                extra_args=["--coordinator", coord.address, "--workers", "1"]))
-        client = CoordinatorClient(coord.address)
+                extra_args=["--coordinator", coord.address, "--workers", "1",
+                            *tls_args(pki, f"node-{i + 1}")]))
+        client = CoordinatorClient(coord.address, credentials=credentials)
         _wait_live(client, nodes)
         out(f"coordinator {coord.address}: {nodes} edge node(s) live")
 
-        latencies = _online_latency(coord.address, model, images, online) if online else []
+        latencies = (_online_latency(coord.address, model, images, online, credentials)
+                     if online else [])
 
         ids = [f"{r}-{i}" for r in range(repeat) for i in range(len(images))]
         truth = dict(zip(ids, np.tile(labels, repeat).tolist(), strict=True))
@@ -257,7 +278,8 @@ def run(workdir: Path, nodes: int = 3, kill_one: bool = False, repeat: int = 10,
 
         def restore_cloud(port: int) -> None:
             cloud_back.append(start_node("cloud-back", cloud_repo, workdir,
-                                         extra_args=["--workers", "1", "--port", str(port)]))
+                                         extra_args=["--workers", "1", "--port", str(port),
+                                                     *tls_args(pki, "cloud")]))
             out(f"\ncloud tier back on port {port}")
 
         for st in client.watch(job_id, interval=0.1):
@@ -350,7 +372,7 @@ def main(args) -> int:
     try:
         report = run(workdir, args.nodes, args.kill_one, args.repeat, args.shard_size,
                      args.online, cloud=not args.no_cloud, cloud_outage=args.cloud_outage,
-                     budget=args.budget)
+                     budget=args.budget, tls=args.tls)
     except KeyboardInterrupt:
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -85,6 +85,15 @@ class NodeProcess:
             self.process.wait()
 
 
+def tls_args(pki: Path | None, name: str) -> list[str]:
+    """``--tls-cert/--tls-key/--tls-ca`` flags for the daemon ``name`` with the files
+    ``edgeshard.certs.write_fleet_pki`` wrote into ``pki`` (mutual TLS); none without."""
+    if pki is None:
+        return []
+    return ["--tls-cert", str(pki / f"{name}.pem"), "--tls-key", str(pki / f"{name}.key"),
+            "--tls-ca", str(pki / "ca.pem")]
+
+
 def start_node(name: str, model_repository: Path, workdir: Path | None = None,
                extra_args: list[str] | None = None, env: dict | None = None,
                timeout: float = 60.0) -> NodeProcess:

@@ -17,6 +17,7 @@ from coordinator.config import CoordinatorConfig, build
 from edgeshard import VERSION
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, address_list, config_file_from
+from edgeshard.tls import TLSError, TLSFiles, channel_credentials
 
 log = logging.getLogger("coordinator")
 
@@ -60,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     def with_target(sp):
         sp.add_argument("--coordinator", action="append", metavar="HOST:PORT[,...]",
                         help=COORDINATOR_HELP)
-        return sp
+        return add_tls_flags(sp)
 
     submit = with_target(sub.add_parser(
         "submit", help="run a batch job and write its results as JSON lines",
@@ -108,6 +109,16 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--write", action="store_true",
                      help="store the fitted temperature in <repo>/<model>/<version>/"
                      "calibration.json")
+    add_tls_flags(cal)
+
+    from coordinator.cli.certs import add_arguments as certs_arguments
+
+    certs_arguments(sub.add_parser(
+        "certs", help="make a development CA and certificates for mutual TLS",
+        description="Write a development certificate authority and certificates signed by "
+        "it into --out: coordinator, node-1..node-N and client (for the CLI). Each is good "
+        "for TLS server and client use; SANs hold the name, localhost, 127.0.0.1, ::1 and "
+        "--hosts. Keys are written 0600; existing files are kept unless --force."))
 
     from coordinator.cli.demo import add_arguments as demo_arguments
 
@@ -118,6 +129,27 @@ def parser() -> argparse.ArgumentParser:
         "one node part-way), and print a report: items, results, lost, duplicated, "
         "per-node share, throughput, latency, accuracy."))
     return p
+
+
+TLS_FLAGS = {  # field: help (env EDGESHARD_<FIELD>)
+    "tls_cert": "PEM client certificate to present (a server with --tls-ca requires one)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_ca": "PEM CA bundle to verify the server against; any --tls-* option means TLS",
+}
+
+
+def add_tls_flags(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add a client command's ``--tls-cert``, ``--tls-key`` and ``--tls-ca`` to ``sp``."""
+    for name, text in TLS_FLAGS.items():
+        sp.add_argument("--" + name.replace("_", "-"), metavar="PATH",
+                        help=f"{text}; env EDGESHARD_{name.upper()}")
+    return sp
+
+
+def client_tls(args, env) -> TLSFiles:
+    """A client command's TLS files: ``--tls-*`` flags, else ``EDGESHARD_TLS_*``."""
+    return TLSFiles.of(*(getattr(args, name, None) or env.get(f"EDGESHARD_{name.upper()}")
+                         for name in TLS_FLAGS))
 
 
 def serve(args) -> int:
@@ -136,8 +168,12 @@ def serve(args) -> int:
     from coordinator.errors import CoordinatorError
     from coordinator.server import CoordinatorServer
 
-    return run_until_signal(CoordinatorServer(config),
-                            (OSError, CoordinatorError, sqlite3.DatabaseError), log)
+    try:
+        server = CoordinatorServer(config)  # reads the TLS files
+    except TLSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return run_until_signal(server, (OSError, CoordinatorError, sqlite3.DatabaseError), log)
 
 
 def submit(args) -> int:
@@ -155,7 +191,7 @@ def submit(args) -> int:
     try:
         outcome = run_submit(args.coordinator, args.model, args.input, args.output,
                              args.shard_size, args.job_id, args.model_version, args.retry_for,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, credentials=args.credentials)
     except (JobInputError, ValueError, OSError) as exc:
         print(f"edge-coordinator submit: {exc}", file=sys.stderr)
         return 2
@@ -163,7 +199,8 @@ def submit(args) -> int:
         print(f"edge-coordinator submit: {exc}", file=sys.stderr)
         return 1
     except grpc.RpcError as exc:
-        print(f"edge-coordinator submit: {rpc_failure(exc, args.coordinator)}",
+        print(f"edge-coordinator submit: "
+              f"{rpc_failure(exc, args.coordinator, client_tls=args.client_tls)}",
               file=sys.stderr)
         return 1
     print(f"job {outcome.job_id}: {outcome.state}, {outcome.written}/{outcome.total} results "
@@ -188,14 +225,22 @@ def run_command(args, argv: list[str] | None) -> int:
     if args.command == "serve":
         return serve(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if hasattr(args, "coordinator"):
-        try:
+    try:
+        if hasattr(args, "coordinator"):
             args.coordinator = coordinators(args.coordinator, os.environ)
-        except SettingsError as exc:
-            print(f"edge-coordinator {args.command}: {exc}", file=sys.stderr)
-            return 2
+        if hasattr(args, "tls_ca"):
+            tls = client_tls(args, os.environ)
+            args.client_tls = tls.enabled
+            args.credentials = channel_credentials(tls)  # None: plaintext
+    except SettingsError as exc:  # TLSError included: a bad path names flag and file
+        print(f"edge-coordinator {args.command}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "submit":
         return submit(args)
+    if args.command == "certs":
+        from coordinator.cli.certs import main as certs_main
+
+        return certs_main(args)
     if args.command == "demo":
         from coordinator.cli.demo import main as demo_main
 

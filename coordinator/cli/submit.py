@@ -37,6 +37,7 @@ from coordinator.jobs.items import load_items
 from coordinator.jobs.model import JobState
 from edgeshard.errors import UnavailableError
 from edgeshard.rpc import RETRYABLE
+from edgeshard.tls import handshake_failed, handshake_hint
 
 # A Submit refused because the coordinator is busy (its Submit streams are all taken)
 # is tried again like one that could not reach it: the coordinator says "retry later".
@@ -92,6 +93,7 @@ class _Waiting:
         self.bar = bar
         self.said = False
         self.give_up = time.monotonic() + retry_for
+        self.client_tls = False  # whether the client speaks TLS (for the hints)
 
     def answered(self) -> None:
         """The coordinator answered: the next wait gets ``retry_for`` seconds again."""
@@ -120,16 +122,38 @@ class _Waiting:
     def until_reachable(self, client: CoordinatorClient, next_step: str) -> None:
         """Block until one of the client's coordinators accepts a connection (``away``
         every second until then)."""
+        why = ""
         while not client.connect(1.0):
-            self.away("not reachable", next_step)
+            if not why:  # once: a TLS mismatch shows only in a call's error
+                why = self._tls_mismatch(client, next_step) or "not reachable"
+            self.away(why, next_step)
+
+    def reason(self, exc: grpc.RpcError) -> str:
+        """Why a call failed, for the waiting line: a TLS mismatch, else the status."""
+        return handshake_hint(exc.details() or "", self.client_tls) or exc.code().name
+
+    def _tls_mismatch(self, client: CoordinatorClient, next_step: str) -> str:
+        """Ask once; raise ``CoordinatorUnreachable`` at once when the TLS handshake
+        fails (waiting does not fix certificates), return the hint for a closed socket
+        (perhaps a missing client certificate), else ""."""
+        try:
+            client.listing(timeout=2.0)
+        except grpc.RpcError as exc:
+            hint = handshake_hint(exc.details() or "", self.client_tls)
+            if hint and handshake_failed(exc.details() or ""):
+                raise CoordinatorUnreachable(f"{hint}; {next_step}") from None
+            return hint or ""
+        return ""
 
 
 def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, output: Path,
                shard_size: int = 0, job_id: str = "", model_version: str = "",
-               retry_for: float = 120.0, progress: bool = True) -> SubmitOutcome:
+               retry_for: float = 120.0, progress: bool = True,
+               credentials: grpc.ChannelCredentials | None = None) -> SubmitOutcome:
     """Submit (or resume) a job and write its results; returns when it is finished.
 
-    ``coordinator``: one address or several (see ``CoordinatorClient``).
+    ``coordinator``: one address or several (see ``CoordinatorClient``); ``credentials``
+    make every channel TLS. A TLS handshake that fails is not waited out.
 
     Raises ``JobInputError``/``ValueError``/``OSError`` for bad input or a sidecar of
     another job, ``CoordinatorUnreachable`` after ``retry_for`` seconds without an
@@ -154,7 +178,8 @@ def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, o
     items = None if state else load_items(input_path)  # bad input fails before any wait
     bar = ProgressBar(None, f"job {job_id[:8]}") if progress else None
     waiting = _Waiting(coordinator, retry_for, bar)
-    client = CoordinatorClient(coordinator)
+    client = CoordinatorClient(coordinator, credentials=credentials)
+    waiting.client_tls = credentials is not None
     monitor = out = None
     resume = f"run the same command again to resume job {job_id}"
     try:
@@ -186,7 +211,7 @@ def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, o
             except grpc.RpcError as exc:
                 if exc.code() not in SUBMIT_AGAIN:
                     raise
-                waiting.away(exc.code().name, resume)
+                waiting.away(waiting.reason(exc), resume)
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     time.sleep(1.0)  # reachable but busy: ask again in a second
                 waiting.until_reachable(client, resume)
