@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from edgeshard.tls import handshake_hint
 from edgeshard.transport import open_channel
 from protos import fleet_pb2, fleet_pb2_grpc
 
@@ -55,6 +56,7 @@ class CoordinatorLink:
         self._channel = open_channel(address, options=[("grpc.max_reconnect_backoff_ms", 2000),
                                                        ("grpc.initial_reconnect_backoff_ms", 500)],
                                      credentials=credentials)
+        self._tls = credentials is not None
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="coordinator-link", daemon=True)
         self.epoch = 0
@@ -120,8 +122,11 @@ class CoordinatorLink:
                 self._stop.wait(interval)
             except grpc.RpcError as exc:
                 if interval is None:
+                    why = exc.code().name
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE:  # a TLS mismatch shows so
+                        why = handshake_hint(exc.details() or "", self._tls) or why
                     log.warning("cannot register with coordinator %s: %s; retrying in %.1fs",
-                                self.address, exc.code().name, backoff)
+                                self.address, why, backoff)
                 else:
                     log.warning("heartbeat to %s failed: %s", self.address, exc.code().name)
                     interval = None  # re-register once it answers again

@@ -261,3 +261,20 @@ def test_demo_over_mutual_tls_with_a_node_killed_loses_and_repeats_nothing(tmp_p
     assert "killed (SIGKILL) part-way" in report
     for log in ("coordinator", "node-1", "node-2", "cloud"):
         assert "(mutual TLS" in (tmp_path / "demo" / f"{log}.log").read_text()
+
+
+def test_a_plaintext_node_says_why_it_cannot_register_with_a_tls_coordinator(
+        tls_fleet, tmp_path, shipped_repository):
+    coord, client = tls_fleet
+    node = start_node("plain", shipped_repository, tmp_path, extra_args=[
+        "--workers", "1", "--coordinator", coord.address])
+    try:
+        deadline = time.monotonic() + 30
+        while "cannot register with coordinator" not in node.log_path.read_text():
+            assert time.monotonic() < deadline, node.log_path.read_text()
+            time.sleep(0.2)
+        log = node.log_path.read_text()
+        assert "it may require TLS; check --tls-ca/--tls-cert/--tls-key" in log
+        assert "plain" not in {n.node_id for n in client.nodes()}
+    finally:
+        node.stop(grace=2)
