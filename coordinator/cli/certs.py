@@ -10,10 +10,15 @@ without ``--force``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import sys
 from pathlib import Path
 
 from edgeshard.certs import write_fleet_pki
+
+DNS_NAME = re.compile(r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                      r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,12 +38,22 @@ def usage(out: Path, nodes: int) -> list[str]:
     return [
         "use them (mutual TLS: each side presents its certificate and checks the other's):",
         f"  edge-coordinator serve --host 0.0.0.0 {tls.format(name='coordinator')}",
-        f"  edge-node --host 0.0.0.0 --node-id node-1 --coordinator COORD:8000 "
-        f"{tls.format(name='node-1')}" + ("  (node-2.. alike)" if nodes > 1 else ""),
+        *([f"  edge-node --host 0.0.0.0 --node-id node-1 --coordinator COORD:8000 "
+           f"{tls.format(name='node-1')}" + ("  (node-2.. alike)" if nodes > 1 else "")]
+          if nodes else []),
         f"  edge-coordinator nodes --coordinator COORD:8000 {tls.format(name='client')}",
         f"  (or EDGESHARD_TLS_CA, EDGESHARD_TLS_CERT, EDGESHARD_TLS_KEY; keep {out}/ca.key "
         "offline: it signs new certificates)",
     ]
+
+
+def _host_ok(host: str) -> bool:
+    """A SAN entry: an IP address, or a DNS name (labels of letters, digits and '-')."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(DNS_NAME.fullmatch(host))
 
 
 def main(args) -> int:
@@ -46,6 +61,15 @@ def main(args) -> int:
     exist (without ``--force``), 1 when the files cannot be written."""
     if args.nodes < 0:
         print("edge-coordinator certs: --nodes must be >= 0", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"edge-coordinator certs: --out: {args.out} is a file; give a directory",
+              file=sys.stderr)
+        return 2
+    bad = [h for h in args.hosts if not _host_ok(h)]
+    if bad:
+        print(f"edge-coordinator certs: --hosts: {bad[0]!r} is neither a DNS name nor an IP "
+              "address", file=sys.stderr)
         return 2
     nodes = [f"node-{i + 1}" for i in range(args.nodes)]
     try:

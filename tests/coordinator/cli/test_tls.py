@@ -278,3 +278,20 @@ def test_a_plaintext_node_says_why_it_cannot_register_with_a_tls_coordinator(
         assert "plain" not in {n.node_id for n in client.nodes()}
     finally:
         node.stop(grace=2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hosts", "bad!host"], "--hosts: 'bad!host' is neither a DNS name nor an IP address"),
+    (["--nodes", "-1"], "--nodes must be >= 0"),
+])
+def test_certs_refuses_bad_arguments_in_one_line(tmp_path, args, message):
+    out = run("coordinator", "certs", "--out", str(tmp_path / "pki"), *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "pki").exists()
+
+
+def test_certs_refuses_a_file_as_out(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    out = run("coordinator", "certs", "--out", str(tmp_path / "taken"))
+    assert out.returncode == 2
+    assert f"--out: {tmp_path / 'taken'} is a file; give a directory" in out.stderr
