@@ -280,11 +280,12 @@ class JobStore(ShardLeases):
         node its next shard (``CompleteOutcome.next_lease``): one commit where two were.
         """
         now = time.time() if now is None else now
-        batches = ([check_batch(results)] if isinstance(results, ResultBatch)
+        checked = ([check_batch(results)] if isinstance(results, ResultBatch)
                    else batches_from_rows(results))
         limits = spool_limits or SpoolLimits()
 
-        def complete(db: Tx) -> CompleteOutcome:
+        def complete(db: Tx) -> CompleteOutcome:  # may run again (PostgreSQL retries)
+            batches = list(checked)
             row = db.execute(
                 "SELECT s.job_id, s.state, s.attempt, s.item_count, d.item_ids, s.marks, "
                 "j.state, j.model FROM shards s JOIN jobs j ON j.job_id = s.job_id "
