@@ -33,12 +33,8 @@ class OIPClient:
     def __init__(self, address: str, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
                  credentials: grpc.ChannelCredentials | None = None):
         self.address = address
-        self.channel = open_channel(address, credentials=credentials, options=[
-            *message_options(max_message_bytes),
-            # A peer that was down (a cloud outage, a restarted node) is retried within
-            # 2 s, not on gRPC's default back-off that grows to 2 minutes.
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ])
+        self.channel = open_channel(address, credentials=credentials,
+                                    options=message_options(max_message_bytes))
         self.stub = InferenceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._input_names: dict[str, str] = {}

@@ -115,11 +115,7 @@ class CoordinatorClient:
         if not self.addresses:
             raise ValueError("coordinator: no address given; expected HOST:PORT")
         self.reconnect_s = reconnect_s
-        options = [
-            *message_options(max_message_bytes),
-            # After an outage the CLI reconnects within 2 s, not gRPC's back-off of minutes.
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ]
+        options = message_options(max_message_bytes)
         self._channels = [open_channel(a, options=options, credentials=credentials)
                           for a in self.addresses]
         self._stubs = [_Stubs(fleet_pb2_grpc.FleetStub(c), fleet_pb2_grpc.JobsStub(c))
