@@ -118,12 +118,7 @@ class ShardLeases:
                        (failures, reason, shard_id))
             if counts_as_failure and failures >= self.max_failures:
                 error = f"shard {shard_id} failed {failures} times; last error: {reason}"
-                db.execute("SELECT shard_id FROM shards WHERE job_id = ? AND state IN "
-                           f"('queued', 'leased') ORDER BY shard_id{lock}", (job_id,)).fetchall()
-                db.execute("UPDATE jobs SET state = 'failed', error = ?, finished_at = ? "
-                           "WHERE job_id = ? AND state = 'running'", (error, time.time(), job_id))
-                db.execute("UPDATE shards SET state = 'cancelled', lease_expires = NULL "
-                           "WHERE job_id = ? AND state IN ('queued', 'leased')", (job_id,))
+                self._end_job(db, job_id, "failed", time.time(), error)
                 log.warning("job %s failed: %s", job_id, error)
             else:
                 db.execute("UPDATE jobs SET requeued_shards = requeued_shards + 1 "
@@ -132,6 +127,21 @@ class ShardLeases:
             return True
 
         return self.database.write(release)
+
+    def _end_job(self, db: Tx, job_id: str, state: str, now: float,
+                 error: str | None = None) -> bool:
+        """Move a running job to ``state`` (``cancelled`` or ``failed``, with ``error``) and
+        cancel its queued and leased shards, in the caller's transaction; False when the
+        job was not running. Shard rows are locked before the job's row."""
+        db.execute("SELECT shard_id FROM shards WHERE job_id = ? AND state IN ('queued', "
+                   f"'leased') ORDER BY shard_id{self.database.lock_row}", (job_id,)).fetchall()
+        if not db.execute("UPDATE jobs SET state = ?, error = COALESCE(?, error), "
+                          "finished_at = ? WHERE job_id = ? AND state = 'running'",
+                          (state, error, now, job_id)).rowcount:
+            return False
+        db.execute("UPDATE shards SET state = 'cancelled', lease_expires = NULL "
+                   "WHERE job_id = ? AND state IN ('queued', 'leased')", (job_id,))
+        return True
 
     def requeue_node(self, node_id: str) -> int:
         """Re-queue every shard leased to ``node_id`` (dead or drained); returns the count."""

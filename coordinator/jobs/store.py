@@ -238,15 +238,8 @@ class JobStore(ShardLeases):
         now = time.time() if now is None else now
 
         def cancel(db: Tx) -> None:
-            db.execute("SELECT shard_id FROM shards WHERE job_id = ? AND state IN "
-                       f"('queued', 'leased') ORDER BY shard_id{self.database.lock_row}",
-                       (job_id,)).fetchall()
-            state = _job_state(db, job_id, self.database.lock_row)
-            if state == JobState.RUNNING:
-                db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE job_id = ?",
-                           (now, job_id))
-                db.execute("UPDATE shards SET state = 'cancelled', lease_expires = NULL "
-                           "WHERE job_id = ? AND state IN ('queued', 'leased')", (job_id,))
+            _job_state(db, job_id)  # JobNotFoundError
+            if self._end_job(db, job_id, JobState.CANCELLED.value, now):
                 db.execute("DELETE FROM spool WHERE job_id = ?", (job_id,))
                 log.info("cancelled job %s", job_id)
 
@@ -395,8 +388,8 @@ def _progress_rows(db: Tx, where: str, args: tuple) -> list[JobProgress]:
     return [JobProgress(*row) for row in rows]
 
 
-def _job_state(db: Tx, job_id: str, lock: str = "") -> str:
-    row = db.execute(f"SELECT state FROM jobs WHERE job_id = ?{lock}", (job_id,)).fetchone()
+def _job_state(db: Tx, job_id: str) -> str:
+    row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     if row is None:
         raise JobNotFoundError(f"no job {job_id!r}")
     return row[0]
