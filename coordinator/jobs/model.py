@@ -73,9 +73,13 @@ class ResultBatch:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def item_tiers(self) -> list[str]:
+        """Each item's tier."""
+        return [self.tiers] * len(self) if isinstance(self.tiers, str) else list(self.tiers)
+
     def rows(self, first_seq: int = 0) -> list[ResultRow]:
         """The batch as one ``ResultRow`` per item; seqs from ``first_seq`` (0: unassigned)."""
-        tiers = [self.tiers] * len(self) if isinstance(self.tiers, str) else self.tiers
+        tiers = self.item_tiers()
         extras = self.extras or [{}] * len(self)
         step = 1 if first_seq else 0
         return [ResultRow(i, int(label), float(conf), tier, self.node, self.model_version,

@@ -13,6 +13,7 @@ The helpers run inside the caller's transaction (``coordinator.jobs.database.Tx`
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import msgpack
@@ -128,14 +129,11 @@ def write_blocks(tx: Tx, job_id: str, shard_id: int, attempt: int,
     if not (n or duplicates or requeued):
         return
     bodies = [encode_body(b) for b in blocks]
-    cloud = degraded = 0
+    cloud = sum(b.item_tiers().count("cloud") for b in blocks)
+    degraded = sum(bool(e.get("degraded")) for b in blocks for e in b.extras or ())
+    counts: Counter[str] = Counter()
     for b in blocks:
-        cloud += (len(b) if b.tiers == "cloud" else 0) if isinstance(b.tiers, str) \
-            else sum(t == "cloud" for t in b.tiers)
-        degraded += sum(bool(e.get("degraded")) for e in b.extras) if b.extras else 0
-    counts: dict[str, int] = {}
-    for b in blocks:
-        counts[b.node] = counts.get(b.node, 0) + len(b)
+        counts[b.node] += len(b)
     tx.executemany("INSERT INTO job_nodes (job_id, node, items) VALUES (?, ?, ?) ON CONFLICT "
                    "(job_id, node) DO UPDATE SET items = job_nodes.items + excluded.items",
                    [(job_id, node, k) for node, k in sorted(counts.items())])

@@ -49,10 +49,8 @@ class SpoolQueue:
         def resolve(db: Tx) -> int:
             accepted = 0
             ids = sorted(spool_id for spool_id, _ in answers)
-            if ids:  # shard rows before job rows (coordinator.jobs.database)
-                db.execute("SELECT shard_id FROM shards WHERE shard_id IN (SELECT shard_id "
-                           f"FROM spool WHERE spool_id IN ({', '.join('?' * len(ids))})) "
-                           f"ORDER BY shard_id{self.database.lock_row}", ids).fetchall()
+            if ids:
+                self._lock_shards(db, f"spool_id IN ({', '.join('?' * len(ids))})", ids)
             for spool_id, result in sorted(answers, key=lambda a: a[0]):
                 row = db.execute("SELECT job_id, shard_id FROM spool WHERE spool_id = ?",
                                  (spool_id,)).fetchone()
@@ -72,9 +70,7 @@ class SpoolQueue:
     def expire(self, now: float) -> int:
         """Entries past their TTL: their degraded edge answer becomes final."""
         def expire(db: Tx) -> int:
-            db.execute("SELECT shard_id FROM shards WHERE shard_id IN (SELECT shard_id FROM "
-                       f"spool WHERE expires_at <= ?) ORDER BY shard_id{self.database.lock_row}",
-                       (now,)).fetchall()
+            self._lock_shards(db, "expires_at <= ?", (now,))
             entries = select(db, "WHERE expires_at <= ?", (now,))
             for e in entries:
                 final = replace(e.fallback, extra={**e.fallback.extra, "degraded": True,
@@ -87,6 +83,12 @@ class SpoolQueue:
         if n:
             log.warning("%d escalation(s) expired in the spool; their edge answers are final", n)
         return n
+
+    def _lock_shards(self, db: Tx, where: str, args) -> None:
+        """Lock the shard rows of the spool entries matching ``where``, in shard order:
+        shard rows before job rows (``coordinator.jobs.database``)."""
+        db.execute(f"SELECT shard_id FROM shards WHERE shard_id IN (SELECT shard_id FROM spool "
+                   f"WHERE {where}) ORDER BY shard_id{self.database.lock_row}", args).fetchall()
 
     def totals(self) -> tuple[int, int]:
         """(entries, payload bytes) in the spool."""
