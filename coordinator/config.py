@@ -199,6 +199,14 @@ class CoordinatorConfig:
     and the coordinator verifies nodes and the cloud tier against it; without it, but
     with ``tls_cert``, it dials them with TLS against the system's roots."""
 
+    auth_tokens: Path | None = field(default=None, metadata=_help(
+        "TOML file of bearer tokens and their roles (infer, jobs, admin, node); every call "
+        "but health then needs one (`edge-coordinator tokens add` writes it)"))
+    """Bearer tokens (by SHA-256) with roles, checked on the OIP front, Fleet and Jobs:
+    missing or unknown -> UNAUTHENTICATED, too weak -> PERMISSION_DENIED. ``node`` tokens
+    are join tokens: with any, a node registers only with its own. Re-read on change.
+    See ``edgeshard.auth`` for the format."""
+
     insecure: bool = field(default=False,
                            metadata=_help("allow plaintext gRPC on a non-loopback --host"))
     """Without TLS a coordinator bound to anything but loopback refuses to start unless
@@ -224,7 +232,7 @@ class CoordinatorConfig:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         if self.ready_file is not None:
             object.__setattr__(self, "ready_file", Path(self.ready_file))
-        for name in ("tls_cert", "tls_key", "tls_ca"):
+        for name in ("tls_cert", "tls_key", "tls_ca", "auth_tokens"):
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value else None)
         check_server_settings(self.host, self.tls_files, self.insecure)

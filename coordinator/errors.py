@@ -72,3 +72,15 @@ class StoreFullError(CoordinatorError, kinds.ResourceExhaustedError):
 
 class StoreUnavailableError(CoordinatorError, kinds.UnavailableError):
     """The job store cannot write (read-only file system, I/O error, locked); retried."""
+
+
+class NodeUnauthenticatedError(CoordinatorError, kinds.UnauthenticatedError):
+    """A node registered or sent a heartbeat without the proof of identity required."""
+
+
+class NodeIdentityError(CoordinatorError, kinds.PermissionDeniedError):
+    """A node's certificate or join token names another node than the one it claims."""
+
+
+class JobAccessError(CoordinatorError, kinds.PermissionDeniedError):
+    """A job belongs to another token's holder (only it, or an admin, may see or cancel it)."""

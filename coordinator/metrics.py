@@ -57,7 +57,15 @@ class CoordinatorMetrics:
         self.store_fault = Gauge("edgeshard_coordinator_store_fault",
                                  "1 while the job store cannot write (disk full, I/O error)",
                                  registry=r)
+        self.auth_denied = Counter(
+            "edgeshard_coordinator_auth_denied",
+            "Calls refused for their credentials, by gRPC code (UNAUTHENTICATED, "
+            "PERMISSION_DENIED) and method", ["code", "method"], registry=r)
         self._server = None
+
+    def denied(self, method: str, code: str) -> None:
+        """Count a call to ``method`` refused with ``code`` for its credentials."""
+        self.auth_denied.labels(code, method.rsplit("/", 1)[-1]).inc()
 
     def decision(self, model: str, outcome: str, items: int) -> None:
         """Count ``items`` cascade decisions of ``outcome`` (accepted, answered, unanswered)."""

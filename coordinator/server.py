@@ -20,6 +20,7 @@ from collections import Counter
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator.api.access import required_role
 from coordinator.api.clients import (
     ClientPool,
     check_cloud,
@@ -37,6 +38,7 @@ from coordinator.cascade.cloud import CloudTier, CloudTierStatus
 from coordinator.cascade.decision import Cascade
 from coordinator.config import CoordinatorConfig
 from coordinator.dataplane import DataPlane
+from coordinator.fleet.admission import own_addresses
 from coordinator.fleet.catalog import ModelCatalog
 from coordinator.fleet.forwarder import Forwarder
 from coordinator.fleet.membership import Membership
@@ -51,6 +53,7 @@ from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
+from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
 from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import add_port, create_server, message_options
 from protos import fleet_pb2, fleet_pb2_grpc
@@ -65,8 +68,9 @@ FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs")
 class CoordinatorServer:
     """One coordinator process: builds the domain objects, serves the gRPC API, drains.
 
-    Construction raises ``TLSError`` when a TLS file is unusable (the message names the
-    flag and the file). ``start`` raises ``OSError`` (port or state dir unavailable),
+    Construction raises ``TLSError`` when a TLS file is unusable and ``TokenFileError``
+    when the token file is (both ``SettingsError``: the message names the flag and the
+    file). ``start`` raises ``OSError`` (port or state dir unavailable),
     ``sqlite3.DatabaseError`` (a corrupt store) or ``CoordinatorError``; ``stop(grace)``
     drains for ``grace`` seconds (the config's ``grace_seconds`` by default).
     """
@@ -85,9 +89,17 @@ class CoordinatorServer:
                                    max_queued=config.max_queued)
         self.catalog = ModelCatalog(self.registry, facts_asker(self.clients),
                                     item_trier(self.clients))
+        self.authenticator = None
+        if config.auth_tokens is not None:
+            self.authenticator = Authenticator(TokenBook(config.auth_tokens), required_role,
+                                               on_denied=self.metrics.denied)
+        book = self.authenticator.book if self.authenticator else None
         self.membership = Membership(
             self.registry, lambda address, timeout: self.clients.get(address).probe(timeout),
-            config.probe_interval_s, config.probe_timeout_s)
+            config.probe_interval_s, config.probe_timeout_s,
+            certificates=config.tls_ca is not None and config.tls_cert is not None,
+            join_tokens=(lambda: book.has_role(NODE)) if book else (lambda: False),
+            verify=self.clients.probe_as)
         self.health = health.HealthServicer()
         self.stopping = threading.Event()
         self.store: JobStore | None = None
@@ -138,17 +150,21 @@ class CoordinatorServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # Streams are bounded (max_streams per method): they can never take every handler,
         # so unary calls, heartbeats above all, always find one.
+        interceptors = [AuthInterceptor(self.authenticator)] if self.authenticator else []
         self._server = create_server(32 + 3 * cfg.max_streams, "coord-grpc",
-                                     message_options(cfg.max_message_bytes))
+                                     message_options(cfg.max_message_bytes),
+                                     interceptors=interceptors)
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}", self._server_tls)
         self.dispatcher.address = f"{cfg.host}:{self.port}"
+        self.membership.own = own_addresses(cfg.host, self.port)
         add_inference_servicer_to_server(self.front, self._server)
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s,
-                          cloud=self.cloud_info, store_fault=lambda: self.store.fault),
+                          cloud=self.cloud_info, store_fault=lambda: self.store.fault,
+                          authenticator=self.authenticator),
             self._server)
-        fleet_pb2_grpc.add_JobsServicer_to_server(JobsServicer(jobs, cfg.max_streams),
-                                                   self._server)
+        fleet_pb2_grpc.add_JobsServicer_to_server(
+            JobsServicer(jobs, cfg.max_streams, self.authenticator), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
@@ -167,8 +183,14 @@ class CoordinatorServer:
             threading.Thread(target=self._gauges, name="gauges", daemon=True).start()
         self.front.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("coordinator serving on %s:%d (%s; state %s, %d seed node(s))",
-                 cfg.host, self.port, describe(cfg.tls_files), self.store.path, len(cfg.node))
+        log.info("coordinator serving on %s:%d (%s%s; state %s, %d seed node(s))",
+                 cfg.host, self.port, describe(cfg.tls_files),
+                 ", bearer tokens" if self.authenticator else "", self.store.path,
+                 len(cfg.node))
+        if self.authenticator is not None and self.membership.admission.open:
+            log.warning("nodes register without proof of identity: give the coordinator "
+                        "--tls-ca (client certificates) or node join tokens (role node in "
+                        "--auth-tokens)")
         if cfg.ready_file:
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
             tmp.write_text(json.dumps({"grpc_port": self.port,

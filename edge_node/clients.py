@@ -23,6 +23,9 @@ from protos import fleet_pb2, fleet_pb2_grpc
 log = logging.getLogger(__name__)
 
 RPC_TIMEOUT_S = 3.0
+# Registration refused for the node's identity or request: the details say what to fix.
+REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                     grpc.StatusCode.INVALID_ARGUMENT})
 MAX_BACKOFF_S = 5.0
 
 
@@ -38,12 +41,14 @@ class LoadReport:
 
 class CoordinatorLink:
     """Keeps this node registered with the coordinator at ``address``; with
-    ``credentials`` over TLS (the node's own certificate as its client certificate)."""
+    ``credentials`` over TLS (the node's own certificate as its client certificate), with
+    ``join_token`` proving its id on every call."""
 
     def __init__(self, address: str, node_id: str, node_address: str,
                  models: Callable[[], dict[str, list[str]]], load: Callable[[], LoadReport],
                  software_version: str = "",
-                 credentials: grpc.ChannelCredentials | None = None):
+                 credentials: grpc.ChannelCredentials | None = None,
+                 join_token: str | None = None):
         self.address = address
         self.node_id = node_id
         self.node_address = node_address
@@ -54,7 +59,7 @@ class CoordinatorLink:
         # The first reconnection sooner than gRPC's 1 s; later ones within 2 s (the
         # transport's default). credentials None: plaintext.
         self._channel = open_channel(address, options=[("grpc.initial_reconnect_backoff_ms", 500)],
-                                     credentials=credentials)
+                                     credentials=credentials, token=join_token)
         self._tls = credentials is not None
         self._stub = fleet_pb2_grpc.FleetStub(self._channel)
         self._thread = threading.Thread(target=self._run, name="coordinator-link", daemon=True)
@@ -124,6 +129,8 @@ class CoordinatorLink:
                     why = exc.code().name
                     if exc.code() == grpc.StatusCode.UNAVAILABLE:  # a TLS mismatch shows so
                         why = handshake_hint(exc.details() or "", self._tls) or why
+                    elif exc.code() in REFUSED:  # the coordinator says why: pass it on
+                        why = f"{why}: {exc.details()}"
                     log.warning("cannot register with coordinator %s: %s; retrying in %.1fs",
                                 self.address, why, backoff)
                 else:

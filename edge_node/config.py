@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeshard import settings
+from edgeshard.auth import check_token
 from edgeshard.settings import SettingsError, check, check_port
-from edgeshard.tls import TLSFiles, check_server_settings
+from edgeshard.tls import TLSFiles, certificate_common_name, check_server_settings
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,12 @@ class NodeConfig:
     """With it the server requires client certificates signed by this CA (mutual TLS),
     and the node verifies its coordinators' certificates against it."""
 
+    join_token: str | None = field(default=None, metadata={"help": (
+        "token proving this node's id to coordinators that require join tokens (prefer "
+        "EDGESHARD_JOIN_TOKEN or the config file: flags show in ps)")})
+    """Sent as ``authorization: Bearer`` on Register and Heartbeat; the coordinator's
+    token file holds its SHA-256 with role ``node`` and ``name`` = this node's id."""
+
     insecure: bool = field(
         default=False, metadata={"help": "allow plaintext gRPC on a non-loopback --host"})
     """Without TLS a node bound to anything but loopback refuses to start unless this is
@@ -163,6 +170,8 @@ class NodeConfig:
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value else None)
         check_server_settings(self.host, self.tls_files, self.insecure)
+        if self.join_token is not None:
+            object.__setattr__(self, "join_token", check_token(self.join_token, "join_token"))
         if not self.workers:
             object.__setattr__(self, "workers", max(1, os.cpu_count() or 1))
         if not self.capacity:
@@ -184,8 +193,16 @@ class NodeConfig:
         return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
 
     def resolved_node_id(self, bound_port: int) -> str:
-        """``node_id``, or ``<hostname>:<bound_port>`` when none was configured."""
-        return self.node_id or f"{socket.gethostname()}:{bound_port}"
+        """``node_id``; else the common name of ``tls_cert`` (coordinators that verify
+        client certificates admit a node under that name only); else
+        ``<hostname>:<bound_port>``."""
+        if self.node_id:
+            return self.node_id
+        if self.tls_cert is not None:
+            name = certificate_common_name(self.tls_cert)
+            if name:
+                return name
+        return f"{socket.gethostname()}:{bound_port}"
 
 
 def build(flags: Mapping[str, Any], env: Mapping[str, str],

@@ -118,7 +118,8 @@ class EdgeNodeServer:
         for coordinator in cfg.coordinator:
             link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,
                                    self.load_report, software_version=VERSION,
-                                   credentials=self._link_credentials)
+                                   credentials=self._link_credentials,
+                                   join_token=cfg.join_token)
             self._links.append(link)
             link.start()
         if cfg.advertise:

@@ -45,6 +45,14 @@ class DeadlineExceededError(EdgeshardError):
     """The caller's deadline passed before the work was done (DEADLINE_EXCEEDED)."""
 
 
+class UnauthenticatedError(EdgeshardError):
+    """The caller did not prove who it is: no credentials, or invalid ones (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(EdgeshardError):
+    """The caller is known but may not do this (PERMISSION_DENIED)."""
+
+
 class BindError(EdgeshardError, OSError):
     """A server port cannot be bound: ``field`` is the setting that chose it (``port``,
     ``metrics_port``), ``address`` the ``host:port``; the message names both and says

@@ -134,6 +134,14 @@ def read_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
     return key_pem, chain
 
 
+def certificate_common_name(path: Path) -> str | None:
+    """The subject common name of the first certificate in ``path`` (None when it has
+    none); ``TLSError`` names ``--tls-cert`` when the file is unreadable or not PEM."""
+    leaf = _certificates(_read(path, "--tls-cert"), path, "--tls-cert")[0]
+    names = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 def channel_credentials(files: TLSFiles) -> grpc.ChannelCredentials | None:
     """Client credentials for ``files``, or None (plaintext) when none is given."""
     if not files.enabled:

@@ -28,15 +28,17 @@ def message_options(max_message_bytes: int) -> list[ChannelOption]:
 
 def create_server(max_workers: int, thread_name_prefix: str,
                   options: Sequence[ChannelOption] = (),
-                  maximum_concurrent_rpcs: int | None = None) -> grpc.Server:
+                  maximum_concurrent_rpcs: int | None = None,
+                  interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
     """A gRPC server with ``max_workers`` handler threads; one RPC more than
     ``maximum_concurrent_rpcs`` (None: no bound) is answered RESOURCE_EXHAUSTED by gRPC.
-    Ports are added with ``add_port``. ``SO_REUSEPORT`` is off, so a port in use is an
-    error rather than shared."""
+    ``interceptors`` see every call first (``edgeshard.auth.AuthInterceptor``). Ports are
+    added with ``add_port``. ``SO_REUSEPORT`` is off, so a port in use is an error rather
+    than shared."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers,
                                    thread_name_prefix=thread_name_prefix),
-        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs, interceptors=list(interceptors),
         options=[*options, ("grpc.so_reuseport", 0)],
     )
 
@@ -47,17 +49,25 @@ RECONNECT_OPTIONS: tuple[ChannelOption, ...] = (("grpc.max_reconnect_backoff_ms"
 
 
 def open_channel(address: str, options: Sequence[ChannelOption] = (),
-                 credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> grpc.Channel:
     """A client channel to ``address`` (``host:port``).
 
     ``options`` are gRPC channel arguments, added to (and overriding) ``RECONNECT_OPTIONS``;
-    with ``credentials`` the channel is TLS, otherwise plaintext. The channel connects
+    with ``credentials`` the channel is TLS, otherwise plaintext. With ``token`` every call
+    carries ``authorization: Bearer <token>`` (``edgeshard.auth``). The channel connects
     lazily; the caller closes it.
     """
     merged = list({**dict(RECONNECT_OPTIONS), **dict(options)}.items())
     if credentials is not None:
-        return grpc.secure_channel(address, credentials, options=merged)
-    return grpc.insecure_channel(address, options=merged)
+        channel = grpc.secure_channel(address, credentials, options=merged)
+    else:
+        channel = grpc.insecure_channel(address, options=merged)
+    if token:
+        from edgeshard.auth import BearerTokenInterceptor
+
+        channel = grpc.intercept_channel(channel, BearerTokenInterceptor(token))
+    return channel
 
 
 def add_port(server: grpc.Server, address: str,

@@ -28,13 +28,18 @@ DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
 
 class OIPClient:
     """A channel to one OIP server, with the calls the coordinator needs; TLS with
-    ``credentials`` (``edgeshard.tls.channel_credentials``), else plaintext."""
+    ``credentials`` (``edgeshard.tls.channel_credentials``), else plaintext. With
+    ``server_name`` (TLS only) the server's certificate must name it instead of the host
+    of ``address``."""
 
     def __init__(self, address: str, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 credentials: grpc.ChannelCredentials | None = None,
+                 server_name: str | None = None):
         self.address = address
-        self.channel = open_channel(address, credentials=credentials,
-                                    options=message_options(max_message_bytes))
+        options = message_options(max_message_bytes)
+        if server_name:  # TLS: the server's certificate must be for this name
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self.channel = open_channel(address, credentials=credentials, options=options)
         self.stub = InferenceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._input_names: dict[str, str] = {}
@@ -159,6 +164,19 @@ class ClientPool:
                 client = self._clients[address] = OIPClient(address, self._max,
                                                                  self._credentials)
             return client
+
+    def probe_as(self, address: str, node_id: str,
+                 timeout: float) -> dict[str, tuple[str, ...]] | None:
+        """``OIPClient.probe`` over a one-off TLS channel that accepts only a server
+        certificate for ``node_id`` (signed by the CA of the pool's credentials); None
+        when the node is not SERVING, or not ``node_id``, or the pool has no TLS."""
+        if self._credentials is None:
+            return None
+        client = OIPClient(address, self._max, self._credentials, server_name=node_id)
+        try:
+            return client.probe(timeout)
+        finally:
+            client.close()
 
     def close(self) -> None:
         """Close every channel; the pool is empty afterwards."""

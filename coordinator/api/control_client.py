@@ -106,17 +106,19 @@ class CoordinatorClient:
     failures raise ``grpc.RpcError``. A stream whose coordinator went away waits up to
     ``reconnect_s`` for each address to accept connections before asking it, so that a
     lone coordinator that restarts is waited for. With ``credentials``
-    (``edgeshard.tls.channel_credentials``) every channel is TLS. Thread-safe.
+    (``edgeshard.tls.channel_credentials``) every channel is TLS; with ``token`` every
+    call carries it as ``authorization: Bearer`` (``edgeshard.auth``). Thread-safe.
     """
 
     def __init__(self, address: str | Sequence[str], max_message_bytes: int = 64 * 1024 * 1024,
-                 reconnect_s: float = 10.0, credentials: grpc.ChannelCredentials | None = None):
+                 reconnect_s: float = 10.0, credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None):
         self.addresses = address_list("coordinator", address)
         if not self.addresses:
             raise ValueError("coordinator: no address given; expected HOST:PORT")
         self.reconnect_s = reconnect_s
         options = message_options(max_message_bytes)
-        self._channels = [open_channel(a, options=options, credentials=credentials)
+        self._channels = [open_channel(a, options=options, credentials=credentials, token=token)
                           for a in self.addresses]
         self._stubs = [_Stubs(fleet_pb2_grpc.FleetStub(c), fleet_pb2_grpc.JobsStub(c))
                        for c in self._channels]

@@ -8,8 +8,11 @@ from collections.abc import Callable
 
 from coordinator.api import convert
 from coordinator.cascade.cloud import CloudTierStatus
+from coordinator.errors import InvalidRequestError, NodeUnauthenticatedError
+from coordinator.fleet.admission import MAX_ADDRESS_CHARS, Credentials
 from coordinator.fleet.membership import Membership
 from coordinator.fleet.registry import Registry
+from edgeshard.auth import NODE, Authenticator, AuthError
 from edgeshard.rpc import guarded
 from protos import fleet_pb2, fleet_pb2_grpc
 
@@ -20,19 +23,48 @@ guard = guarded("coordinator", log)
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
     """Membership RPCs over ``Membership``; ``heartbeat_interval`` (seconds) is what
-    registered nodes are told to use."""
+    registered nodes are told to use. Register and Heartbeat must prove the node's
+    identity as ``membership.admission`` requires (client certificate, join token from
+    ``authenticator``)."""
 
     def __init__(self, registry: Registry, membership: Membership, heartbeat_interval: float,
                  cloud: Callable[[], CloudTierStatus | None] = lambda: None,
-                 store_fault: Callable[[], str | None] = lambda: None):
+                 store_fault: Callable[[], str | None] = lambda: None,
+                 authenticator: Authenticator | None = None):
         self.registry = registry
+        self.authenticator = authenticator
         self.membership = membership
         self.heartbeat_interval = heartbeat_interval
         self.cloud = cloud  # the cloud tier's status, for ListNodes
         self.store_fault = store_fault  # why the job store cannot write, if it cannot
 
+    def _prove(self, node_id: str, context) -> None:
+        """Check that the caller is node ``node_id`` (``NodeUnauthenticatedError`` /
+        ``NodeIdentityError`` otherwise); nothing to check in an open fleet."""
+        policy = self.membership.admission
+        if policy.open:
+            return
+        names: tuple[str, ...] = ()
+        if policy.certificates:
+            names = tuple(v.decode(errors="replace") for v in
+                          context.auth_context().get("x509_common_name", ()))
+        token_name = None
+        if policy.join_tokens and self.authenticator is not None:
+            try:
+                principal = self.authenticator.principal(context.invocation_metadata())
+            except AuthError as exc:
+                raise NodeUnauthenticatedError(f"join token: {exc}") from None
+            if principal is not None and NODE in principal.roles:
+                token_name = principal.name
+        try:
+            policy.check(node_id, Credentials(names, token_name))
+        except Exception:
+            log.warning("refused node %r from %s: identity not proven", node_id, context.peer())
+            raise
+
     @guard
     def Register(self, request, context):
+        self._prove(request.node_id, context)
         epoch = self.membership.register(request.node_id, request.address,
                                          convert.models(request.models), request.capacity)
         return fleet_pb2.RegisterResponse(epoch=epoch,
@@ -40,8 +72,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
     @guard
     def Heartbeat(self, request, context):
+        self._prove(request.node_id, context)
         load = request.load
-        known, drained = self.registry.heartbeat(
+        known, drained = self.membership.heartbeat(
             request.node_id, request.epoch, load.queue_depth, load.in_flight,
             load.ewma_latency_ms, load.capacity, convert.models(request.models) or None)
         return fleet_pb2.HeartbeatResponse(reregister=not known, draining=drained)
@@ -55,10 +88,21 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
     @guard
     def Drain(self, request, context):
+        _named_node(request.node_id)
         return convert.node_info(self.membership.set_drained(request.node_id, True),
                                  time.monotonic())
 
     @guard
     def Undrain(self, request, context):
+        _named_node(request.node_id)
         return convert.node_info(self.membership.set_drained(request.node_id, False),
                                  time.monotonic())
+
+
+def _named_node(node: str) -> None:
+    """``InvalidRequestError`` unless ``node`` (an id or ``HOST:PORT``) is given and of
+    a length a node can have."""
+    if not node or len(node) > MAX_ADDRESS_CHARS:
+        raise InvalidRequestError(f"node_id: required, a node id or HOST:PORT of at most "
+                                  f"{MAX_ADDRESS_CHARS} characters (`edge-coordinator nodes` "
+                                  "lists them)")

@@ -9,6 +9,7 @@ from coordinator.api import convert
 from coordinator.jobs.model import JobProgress
 from coordinator.jobs.service import JobService
 from coordinator.jobs.submission import Submission
+from edgeshard.auth import Authenticator
 from edgeshard.errors import ResourceExhaustedError
 from edgeshard.limits import ConcurrencyLimit
 from edgeshard.rpc import guarded
@@ -33,10 +34,13 @@ def _gone(context) -> threading.Event:
 
 class JobsServicer(fleet_pb2_grpc.JobsServicer):
     """Jobs RPCs over ``JobService``; at most ``max_streams`` concurrent streams of each of
-    Submit, Watch and FetchResults (one more is refused with RESOURCE_EXHAUSTED)."""
+    Submit, Watch and FetchResults (one more is refused with RESOURCE_EXHAUSTED). With an
+    ``authenticator`` a job belongs to the token that submitted it (admins see all)."""
 
-    def __init__(self, jobs: JobService, max_streams: int = 16):
+    def __init__(self, jobs: JobService, max_streams: int = 16,
+                 authenticator: Authenticator | None = None):
         self.jobs = jobs
+        self.authenticator = authenticator
         self.streams = {method: ConcurrencyLimit(max_streams, self._refusal(method))
                         for method in ("Submit", "Watch", "FetchResults")}
 
@@ -46,15 +50,25 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
             f"{method}: {limit} streams are open already (the coordinator's max_streams); "
             "retry later")
 
+    def _caller(self, context) -> tuple[str, str | None]:
+        """``(owner, scope)`` of the call: the token's name for new jobs, and whose jobs it
+        may touch (None: every job, for an admin or without authentication)."""
+        if self.authenticator is None:
+            return "", None
+        principal = self.authenticator.principal(context.invocation_metadata())
+        if principal is None:  # the interceptor lets no Jobs call through without one
+            return "", None
+        return principal.name, None if principal.is_admin else principal.name
+
     def _status(self, p: JobProgress) -> fleet_pb2.JobStatus:
         return convert.job_status(p, self.jobs.shares(p.job_id))
 
     @guard
     def Submit(self, request_iterator, context):
         with self.streams["Submit"]:
-            return self._submit(request_iterator)
+            return self._submit(request_iterator, *self._caller(context))
 
-    def _submit(self, request_iterator) -> fleet_pb2.JobStatus:
+    def _submit(self, request_iterator, owner: str, scope: str | None) -> fleet_pb2.JobStatus:
         submission = Submission()
         for i, part in enumerate(request_iterator):
             kind = part.WhichOneof("part")
@@ -66,24 +80,26 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
                     f"items[{i}]", batch.datatype, list(batch.shape), batch.data))
             else:
                 submission.refuse_empty(i)
-        return self._status(self.jobs.submit(submission))
+        return self._status(self.jobs.submit(submission, owner, scope))
 
     @guard
     def GetJob(self, request, context):
-        return self._status(self.jobs.get(request.job_id))
+        return self._status(self.jobs.get(request.job_id, self._caller(context)[1]))
 
     @guard
     def ListJobs(self, request, context):
-        return fleet_pb2.ListJobsResponse(jobs=[self._status(p) for p in self.jobs.list()])
+        return fleet_pb2.ListJobsResponse(
+            jobs=[self._status(p) for p in self.jobs.list(self._caller(context)[1])])
 
     @guard
     def Cancel(self, request, context):
-        return self._status(self.jobs.cancel(request.job_id))
+        return self._status(self.jobs.cancel(request.job_id, self._caller(context)[1]))
 
     @guard
     def Watch(self, request, context):
         with self.streams["Watch"]:
-            for p in self.jobs.watch(request.job_id, request.interval_s, _gone(context)):
+            for p in self.jobs.watch(request.job_id, request.interval_s, _gone(context),
+                                     self._caller(context)[1]):
                 yield self._status(p)
 
     @guard
@@ -91,5 +107,5 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
         with self.streams["FetchResults"]:
             for row, provisional in self.jobs.results(
                     request.job_id, request.after_seq, request.follow,
-                    request.include_pending, _gone(context)):
+                    request.include_pending, _gone(context), self._caller(context)[1]):
                 yield convert.result_record(row, provisional)

@@ -116,7 +116,7 @@ def admin(args) -> int:
     from coordinator.api.control_client import CoordinatorClient
 
     # Moves to the next coordinator when one does not answer.
-    client = CoordinatorClient(args.coordinator, credentials=args.credentials)
+    client = CoordinatorClient(args.coordinator, credentials=args.credentials, token=args.token)
     try:
         if args.command == "nodes":
             answer = client.listing()

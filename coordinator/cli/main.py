@@ -15,9 +15,10 @@ import grpc
 from coordinator.cli.interrupt import Interrupted, exit_interrupted
 from coordinator.config import CoordinatorConfig, build
 from edgeshard import VERSION
+from edgeshard.auth import check_token
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, address_list, config_file_from
-from edgeshard.tls import TLSError, TLSFiles, channel_credentials
+from edgeshard.tls import TLSFiles, channel_credentials
 
 log = logging.getLogger("coordinator")
 
@@ -25,6 +26,7 @@ BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader wen
 
 DEFAULT_COORDINATOR = "127.0.0.1:8000"
 COORDINATOR_ENV = "EDGESHARD_COORDINATOR"
+TOKEN_ENV = "EDGESHARD_TOKEN"
 COORDINATOR_HELP = (
     "coordinator HOST:PORT; for several replicas of one fleet repeat the flag or separate "
     "the addresses with commas: calls go to one and move to the next when it does not "
@@ -61,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     def with_target(sp):
         sp.add_argument("--coordinator", action="append", metavar="HOST:PORT[,...]",
                         help=COORDINATOR_HELP)
+        sp.add_argument("--token", metavar="TOKEN",
+                        help=f"bearer token for a coordinator started with --auth-tokens "
+                        f"(env {TOKEN_ENV}, which keeps it out of ps)")
         return add_tls_flags(sp)
 
     submit = with_target(sub.add_parser(
@@ -120,6 +125,14 @@ def parser() -> argparse.ArgumentParser:
         "for TLS server and client use; SANs hold the name, localhost, 127.0.0.1, ::1 and "
         "--hosts. Keys are written 0600; existing files are kept unless --force."))
 
+    from coordinator.cli.tokens import add_arguments as tokens_arguments
+
+    tokens_arguments(sub.add_parser(
+        "tokens", help="add, list or revoke bearer tokens (--auth-tokens file)",
+        description="Keep the coordinator's token file: each token has a name and roles "
+        "(infer, jobs, admin, node); the file holds only SHA-256 digests. A running "
+        "coordinator reads the file again within a second of a change."))
+
     from coordinator.cli.demo import add_arguments as demo_arguments
 
     demo_arguments(sub.add_parser(
@@ -169,8 +182,8 @@ def serve(args) -> int:
     from coordinator.server import CoordinatorServer
 
     try:
-        server = CoordinatorServer(config)  # reads the TLS files
-    except TLSError as exc:
+        server = CoordinatorServer(config)  # reads the TLS files and the token file
+    except SettingsError as exc:
         log.error("cannot start: %s", exc)
         return 1
     return run_until_signal(server, (OSError, CoordinatorError, sqlite3.DatabaseError), log)
@@ -191,7 +204,8 @@ def submit(args) -> int:
     try:
         outcome = run_submit(args.coordinator, args.model, args.input, args.output,
                              args.shard_size, args.job_id, args.model_version, args.retry_for,
-                             progress=not args.no_progress, credentials=args.credentials)
+                             progress=not args.no_progress, credentials=args.credentials,
+                             token=args.token)
     except (JobInputError, ValueError, OSError) as exc:
         print(f"edge-coordinator submit: {exc}", file=sys.stderr)
         return 2
@@ -228,6 +242,9 @@ def run_command(args, argv: list[str] | None) -> int:
     try:
         if hasattr(args, "coordinator"):
             args.coordinator = coordinators(args.coordinator, os.environ)
+            token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+            args.token = (check_token(token, "--token" if args.token is not None else TOKEN_ENV)
+                          if token is not None else None)
         if hasattr(args, "tls_ca"):
             tls = client_tls(args, os.environ)
             args.client_tls = tls.enabled
@@ -241,6 +258,10 @@ def run_command(args, argv: list[str] | None) -> int:
         from coordinator.cli.certs import main as certs_main
 
         return certs_main(args)
+    if args.command == "tokens":
+        from coordinator.cli.tokens import main as tokens_main
+
+        return tokens_main(args)
     if args.command == "demo":
         from coordinator.cli.demo import main as demo_main
 

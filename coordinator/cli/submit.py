@@ -149,11 +149,13 @@ class _Waiting:
 def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, output: Path,
                shard_size: int = 0, job_id: str = "", model_version: str = "",
                retry_for: float = 120.0, progress: bool = True,
-               credentials: grpc.ChannelCredentials | None = None) -> SubmitOutcome:
+               credentials: grpc.ChannelCredentials | None = None,
+               token: str | None = None) -> SubmitOutcome:
     """Submit (or resume) a job and write its results; returns when it is finished.
 
     ``coordinator``: one address or several (see ``CoordinatorClient``); ``credentials``
-    make every channel TLS. A TLS handshake that fails is not waited out.
+    make every channel TLS; ``token`` is sent as a bearer token. A TLS handshake that
+    fails is not waited out.
 
     Raises ``JobInputError``/``ValueError``/``OSError`` for bad input or a sidecar of
     another job, ``CoordinatorUnreachable`` after ``retry_for`` seconds without an
@@ -178,7 +180,7 @@ def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, o
     items = None if state else load_items(input_path)  # bad input fails before any wait
     bar = ProgressBar(None, f"job {job_id[:8]}") if progress else None
     waiting = _Waiting(coordinator, retry_for, bar)
-    client = CoordinatorClient(coordinator, credentials=credentials)
+    client = CoordinatorClient(coordinator, credentials=credentials, token=token)
     waiting.client_tls = credentials is not None
     monitor = out = None
     resume = f"run the same command again to resume job {job_id}"

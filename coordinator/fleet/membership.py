@@ -15,13 +15,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from coordinator.errors import InvalidRequestError
+from coordinator.fleet.admission import (
+    AWAIT_REGISTRATION,
+    VERIFY_CERTIFICATE,
+    AdmissionPolicy,
+    check_node_address,
+    check_node_id,
+    check_node_report,
+)
 from coordinator.fleet.rebalance import SlowNodePolicy
 from coordinator.fleet.registry import NodeRecord, Registry
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[str, float], dict[str, tuple[str, ...]] | None]
+# (address, expected node id, timeout_s) -> served models when the node at ``address``
+# is SERVING and its server certificate is for that node id, else None.
+VerifyingProbe = Callable[[str, str, float], dict[str, tuple[str, ...]] | None]
 
 
 class Membership:
@@ -29,13 +39,23 @@ class Membership:
 
     ``probe(address, timeout_s)`` health-checks a node and returns the models and
     versions it serves, or None when it is not SERVING; ``interval`` and ``timeout`` are
-    seconds.
+    seconds. Nodes prove who they are with client certificates when ``certificates``
+    and with join tokens while ``join_tokens()`` (``coordinator.fleet.admission``);
+    ``verify`` is the probe that also checks a discovered node's server certificate.
+    ``own`` holds the coordinator's own addresses, which no node may register.
     """
 
     def __init__(self, registry: Registry, probe: Probe, interval: float, timeout: float,
-                 slow_policy: SlowNodePolicy | None = None):
+                 slow_policy: SlowNodePolicy | None = None,
+                 certificates: bool = False, join_tokens: Callable[[], bool] = lambda: False,
+                 verify: VerifyingProbe | None = None):
         self.registry = registry
         self._probe = probe
+        self._certificates = certificates
+        self._join_tokens = join_tokens
+        self._verify = verify
+        self.own: set[str] = set()
+        self._awaiting: set[str] = set()  # discovered ids told to register, logged once
         self.interval = interval
         self.timeout = timeout
         self.slow_policy = slow_policy or SlowNodePolicy()
@@ -46,6 +66,12 @@ class Membership:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="membership", daemon=True)
+
+    @property
+    def admission(self) -> AdmissionPolicy:
+        """How nodes must prove their identity now (join tokens may come and go with the
+        token file)."""
+        return AdmissionPolicy(self._certificates, self._join_tokens())
 
     def start(self) -> None:
         """Start the probe-and-sweep thread."""
@@ -69,26 +95,66 @@ class Membership:
 
     def register(self, node_id: str, address: str, models: dict[str, tuple[str, ...]],
                  capacity: int) -> int:
-        """A node registered itself: record it, admit it if a health check passes now,
-        and return the epoch its heartbeats must carry. ``InvalidRequestError`` when the
-        id or address is missing."""
-        if not node_id or not address:
-            raise InvalidRequestError("node_id and address: both are required to register")
+        """A node (whose identity the caller checked) registered itself: record it, admit
+        it if a health check passes now, and return the epoch its heartbeats must carry.
+        ``InvalidRequestError`` for a missing or malformed id, or an address that cannot
+        be dialled (wildcard, no port, the coordinator's own)."""
+        check_node_id(node_id)
+        check_node_address(address, self.own)
+        check_node_report(models, capacity)
         epoch = self.registry.register(node_id, address, models, capacity)
         admitted = self.probe_now(address)  # admission = a health check
         log.info("node %s registered from %s (epoch %d, %s)", node_id, address, epoch,
                  "admitted" if admitted else "not yet healthy")
         return epoch
 
+    def heartbeat(self, node_id: str, epoch: int, queue_depth: int, in_flight: int,
+                  latency_ms: float, capacity: int,
+                  models: dict[str, tuple[str, ...]] | None) -> tuple[bool, bool]:
+        """A node's heartbeat, checked (``InvalidRequestError`` naming the field) and
+        recorded; returns ``(known, drained)`` (unknown: it must register again)."""
+        check_node_id(node_id)
+        check_node_report(models or {}, capacity, latency_ms)
+        return self.registry.heartbeat(node_id, epoch, queue_depth, in_flight, latency_ms,
+                                       capacity, models)
+
     def discovered(self, addresses: list[str], node_id: str, capacity: int) -> bool:
         """A node advertised itself at ``addresses`` (``host:port`` each): the first that
-        passes a health check is admitted; True if one did."""
+        passes a health check (and, with certificates, proves it is ``node_id``) is
+        admitted; True if one did. With join tokens only, nothing is admitted: the node
+        must register with its token."""
+        way = self.admission.discovery()
+        if way == AWAIT_REGISTRATION:
+            if node_id not in self._awaiting:
+                self._awaiting.add(node_id)
+                log.info("discovered node %s at %s: not admitted until it registers with "
+                         "its join token", node_id, ", ".join(addresses))
+            return False
+        if way == VERIFY_CERTIFICATE:
+            return self._discovered_verified(addresses, node_id, capacity)
         for address in addresses:
             self.registry.add_candidate(address, "discovered", node_id=node_id,
                                         capacity=capacity)
             if self.probe_now(address):
                 log.info("discovered node %s at %s", node_id, address)
                 return True
+        return False
+
+    def _discovered_verified(self, addresses: list[str], node_id: str, capacity: int) -> bool:
+        for address in addresses:
+            if address in self.own:
+                continue
+            models = self._verify(address, node_id, self.timeout) if self._verify else None
+            if models is None:
+                log.warning("discovered node %s at %s: not admitted (not serving, or its "
+                            "certificate is not the fleet CA's for %r)", node_id, address,
+                            node_id)
+                continue
+            self.registry.add_candidate(address, "discovered", node_id=node_id,
+                                        capacity=capacity)
+            self.registry.probe_ok(address, models)
+            log.info("discovered node %s at %s (certificate verified)", node_id, address)
+            return True
         return False
 
     def set_drained(self, node: str, drained: bool) -> NodeRecord:

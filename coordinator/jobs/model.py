@@ -100,6 +100,7 @@ class JobInfo:
     shard_count: int
     created_at: float
     existing: bool = False
+    owner: str = ""  # who submitted it (a token's name; '' without authentication)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class JobProgress:
     degraded: int = 0  # final results that fell back to the edge answer
     requeued_shards: int = 0  # times a shard went back to the queue
     duplicates: int = 0  # late duplicate results discarded
+    owner: str = ""  # who submitted it (a token's name; '' without authentication)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", JobState(self.state))  # as stored: its value

@@ -5,6 +5,10 @@
 the caller goes away (``gone`` is set: they wake at once, whatever the interval), the
 job finishes or the coordinator shuts down. Client-chosen intervals and positions are
 checked (``InvalidJobError`` naming the field).
+
+Ownership: a job records who submitted it (``owner``, a bearer token's name). Every call
+takes a ``scope``: the owner whose jobs it may touch, or None for any job (an admin, or a
+coordinator without authentication). A job outside the scope raises ``JobAccessError``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from coordinator.errors import InvalidJobError, ModelNotServedError
+from coordinator.errors import InvalidJobError, JobAccessError, ModelNotServedError
 from coordinator.fleet.catalog import ModelCatalog
 from coordinator.jobs.model import JobProgress, ResultRow
 from coordinator.jobs.store import JobStore
@@ -46,8 +50,10 @@ class JobService:
         self.stopping = stopping
         self.pending = pending
 
-    def submit(self, submission: Submission) -> JobProgress:
-        """Store a streamed job (idempotent for a repeated ``job_id``) and wake the pullers.
+    def submit(self, submission: Submission, owner: str = "",
+               scope: str | None = None) -> JobProgress:
+        """Store a streamed job of ``owner`` (idempotent for a repeated ``job_id``, which
+        must be in ``scope``) and wake the pullers.
 
         The shard size is capped at the model's max batch size at the nodes, since one
         shard is one batched request. The first item is run on a live node first, so items
@@ -76,31 +82,37 @@ class JobService:
         if request.model_version:
             params["model_version"] = request.model_version
         info = self.store.create_job(request.model, items, shard_size, params,
-                                     job_id=request.job_id or None)
-        if not info.existing:
+                                     job_id=request.job_id or None, owner=owner)
+        if info.existing:
+            _check_scope(info.job_id, info.owner, scope)
+        else:
             log.info("job %s submitted: %s, %d items, %d shards of <= %d", info.job_id,
                      info.model, info.total_items, info.shard_count, shard_size)
         self.on_submit()
         return self.store.progress(info.job_id)
 
-    def get(self, job_id: str) -> JobProgress:
-        """The job's progress; ``JobNotFoundError`` if there is no such job."""
-        return self.store.progress(_required(job_id))
+    def get(self, job_id: str, scope: str | None = None) -> JobProgress:
+        """The job's progress; ``JobNotFoundError`` if there is no such job,
+        ``JobAccessError`` if it is not in ``scope``."""
+        p = self.store.progress(_required(job_id))
+        _check_scope(job_id, p.owner, scope)
+        return p
 
-    def list(self) -> list[JobProgress]:
-        """Every job, oldest first."""
-        return self.store.list_jobs()
+    def list(self, scope: str | None = None) -> list[JobProgress]:
+        """Every job in ``scope``, oldest first."""
+        return self.store.list_jobs(owner=scope)
 
-    def cancel(self, job_id: str) -> JobProgress:
-        """Cancel a running job (a finished one is left as it is)."""
-        return self.store.cancel(_required(job_id))
+    def cancel(self, job_id: str, scope: str | None = None) -> JobProgress:
+        """Cancel a running job in ``scope`` (a finished one is left as it is)."""
+        self.get(job_id, scope)
+        return self.store.cancel(job_id)
 
     def shares(self, job_id: str) -> dict[str, int]:
         """Results per node id for the job."""
         return self.store.shares(job_id)
 
-    def watch(self, job_id: str, interval: float,
-              gone: threading.Event) -> Iterator[JobProgress]:
+    def watch(self, job_id: str, interval: float, gone: threading.Event,
+              scope: str | None = None) -> Iterator[JobProgress]:
         """The job's progress on every change (polled each ``interval`` seconds, 0: every
         0.5 s, at most ``MAX_WATCH_INTERVAL_S``) and at least every ``WATCH_KEEPALIVE_S``,
         until it finishes, the caller is ``gone`` or the coordinator stops."""
@@ -108,7 +120,7 @@ class JobService:
             raise InvalidJobError(f"interval_s: must be between 0 and {MAX_WATCH_INTERVAL_S:g} "
                                   f"seconds (0: the default 0.5), got {interval}")
         interval = interval or 0.5
-        self.store.progress(_required(job_id))  # JobNotFoundError before the first wait
+        self.get(job_id, scope)  # JobNotFoundError / JobAccessError before the first wait
         last, sent = None, 0.0
         while not gone.is_set() and not self.stopping.is_set():
             p = self.store.progress(job_id)
@@ -121,7 +133,8 @@ class JobService:
             self._wait(gone, min(interval, WATCH_KEEPALIVE_S))
 
     def results(self, job_id: str, after_seq: int, follow: bool, include_pending: bool,
-                gone: threading.Event) -> Iterator[tuple[ResultRow, bool]]:
+                gone: threading.Event,
+                scope: str | None = None) -> Iterator[tuple[ResultRow, bool]]:
         """``(result, provisional)`` with ``seq > after_seq`` in seq order.
 
         Each result carries its class's ``label_name`` in ``extra`` when the model's
@@ -131,7 +144,7 @@ class JobService:
         edge answers of items still waiting for the cloud, marked provisional.
         """
         after = after_seq
-        model = self.store.progress(_required(job_id)).model
+        model = self.get(job_id, scope).model
         while not gone.is_set():
             state = self.store.progress(job_id).state  # before reading: no gap
             rows = self.store.results(job_id, after_seq=after, limit=RESULT_PAGE)
@@ -163,6 +176,13 @@ def _named(row: ResultRow, labels: tuple[str, ...]) -> ResultRow:
     if not 0 <= row.label < len(labels):
         return row
     return replace(row, extra={**row.extra, "label_name": labels[row.label]})
+
+
+def _check_scope(job_id: str, owner: str, scope: str | None) -> None:
+    """``JobAccessError`` unless a job of ``owner`` is in ``scope`` (None: every job)."""
+    if scope is not None and owner != scope:
+        raise JobAccessError(f"job_id: job {job_id!r} was submitted by another token's "
+                             "holder; only it (or an admin) may see or cancel it")
 
 
 def _required(job_id: str) -> str:

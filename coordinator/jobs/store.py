@@ -147,12 +147,15 @@ class JobStore(ShardLeases):
 
     def create_job(self, model: str, items: ItemSource | tuple[Sequence[str] | None, np.ndarray],
                    shard_size: int, params: dict[str, Any] | None = None,
-                   job_id: str | None = None, now: float | None = None) -> JobInfo:
+                   job_id: str | None = None, now: float | None = None,
+                   owner: str = "") -> JobInfo:
         """Store a job and its shards (each payload once); idempotent for a given ``job_id``.
 
         A second call with the same ``job_id`` and the same content (model, shard size,
-        params, ids, data) returns the stored job with ``existing=True``; different content
+        params, ids, data) returns the stored job with ``existing=True`` (and its stored
+        ``owner``: the caller decides whether this one may see it); different content
         raises JobConflictError. Items are read batch by batch inside one transaction.
+        ``owner`` is who submits it (a token's name).
         """
         if not isinstance(model, str) or not model:
             raise InvalidJobError("model: must be a non-empty model name")
@@ -177,8 +180,8 @@ class JobStore(ShardLeases):
         def create(db: Tx) -> JobInfo:
             digest = hashlib.sha256(header)
             if job_id is not None:
-                row = db.execute("SELECT model, state, total_items, created_at, digest FROM jobs "
-                                 "WHERE job_id = ?", (job_id,)).fetchone()
+                row = db.execute("SELECT model, state, total_items, created_at, digest, owner "
+                                 "FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
                 if row is not None:
                     for ids, array in source.batches(shard_size):
                         _digest_batch(digest, ids, array)
@@ -188,13 +191,15 @@ class JobStore(ShardLeases):
                             "use a new job id for a different job")
                     shards = db.execute("SELECT COUNT(*) FROM shards WHERE job_id = ?",
                                         (job_id,)).fetchone()[0]
-                    return JobInfo(job_id, row[0], row[1], row[2], shards, row[3], existing=True)
+                    return JobInfo(job_id, row[0], row[1], row[2], shards, row[3], existing=True,
+                                   owner=row[5])
             new_id = job_id or uuid.uuid4().hex
             db.execute(
                 "INSERT INTO jobs (job_id, model, state, params, shard_size, total_items, dtype, "
-                "item_shape, digest, created_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, '', ?)",
+                "item_shape, digest, created_at, owner) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, '', ?, ?)",
                 (new_id, model, params_json, shard_size, len(source), source.dtype.str,
-                 json.dumps(list(source.item_shape)), now))
+                 json.dumps(list(source.item_shape)), now, owner))
             shards = 0
             for ids, array in source.batches(shard_size):
                 _digest_batch(digest, ids, array)
@@ -206,7 +211,8 @@ class JobStore(ShardLeases):
                            "VALUES (?, ?, ?)", (shard_id, msgpack.packb(ids), _npy_bytes(array)))
                 shards += 1
             db.execute("UPDATE jobs SET digest = ? WHERE job_id = ?", (digest.hexdigest(), new_id))
-            return JobInfo(new_id, model, JobState.RUNNING, len(source), shards, now)
+            return JobInfo(new_id, model, JobState.RUNNING, len(source), shards, now,
+                           owner=owner)
 
         info = self.database.write(create)
         if not info.existing:
@@ -222,11 +228,13 @@ class JobStore(ShardLeases):
             raise JobNotFoundError(f"no job {job_id!r}")
         return rows[0]
 
-    def list_jobs(self, state: str | None = None) -> list[JobProgress]:
-        """Every job (or those in ``state``), oldest first."""
-        if state is None:
-            return self.database.read(lambda db: _progress_rows(db, "", ()))
-        return self.database.read(lambda db: _progress_rows(db, "WHERE j.state = ?", (state,)))
+    def list_jobs(self, state: str | None = None, owner: str | None = None) -> list[JobProgress]:
+        """Every job (or those in ``state``, or of ``owner``), oldest first."""
+        terms = [(f"j.{column} = ?", value) for column, value in
+                 (("state", state), ("owner", owner)) if value is not None]
+        where = ("WHERE " + " AND ".join(t for t, _ in terms)) if terms else ""
+        args = tuple(v for _, v in terms)
+        return self.database.read(lambda db: _progress_rows(db, where, args))
 
     def cancel(self, job_id: str, now: float | None = None) -> JobProgress:
         """Cancel a running job: its queued and leased shards become ``cancelled``.
@@ -382,7 +390,7 @@ def _progress_rows(db: Tx, where: str, args: tuple) -> list[JobProgress]:
         "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'leased'), "
         "j.created_at, j.finished_at, j.error, "
         "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
-        "j.cloud_items, j.degraded_items, j.requeued_shards, j.duplicate_results "
+        "j.cloud_items, j.degraded_items, j.requeued_shards, j.duplicate_results, j.owner "
         f"FROM jobs j {where} ORDER BY j.num",
         args).fetchall()
     return [JobProgress(*row) for row in rows]

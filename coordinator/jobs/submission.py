@@ -32,6 +32,12 @@ class JobRequest:
     params: Mapping[str, str] = field(default_factory=dict)
 
 
+MAX_ITEM_ID_CHARS = 256  # an item id is a key in results files and FetchResults records
+MAX_PARAMS = 64  # a job's params go to every shard's request: keep them small
+MAX_PARAM_KEY_CHARS = 128
+MAX_PARAM_VALUE_CHARS = 4096
+
+
 class Submission:
     """The messages of one Submit stream, in order. Not thread-safe (one stream)."""
 
@@ -41,9 +47,18 @@ class Submission:
         self._arrays: list[np.ndarray] = []
 
     def add_header(self, index: int, request: JobRequest) -> None:
-        """Message ``index`` is the header; there must be exactly one, first."""
+        """Message ``index`` is the header; there must be exactly one, first, with at most
+        ``MAX_PARAMS`` params of bounded size."""
         if self.request is not None:
             raise InvalidJobError(f"message {index}: a second header; send exactly one")
+        if len(request.params) > MAX_PARAMS:
+            raise InvalidJobError(f"params: at most {MAX_PARAMS} entries, got "
+                                  f"{len(request.params)}")
+        for key, value in request.params.items():
+            if not 0 < len(key) <= MAX_PARAM_KEY_CHARS or len(value) > MAX_PARAM_VALUE_CHARS:
+                raise InvalidJobError(f"params: key {key[:40]!r}: keys are 1.."
+                                      f"{MAX_PARAM_KEY_CHARS} characters, values at most "
+                                      f"{MAX_PARAM_VALUE_CHARS}")
         self.request = request
 
     def add_items(self, index: int, ids: Sequence[str], array: np.ndarray) -> None:
@@ -56,6 +71,10 @@ class Submission:
                                 f"got {list(array.shape)}")
         if ids and len(ids) != len(array):
             raise JobInputError(f"items[{index}].ids: {len(ids)} ids for {len(array)} items")
+        for k, item_id in enumerate(ids):
+            if not 0 < len(item_id) <= MAX_ITEM_ID_CHARS:
+                raise JobInputError(f"items[{index}].ids[{k}]: an item id is 1.."
+                                    f"{MAX_ITEM_ID_CHARS} characters, got {len(item_id)}")
         start = len(self._ids)
         self._ids.extend(ids or [str(start + k) for k in range(len(array))])
         self._arrays.append(array)

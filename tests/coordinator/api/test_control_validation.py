@@ -71,6 +71,12 @@ BAD_SUBMITS = [
      grpc.StatusCode.INVALID_ARGUMENT, "model: required"),
     ("bad job id", [header(job_id="has spaces"), items(IMAGES)],
      grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
+    ("item id too long", [header(), items(IMAGES, ids=["a", "b", "c", "x" * 257])],
+     grpc.StatusCode.INVALID_ARGUMENT, "items[1].ids[3]: an item id is 1..256 characters"),
+    ("too many params", [header(params={f"k{i}": "v" for i in range(65)}), items(IMAGES)],
+     grpc.StatusCode.INVALID_ARGUMENT, "params: at most 64 entries"),
+    ("param value too long", [header(params={"k": "v" * 5000}), items(IMAGES)],
+     grpc.StatusCode.INVALID_ARGUMENT, "values at most 4096"),
 ]
 
 
@@ -107,6 +113,48 @@ def test_register_needs_id_and_address_and_unknown_beats_reregister(stubs):
     assert "address" in err.value.details()
     beat = fleet.Heartbeat(fleet_pb2.HeartbeatRequest(node_id="x", epoch=7), timeout=10)
     assert beat.reregister
+
+
+def versions(name: str, *v: str) -> fleet_pb2.ModelVersions:
+    return fleet_pb2.ModelVersions(name=name, versions=list(v))
+
+
+BAD_REPORTS = [
+    ("too many models", {"models": [versions(f"m{i}", "1") for i in range(257)]},
+     "models: at most 256 per node"),
+    ("long model name", {"models": [versions("m" * 129, "1")]}, "a model name is 1..128"),
+    ("too many versions", {"models": [versions("m", *map(str, range(65)))]},
+     "models['m'].versions: at most 64"),
+    ("huge capacity", {"capacity": 2_000_000}, "capacity: at most 1000000"),
+    ("long node id", {"node_id": "n" * 129}, "node_id: required, 1..128"),
+]
+
+
+@pytest.mark.parametrize("case,fields,text", BAD_REPORTS, ids=[c[0] for c in BAD_REPORTS])
+def test_a_registration_out_of_bounds_is_refused_naming_the_field(stubs, case, fields, text):
+    fleet, _ = stubs
+    request = {"node_id": "x", "address": "127.0.0.1:9", **fields}
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.Register(fleet_pb2.RegisterRequest(**request), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert text in err.value.details()
+
+
+def test_a_heartbeat_out_of_bounds_or_a_drain_of_nothing_is_refused(stubs):
+    fleet, _ = stubs
+    for load, text in ((fleet_pb2.NodeLoad(ewma_latency_ms=float("nan")), "ewma_latency_ms"),
+                       (fleet_pb2.NodeLoad(ewma_latency_ms=-1), "ewma_latency_ms"),
+                       (fleet_pb2.NodeLoad(capacity=2_000_000), "capacity")):
+        with pytest.raises(grpc.RpcError) as err:
+            fleet.Heartbeat(fleet_pb2.HeartbeatRequest(node_id="x", epoch=1, load=load),
+                            timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert text in err.value.details()
+    for node in ("", "n" * 300):
+        with pytest.raises(grpc.RpcError) as err:
+            fleet.Drain(fleet_pb2.DrainRequest(node_id=node), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "node_id: required" in err.value.details()
 
 
 def test_reflection_lists_the_control_services(stubs, fleet):

@@ -18,6 +18,7 @@ from coordinator.errors import (
 )
 from coordinator.jobs.items import load_items
 from coordinator.jobs.model import ResultRow
+from coordinator.jobs.schema import SCHEMA_VERSION
 from coordinator.jobs.store import JobStore
 
 
@@ -412,7 +413,7 @@ def test_a_version_2_store_is_upgraded_in_place(tmp_path):
     store.requeue_node("n1")
     assert store.progress(info.job_id).requeued_shards == 1
     assert lease.attempt == 1
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     store.close()
 
 
@@ -528,6 +529,41 @@ def test_a_version_3_store_keeps_its_results_and_resume_points(tmp_path):
         assert rows[0].seq == 41 and all(r.seq > 41 for r in rows[1:])
         assert store.results("old", after_seq=41) == rows[1:]
         assert store.progress("old").state == "done"
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        store.close()
+
+
+# -- owners (schema version 5) ----------------------------------------------------------------
+
+def test_a_job_keeps_its_owner_and_jobs_list_by_owner(store_location):
+    store = JobStore(store_location)
+    try:
+        a = job(store, n=2, owner="alice")
+        b = job(store, n=2, owner="bob")
+        job(store, n=2)  # submitted without authentication: nobody's
+        assert store.progress(a.job_id).owner == "alice" and a.owner == "alice"
+        assert [p.job_id for p in store.list_jobs(owner="bob")] == [b.job_id]
+        assert [p.owner for p in store.list_jobs()] == ["alice", "bob", ""]
+        assert store.list_jobs(state="running", owner="nobody") == []
+        again = job(store, n=2, job_id=a.job_id, owner="bob")  # the caller decides
+        assert again.existing and again.owner == "alice"
+    finally:
+        store.close()
+
+
+def test_a_version_4_postgresql_store_gains_owners(pg_url):
+    store = JobStore(pg_url)
+    info = job(store, n=2, owner="alice")
+    store.database.write(lambda db: (db.execute("ALTER TABLE jobs DROP COLUMN owner"),
+                                     db.execute("UPDATE edgeshard_schema SET version = 4")))
+    store.close()
+    store = JobStore(pg_url)  # upgraded in place: the old job is nobody's
+    try:
+        assert store.progress(info.job_id).owner == ""
+        assert job(store, n=2, owner="bob").owner == "bob"
+        version = store.database.read(
+            lambda db: db.execute("SELECT version FROM edgeshard_schema").fetchone()[0])
+        assert version == SCHEMA_VERSION == 5
     finally:
         store.close()
