@@ -252,6 +252,20 @@ def test_the_cli_sends_its_token_and_explains_a_refusal(secured):
     assert out.returncode == 2 and "--token: a token is up to 512 printable" in out.stderr
 
 
+def test_cli_submit_runs_a_job_with_its_token(secured, holdout, tmp_path):
+    coord = secured[0]
+    np.save(tmp_path / "items.npy", holdout[0][:30])
+    args = ["submit", "--coordinator", coord.address, "--model", edgeshard_models.EDGE_MODEL,
+            "--input", str(tmp_path / "items.npy"), "--no-progress"]
+    out = cli(*args, "--output", str(tmp_path / "refused.jsonl"),
+              env={"EDGESHARD_TOKEN": token("cam")})
+    assert out.returncode == 1 and "PERMISSION_DENIED: Submit needs the jobs role" in out.stderr
+    out = cli(*args, "--output", str(tmp_path / "out.jsonl"),
+              env={"EDGESHARD_TOKEN": token("alice")})
+    assert out.returncode == 0, out.stderr
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 30
+
+
 def test_tokens_are_added_and_revoked_without_a_restart(secured, tmp_path):
     coord, tokens, *_ = secured
     original = tokens.read_text()
