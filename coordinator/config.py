@@ -102,12 +102,18 @@ class CoordinatorConfig:
     max_queued: int = field(default=32, metadata=_help("online requests that may wait for room"))
     """Online requests that may wait (within their deadline) while every node is at
     capacity; one more is refused with RESOURCE_EXHAUSTED at once. Waiting requests hold a
-    handler thread, so this stays well below the server's 32 + 3 x max_streams threads."""
+    handler thread, so this stays well below the server's 32 + max_streams threads."""
 
-    max_streams: int = field(default=16, metadata=_help("concurrent streams per Jobs method"))
-    """Concurrent Submit, Watch and FetchResults streams, each; one more is answered
-    RESOURCE_EXHAUSTED, so streams can never take every handler thread (the server has
-    32 + 3 x this many)."""
+    max_streams: int = field(default=16, metadata=_help("concurrent Submit uploads"))
+    """Concurrent Submit streams; one more is answered RESOURCE_EXHAUSTED. Each holds a
+    handler thread while it uploads (the server has 32 + this many), so unary calls,
+    heartbeats above all, always find one."""
+
+    max_followers: int = field(
+        default=4096, metadata=_help("concurrent Watch and FetchResults streams, each"))
+    """Concurrent Watch and FetchResults streams, each; one more is answered
+    RESOURCE_EXHAUSTED. They wait on the server's event loop and hold no thread, so
+    thousands cost only memory (a few KB each)."""
 
     epsilon: float = field(default=0.25, metadata=_help("bounded-load slack for routing keys"))
     """Consistent hashing with bounded loads: a node takes at most (1+ε)·average load."""
@@ -261,6 +267,7 @@ class CoordinatorConfig:
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
         check(1 <= self.max_streams <= 1024, "max_streams", "must be in 1..1024")
+        check(1 <= self.max_followers <= 100_000, "max_followers", "must be in 1..100000")
         check(0 <= self.max_queued <= 1024, "max_queued", "must be in 0..1024")
         check(0 < self.epsilon <= 10, "epsilon", f"must be in (0, 10], got {self.epsilon}")
         check(1 <= self.shard_size <= 4096, "shard_size", "must be in 1..4096")

@@ -57,6 +57,9 @@ class CoordinatorMetrics:
         self.store_fault = Gauge("edgeshard_coordinator_store_fault",
                                  "1 while the job store cannot write (disk full, I/O error)",
                                  registry=r)
+        self.followers = Gauge(
+            "edgeshard_coordinator_job_followers",
+            "Open Watch and FetchResults(follow) streams (they hold no thread)", registry=r)
         self.auth_denied = Counter(
             "edgeshard_coordinator_auth_denied",
             "Calls refused for their credentials, by gRPC code (UNAUTHENTICATED, "

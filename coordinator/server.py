@@ -17,7 +17,6 @@ import os
 import threading
 from collections import Counter
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.api.access import required_role
@@ -49,13 +48,15 @@ from coordinator.jobs.drains import DrainBook
 from coordinator.jobs.replayer import SpoolReplayer
 from coordinator.jobs.runner import ShardRunner
 from coordinator.jobs.service import JobService
+from coordinator.jobs.signals import JobSignals
 from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
+from edgeshard.aio_server import AioServer
 from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
 from edgeshard.tls import channel_credentials, describe, server_credentials
-from edgeshard.transport import add_port, create_server, message_options
+from edgeshard.transport import message_options
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
@@ -109,7 +110,8 @@ class CoordinatorServer:
         self.discovery = None
         self.port = 0
         self.metrics_port: int | None = None
-        self._server: grpc.Server | None = None
+        self._server: AioServer | None = None
+        self.signals = JobSignals()  # wakes the Watch/FetchResults streams of a job
         self._lock_file = None
         self.cascade: Cascade | None = None
         self.cloud: CloudTier | None = None
@@ -139,22 +141,23 @@ class CoordinatorServer:
                         self.cascade, cfg.cloud_timeout_s),
             cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed,
             spool_limits=SpoolLimits(cfg.spool_max_items, cfg.spool_max_bytes, cfg.spool_ttl_s),
-            replica_timeout_s=cfg.replica_timeout_s)
+            replica_timeout_s=cfg.replica_timeout_s, on_job_change=self.signals.notify)
         if self.cascade is not None:
             self.replayer = SpoolReplayer(spool, self.cascade, cfg.cloud_timeout_s,
                                           on_change=self.dispatcher.notify)
         self.front = InferenceServicer(self.registry, DataPlane(self.forwarder, self.cascade),
                                        self.clients, cfg.request_timeout_s)
-        jobs = JobService(self.store, self.catalog, cfg.shard_size, self.dispatcher.notify,
-                          self.stopping, pending=spool.pending)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        # Streams are bounded (max_streams per method): they can never take every handler,
-        # so unary calls, heartbeats above all, always find one.
+        # An asyncio server: Watch and FetchResults wait on its loop and hold no thread;
+        # unary calls and Submit uploads (at most max_streams) run on 32 + max_streams
+        # handler threads, so heartbeats always find one.
         interceptors = [AuthInterceptor(self.authenticator)] if self.authenticator else []
-        self._server = create_server(32 + 3 * cfg.max_streams, "coord-grpc",
-                                     message_options(cfg.max_message_bytes),
-                                     interceptors=interceptors)
-        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}", self._server_tls)
+        self._server = AioServer(32 + cfg.max_streams, "coord-grpc",
+                                 message_options(cfg.max_message_bytes), interceptors)
+        jobs = JobService(self.store, self.catalog, cfg.shard_size, self.dispatcher.notify,
+                          self.stopping, pending=spool.pending, signals=self.signals,
+                          run_blocking=self._server.run_blocking)
+        self.port = self._server.add_port(f"{cfg.host}:{cfg.port}", self._server_tls)
         self.dispatcher.address = f"{cfg.host}:{self.port}"
         self.membership.own = own_addresses(cfg.host, self.port)
         add_inference_servicer_to_server(self.front, self._server)
@@ -164,7 +167,8 @@ class CoordinatorServer:
                           authenticator=self.authenticator),
             self._server)
         fleet_pb2_grpc.add_JobsServicer_to_server(
-            JobsServicer(jobs, cfg.max_streams, self.authenticator), self._server)
+            JobsServicer(jobs, cfg.max_streams, self.authenticator, cfg.max_followers),
+            self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
@@ -268,6 +272,7 @@ class CoordinatorServer:
             self.metrics.requeued.set(self.dispatcher.requeued)
             self.metrics.in_flight.set(self.forwarder.admission.current)
             self.metrics.store_fault.set(int(self.store.fault is not None))
+            self.metrics.followers.set(self.signals.followers())
             if self.cloud is not None:
                 items, size = self.spool.totals()
                 self.metrics.spool_items.set(items)
@@ -290,6 +295,7 @@ class CoordinatorServer:
         if self.front is not None:
             self.front.ready.clear()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.signals.notify_all()  # following streams look, see the stop and end
         if self.discovery is not None:
             self.discovery.close()
         if self._server is not None:

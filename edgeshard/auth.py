@@ -316,16 +316,17 @@ def _refusal(handler: grpc.RpcMethodHandler, error: AuthError) -> grpc.RpcMethod
                 response_serializer=handler.response_serializer)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses a call before its handler runs when ``authenticator.check`` does:
-    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role."""
+    UNAUTHENTICATED without a valid token, PERMISSION_DENIED without the role. For a
+    ``grpc.aio`` server (``edgeshard.aio_server``); the check itself does not block."""
 
     def __init__(self, authenticator: Authenticator):
         self.authenticator = authenticator
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         """The method's handler, or one that refuses the call."""
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED
             return None
         try:

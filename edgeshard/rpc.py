@@ -65,18 +65,33 @@ def status_for(exc: BaseException, process: str) -> tuple[grpc.StatusCode, str]:
 def guarded(process: str, log: logging.Logger) -> Callable[[Callable], Callable]:
     """Decorator for servicer methods: an exception becomes the status ``status_for`` maps
     it to; INTERNAL ones (anything unexpected) are logged with their traceback and answered
-    with a generic message. Works for unary and server-streaming handlers."""
+    with a generic message. Works for unary and server-streaming handlers, plain or
+    ``async`` (a grpc.aio server runs the plain ones on its thread pool)."""
 
     def decorate(method: Callable) -> Callable:
-        def abort(context, exc: Exception):
-            if isinstance(exc, grpc.RpcError) and not context.is_active():
+        def answer(context, exc: Exception) -> tuple[grpc.StatusCode, str]:
+            active = getattr(context, "is_active", None)  # grpc.aio's contexts lack it
+            if isinstance(exc, grpc.RpcError) and active is not None and not active():
                 # The client cancelled or went away while we read its stream: no error.
                 log.info("%s: the client went away", method.__name__)
-                context.abort(grpc.StatusCode.CANCELLED, "the client went away")
+                return grpc.StatusCode.CANCELLED, "the client went away"
             code, message = status_for(exc, process)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
-            context.abort(code, message)
+            return code, message
+
+        def abort(context, exc: Exception):
+            context.abort(*answer(context, exc))
+
+        if inspect.isasyncgenfunction(method):
+            @functools.wraps(method)
+            async def async_stream(self, request, context):
+                try:
+                    async for item in method(self, request, context):
+                        yield item
+                except Exception as exc:  # noqa: BLE001 - the table decides
+                    await context.abort(*answer(context, exc))
+            return async_stream
 
         if inspect.isgeneratorfunction(method):
             @functools.wraps(method)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from coordinator.api import convert
 from coordinator.jobs.model import JobProgress
@@ -24,30 +23,27 @@ class StreamsExhaustedError(ResourceExhaustedError):
     """A Jobs streaming method already has its most concurrent streams."""
 
 
-def _gone(context) -> threading.Event:
-    """An event set when the call ends for any reason (the client went away, too)."""
-    gone = threading.Event()
-    if not context.add_callback(gone.set):  # already over
-        gone.set()
-    return gone
-
-
 class JobsServicer(fleet_pb2_grpc.JobsServicer):
-    """Jobs RPCs over ``JobService``; at most ``max_streams`` concurrent streams of each of
-    Submit, Watch and FetchResults (one more is refused with RESOURCE_EXHAUSTED). With an
-    ``authenticator`` a job belongs to the token that submitted it (admins see all)."""
+    """Jobs RPCs over ``JobService`` (served by a grpc.aio server: Watch and FetchResults
+    are coroutines that hold no thread). At most ``max_streams`` concurrent Submit streams
+    (each holds a handler thread while it uploads) and ``max_followers`` concurrent
+    streams of each of Watch and FetchResults; one more is refused with
+    RESOURCE_EXHAUSTED. With an ``authenticator`` a job belongs to the token that
+    submitted it (admins see all)."""
 
     def __init__(self, jobs: JobService, max_streams: int = 16,
-                 authenticator: Authenticator | None = None):
+                 authenticator: Authenticator | None = None, max_followers: int = 4096):
         self.jobs = jobs
         self.authenticator = authenticator
-        self.streams = {method: ConcurrencyLimit(max_streams, self._refusal(method))
-                        for method in ("Submit", "Watch", "FetchResults")}
+        self.streams = {"Submit": ConcurrencyLimit(max_streams, self._refusal("Submit")),
+                        **{method: ConcurrencyLimit(max_followers, self._refusal(method))
+                           for method in ("Watch", "FetchResults")}}
 
     @staticmethod
     def _refusal(method: str):
+        setting = "max_streams" if method == "Submit" else "max_followers"
         return lambda limit: StreamsExhaustedError(
-            f"{method}: {limit} streams are open already (the coordinator's max_streams); "
+            f"{method}: {limit} streams are open already (the coordinator's {setting}); "
             "retry later")
 
     def _caller(self, context) -> tuple[str, str | None]:
@@ -60,7 +56,7 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
             return "", None
         return principal.name, None if principal.is_admin else principal.name
 
-    def _status(self, p: JobProgress) -> fleet_pb2.JobStatus:
+    def _status(self, p: JobProgress) -> fleet_pb2.JobStatus:  # blocking: reads shares
         return convert.job_status(p, self.jobs.shares(p.job_id))
 
     @guard
@@ -96,16 +92,16 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
         return self._status(self.jobs.cancel(request.job_id, self._caller(context)[1]))
 
     @guard
-    def Watch(self, request, context):
+    async def Watch(self, request, context):
         with self.streams["Watch"]:
-            for p in self.jobs.watch(request.job_id, request.interval_s, _gone(context),
-                                     self._caller(context)[1]):
-                yield self._status(p)
+            async for p, shares in self.jobs.watch(request.job_id, request.interval_s,
+                                                   self._caller(context)[1]):
+                yield convert.job_status(p, shares)
 
     @guard
-    def FetchResults(self, request, context):
+    async def FetchResults(self, request, context):
         with self.streams["FetchResults"]:
-            for row, provisional in self.jobs.results(
+            async for row, provisional in self.jobs.results(
                     request.job_id, request.after_seq, request.follow,
-                    request.include_pending, _gone(context), self._caller(context)[1]):
+                    request.include_pending, self._caller(context)[1]):
                 yield convert.result_record(row, provisional)

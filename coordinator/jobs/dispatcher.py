@@ -51,15 +51,18 @@ class Dispatcher:
     """Per-node shard pullers over one job store, plus the expired-lease sweeper.
 
     ``run_shard(node, lease)`` runs a shard (``ShardRunner``); ``lease_s`` is the lease
-    length in seconds; ``on_commit(node_id, accepted, duplicates)`` is a metrics hook.
+    length in seconds; ``on_commit(node_id, accepted, duplicates)`` is a metrics hook;
+    ``on_job_change(job_id)`` is told after each shard of the job ran (its followers look).
     """
 
     def __init__(self, store: JobStore, registry: Registry, run_shard: RunShard,
                  shards_per_node: int = 2, lease_s: float = 15.0,
                  on_commit: Callable[[str, int, int], None] | None = None,
                  spool_limits: SpoolLimits | None = None, address: str = "",
-                 replica_timeout_s: float = 5.0):
+                 replica_timeout_s: float = 5.0,
+                 on_job_change: Callable[[str], None] = lambda job_id: None):
         self.store = store
+        self.on_job_change = on_job_change  # a job's results or state may have changed
         self.registry = registry
         self.run_shard = run_shard
         self.shards_per_node = shards_per_node
@@ -195,6 +198,12 @@ class Dispatcher:
     def _run(self, rec: NodeRecord, lease: Lease) -> Lease | None:
         """Run ``lease`` on the node and commit its results; the node's next lease, taken
         in the same transaction, or None (nothing queued, or the shard failed)."""
+        try:
+            return self._run_and_commit(rec, lease)
+        finally:
+            self.on_job_change(lease.job_id)  # results, a re-queue, or a failed job
+
+    def _run_and_commit(self, rec: NodeRecord, lease: Lease) -> Lease | None:
         try:
             output = self.run_shard(rec, lease)
         except PeerStatusError as exc:

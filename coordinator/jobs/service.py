@@ -1,10 +1,11 @@
 """What the Jobs API does, without the transport: submit, inspect, cancel, follow.
 
 ``JobService`` sits between the Jobs servicer and the job store. ``watch`` and
-``results`` are generators the servicer streams from; they poll the store and stop when
-the caller goes away (``gone`` is set: they wake at once, whatever the interval), the
-job finishes or the coordinator shuts down. Client-chosen intervals and positions are
-checked (``InvalidJobError`` naming the field).
+``results`` are async generators the servicer streams from: they read the store on a
+thread pool, wait on the job's signal (``coordinator.jobs.signals``) with a timeout in
+between, hold no thread while waiting, and stop when the job finishes or the
+coordinator shuts down (a caller that goes away cancels them). Client-chosen intervals
+and positions are checked (``InvalidJobError`` naming the field).
 
 Ownership: a job records who submitted it (``owner``, a bearer token's name). Every call
 takes a ``scope``: the owner whose jobs it may touch, or None for any job (an admin, or a
@@ -13,16 +14,19 @@ coordinator without authentication). A job outside the scope raises ``JobAccessE
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 from coordinator.errors import InvalidJobError, JobAccessError, ModelNotServedError
 from coordinator.fleet.catalog import ModelCatalog
 from coordinator.jobs.model import JobProgress, ResultRow
+from coordinator.jobs.signals import JobSignals
 from coordinator.jobs.store import JobStore
 from coordinator.jobs.submission import Submission
 
@@ -30,9 +34,10 @@ log = logging.getLogger(__name__)
 
 RESULT_PAGE = 512  # results read from the store per query
 WATCH_KEEPALIVE_S = 2.0  # Watch repeats an unchanged status this often
-FOLLOW_POLL_S = 0.1  # how often a following results stream looks for new rows
+FOLLOW_POLL_S = 0.5  # a following stream looks for unsignalled results (other replicas)
 MAX_WATCH_INTERVAL_S = 60.0  # the longest poll interval a Watch caller may ask for
-STOP_CHECK_S = 0.25  # a waiting stream notices a coordinator shutdown this fast
+SNAPSHOT_TTL_S = 0.25  # followers of one job share a progress read this long
+MAX_SNAPSHOTS = 4096  # jobs whose last progress read is kept
 
 
 class JobService:
@@ -42,13 +47,20 @@ class JobService:
 
     def __init__(self, store: JobStore, catalog: ModelCatalog, default_shard_size: int,
                  on_submit: Callable[[], None], stopping: threading.Event,
-                 pending: Callable[[str], list[ResultRow]] = lambda job_id: []):
+                 pending: Callable[[str], list[ResultRow]] = lambda job_id: [],
+                 signals: JobSignals | None = None,
+                 run_blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread):
         self.store = store
         self.catalog = catalog
         self.default_shard_size = default_shard_size
         self.on_submit = on_submit
         self.stopping = stopping
         self.pending = pending
+        self.signals = signals or JobSignals()  # who to wake when a job changes
+        self._snapshots: dict[str, tuple[float, JobProgress, dict[str, int]]] = {}
+        self._snapshots_lock = threading.Lock()
+        # How the followers (coroutines) run store reads: off the event loop.
+        self.run_blocking = run_blocking
 
     def submit(self, submission: Submission, owner: str = "",
                scope: str | None = None) -> JobProgress:
@@ -105,70 +117,103 @@ class JobService:
     def cancel(self, job_id: str, scope: str | None = None) -> JobProgress:
         """Cancel a running job in ``scope`` (a finished one is left as it is)."""
         self.get(job_id, scope)
-        return self.store.cancel(job_id)
+        try:
+            return self.store.cancel(job_id)
+        finally:
+            self.signals.notify(job_id)
 
     def shares(self, job_id: str) -> dict[str, int]:
         """Results per node id for the job."""
         return self.store.shares(job_id)
 
-    def watch(self, job_id: str, interval: float, gone: threading.Event,
-              scope: str | None = None) -> Iterator[JobProgress]:
-        """The job's progress on every change (polled each ``interval`` seconds, 0: every
-        0.5 s, at most ``MAX_WATCH_INTERVAL_S``) and at least every ``WATCH_KEEPALIVE_S``,
-        until it finishes, the caller is ``gone`` or the coordinator stops."""
+    def snapshot(self, job_id: str, scope: str | None = None
+                 ) -> tuple[JobProgress, dict[str, int]]:
+        """The job's progress and its results per node id, read at most every
+        ``SNAPSHOT_TTL_S`` for all its followers together (and again after each change
+        signalled here). Blocking: a store read. Errors as ``get``."""
+        now = time.monotonic()
+        with self._snapshots_lock:
+            hit = self._snapshots.get(job_id)
+        if hit is not None and now - hit[0] < SNAPSHOT_TTL_S \
+                and hit[0] > self.signals.changed_at(job_id):
+            p, shares = hit[1], hit[2]
+        else:
+            p = self.store.progress(_required(job_id))
+            shares = self.store.shares(job_id)
+            with self._snapshots_lock:
+                if len(self._snapshots) >= MAX_SNAPSHOTS:  # forget the oldest half
+                    for old in sorted(self._snapshots, key=lambda k: self._snapshots[k][0])[
+                            :MAX_SNAPSHOTS // 2]:
+                        del self._snapshots[old]
+                self._snapshots[job_id] = (now, p, shares)
+        _check_scope(job_id, p.owner, scope)
+        return p, shares
+
+    async def watch(self, job_id: str, interval: float, scope: str | None = None
+                    ) -> AsyncIterator[tuple[JobProgress, dict[str, int]]]:
+        """``(progress, results per node)`` of a job in ``scope`` on every change, at most
+        once per ``interval`` seconds (0: the default 0.5; at most ``MAX_WATCH_INTERVAL_S``)
+        and at least every ``WATCH_KEEPALIVE_S``, until it finishes or the coordinator
+        stops. A coroutine: it waits on the job's signal, holding no thread."""
         if not (math.isfinite(interval) and 0 <= interval <= MAX_WATCH_INTERVAL_S):
             raise InvalidJobError(f"interval_s: must be between 0 and {MAX_WATCH_INTERVAL_S:g} "
                                   f"seconds (0: the default 0.5), got {interval}")
         interval = interval or 0.5
-        self.get(job_id, scope)  # JobNotFoundError / JobAccessError before the first wait
-        last, sent = None, 0.0
-        while not gone.is_set() and not self.stopping.is_set():
-            p = self.store.progress(job_id)
-            key = (p.state, p.done_items, p.shards_leased, p.pending_escalations)
-            if key != last or time.monotonic() - sent >= WATCH_KEEPALIVE_S:
-                yield p
-                last, sent = key, time.monotonic()
-            if p.state.finished:
-                return
-            self._wait(gone, min(interval, WATCH_KEEPALIVE_S))
+        _required(job_id)
+        with self.signals.subscribe(job_id) as sub:
+            last, sent = None, -math.inf
+            while not self.stopping.is_set():
+                read_at = time.monotonic()
+                p, shares = await self.run_blocking(self.snapshot, job_id, scope)
+                key = (p.state, p.done_items, p.shards_leased, p.pending_escalations)
+                if key != last or time.monotonic() - sent >= WATCH_KEEPALIVE_S:
+                    yield p, shares
+                    last, sent = key, time.monotonic()
+                if p.state.finished:
+                    return
+                await sub.wait(WATCH_KEEPALIVE_S)  # sooner when the job changes
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - read_at)))
 
-    def results(self, job_id: str, after_seq: int, follow: bool, include_pending: bool,
-                gone: threading.Event,
-                scope: str | None = None) -> Iterator[tuple[ResultRow, bool]]:
+    def _page(self, job_id: str, after: int, model: str, seen: int | None
+              ) -> tuple[JobProgress, list[ResultRow] | None, tuple[str, ...]]:
+        """The job's progress (read first: no gap), then the results after ``after``, or
+        None when its count of final results is still ``seen`` (nothing new)."""
+        p, _ = self.snapshot(job_id)
+        if p.done_items == seen:
+            return p, None, ()
+        return (p, self.store.results(job_id, after_seq=after, limit=RESULT_PAGE),
+                self.catalog.labels(model))
+
+    async def results(self, job_id: str, after_seq: int, follow: bool, include_pending: bool,
+                      scope: str | None = None) -> AsyncIterator[tuple[ResultRow, bool]]:
         """``(result, provisional)`` with ``seq > after_seq`` in seq order.
 
         Each result carries its class's ``label_name`` in ``extra`` when the model's
         config names its classes. With ``follow``, waits for new results until the job
-        finishes (or the caller is ``gone``, or the coordinator stops). Without it, stops
-        at the last committed result, then, with ``include_pending``, yields the degraded
-        edge answers of items still waiting for the cloud, marked provisional.
+        finishes or the coordinator stops (woken by the job's signal, or every
+        ``FOLLOW_POLL_S`` for changes made elsewhere). Without it, stops at the last
+        committed result, then, with ``include_pending``, yields the degraded edge
+        answers of items still waiting for the cloud, marked provisional.
         """
-        after = after_seq
-        model = self.get(job_id, scope).model
-        while not gone.is_set():
-            state = self.store.progress(job_id).state  # before reading: no gap
-            rows = self.store.results(job_id, after_seq=after, limit=RESULT_PAGE)
-            labels = self.catalog.labels(model)
-            for r in rows:
-                yield _named(r, labels), False
-                after = r.seq
-            if len(rows) == RESULT_PAGE:
-                continue
-            if not follow or state.finished or self.stopping.is_set():
-                if include_pending and not follow:
-                    labels = self.catalog.labels(model)
-                    for r in self.pending(job_id):
-                        yield _named(r, labels), True
-                return
-            self._wait(gone, FOLLOW_POLL_S)
-
-    def _wait(self, gone: threading.Event, seconds: float) -> None:
-        """Sleep ``seconds``, waking early when the caller is gone or the coordinator stops."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or gone.wait(min(remaining, STOP_CHECK_S)):
-                return
+        after, seen = after_seq, None
+        with self.signals.subscribe(_required(job_id)) as sub:
+            model = (await self.run_blocking(self.get, job_id, scope)).model
+            while True:
+                p, rows, labels = await self.run_blocking(self._page, job_id, after, model,
+                                                          seen)
+                for r in rows or ():
+                    yield _named(r, labels), False
+                    after = r.seq
+                if rows is not None and len(rows) == RESULT_PAGE:
+                    continue  # more to read now; the count is not caught up yet
+                seen = p.done_items  # every result it counts is now delivered
+                if not follow or p.state.finished or self.stopping.is_set():
+                    if include_pending and not follow:
+                        labels = self.catalog.labels(model)
+                        for r in await self.run_blocking(self.pending, job_id):
+                            yield _named(r, labels), True
+                    return
+                await sub.wait(FOLLOW_POLL_S)
 
 
 def _named(row: ResultRow, labels: tuple[str, ...]) -> ResultRow:

@@ -300,9 +300,9 @@ def test_a_bad_token_file_stops_the_coordinator_at_start(tmp_path):
     bad.write_text('[[token]]\nname = "x"\nroles = ["root"]\ntoken = "t"\n')
     out = cli("serve", "--port", "0", "--state-dir", str(tmp_path / "s"),
               "--auth-tokens", str(bad))
-    assert out.returncode == 1, out.stderr  # as for an unusable TLS file
-    assert f"cannot start: auth_tokens: {bad}: token 'x': roles: a list of infer, jobs, admin, node" \
-        in out.stderr
+    assert out.returncode == 1, out.stderr  # exits as for an unusable TLS file
+    assert (f"cannot start: auth_tokens: {bad}: token 'x': roles: a list of infer, jobs, "
+            "admin, node") in out.stderr
     assert "Traceback" not in out.stderr
     out = cli("tokens", "add", "--file", str(bad), "--name", "y", "--role", "jobs")
     assert out.returncode == 2 and "token 'x': roles" in out.stderr

@@ -1,10 +1,15 @@
-"""Streams cannot exhaust the coordinator: bounded per method, bounded intervals, and a
-stream whose client goes away ends at once (real coordinator and node processes)."""
+"""Streams cannot exhaust the coordinator: they hold no thread (1,000 at once leave
+unary calls, heartbeats and inference answering), are bounded per method, have bounded
+intervals, and end at once when their client goes away (real coordinator and node
+processes)."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -16,14 +21,15 @@ from coordinator.jobs.items import ItemSource
 from protos import fleet_pb2, fleet_pb2_grpc
 
 EDGE = edgeshard_models.EDGE_MODEL
+CLOUD = edgeshard_models.CLOUD_MODEL
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def running_job(fleet):
-    """A coordinator (max 4 streams per method) with a job that stays running: its only
-    node is drained."""
-    fleet.start_coordinator("--max-streams", "4")
+    """A coordinator (at most 4 Watch and 4 FetchResults streams) with a job that stays
+    running: its only node is drained."""
+    fleet.start_coordinator("--max-followers", "4")
     fleet.add_node("n0")
     fleet.wait_live(1)
     fleet.client.drain("n0")
@@ -51,7 +57,7 @@ def test_streams_per_method_are_bounded_and_freed_when_clients_leave(running_job
     with pytest.raises(grpc.RpcError) as err:
         next(jobs.Watch(fleet_pb2.WatchRequest(job_id=job_id, interval_s=60), timeout=10))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "Watch" in err.value.details() and "max_streams" in err.value.details()
+    assert "Watch" in err.value.details() and "max_followers" in err.value.details()
     # Unary calls still find a handler thread while the streams sleep.
     started = time.monotonic()
     assert fleet.client.nodes(timeout=5)[0].node_id == "n0"
@@ -74,6 +80,87 @@ def test_streams_per_method_are_bounded_and_freed_when_clients_leave(running_job
     for call in again:
         call.cancel()
     follow.cancel()
+
+
+STREAMS = 1000  # half Watch, half FetchResults(follow)
+
+
+def followers(coordinator) -> float:
+    url = f"http://127.0.0.1:{coordinator.info['metrics_port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("edgeshard_coordinator_job_followers "))
+
+
+def test_a_thousand_following_streams_hold_no_thread(fleet, tmp_path):
+    fleet.start_coordinator("--metrics-port", "0")
+    fleet.add_node("n0")
+    cloud_only = tmp_path / "cloud-only"
+    shutil.copytree(fleet.repository / CLOUD, cloud_only / CLOUD)
+    fleet.add_node("n1", "--model-repository", str(cloud_only))  # for online requests
+    fleet.wait_live(2)
+    fleet.client.drain("n0")  # the job waits, its followers with it
+    ids = [f"item-{i}" for i in range(8)]
+    status = fleet.client.submit(EDGE, ItemSource.from_arrays(
+        ids, np.zeros((8, 28, 28), np.uint8)))
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    async def follow_all():
+        channels = [grpc.aio.insecure_channel(fleet.coordinator.address) for _ in range(10)]
+        try:
+            async def watch(jobs):
+                return [s.state async for s in jobs.Watch(
+                    fleet_pb2.WatchRequest(job_id=status.job_id, interval_s=1), timeout=120)]
+
+            async def fetch(jobs):
+                return [r.id async for r in jobs.FetchResults(fleet_pb2.FetchResultsRequest(
+                    job_id=status.job_id, follow=True), timeout=120)]
+
+            stubs = [fleet_pb2_grpc.JobsStub(c) for c in channels]
+            calls = [(watch if k % 2 else fetch)(stubs[k % 10]) for k in range(STREAMS)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            for c in channels:
+                await c.close()
+
+    outcome = asyncio.run_coroutine_threadsafe(follow_all(), loop)
+    try:
+        deadline = time.monotonic() + 60
+        while followers(fleet.coordinator) < STREAMS:
+            assert time.monotonic() < deadline and not outcome.done(), \
+                f"{followers(fleet.coordinator)} of {STREAMS} streams open"
+            time.sleep(0.2)
+        # Every stream is open and waiting: unary calls, heartbeats and inference answer.
+        from coordinator.api.clients import OIPClient
+
+        client = OIPClient(fleet.coordinator.address)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                assert fleet.client.nodes(timeout=5)[0].node_id == "n0"
+                assert fleet.client.get(status.job_id, timeout=5).state == "running"
+                answer = client.classify(CLOUD, np.zeros((1, 28, 28), np.uint8), timeout=5)
+                assert answer.label.shape == (1,)
+                print(f"ListNodes + GetJob + ModelInfer with {STREAMS} streams open: "
+                      f"{(time.monotonic() - started) * 1000:.1f} ms")
+                time.sleep(1.0)
+        finally:
+            client.close()
+        states = {n.node_id: n.state for n in fleet.client.nodes(timeout=5)}
+        assert states == {"n0": "draining", "n1": "live"}  # heartbeats kept both live
+        fleet.client.drain("n0", undo=True)
+        results = outcome.result(timeout=120)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, errors[:3]
+    for k, got in enumerate(results):
+        if k % 2:
+            assert got[-1] == "done"
+        else:
+            assert sorted(got) == ids  # every result, once, on every stream
 
 
 @pytest.mark.parametrize("request_fields,field", [
