@@ -122,9 +122,12 @@ def inherited_environment() -> dict[str, str]:
 
 
 def start_process(name: str, module: list[str], args: list[str], workdir: Path | None = None,
-                  env: dict | None = None, timeout: float = 60.0) -> NodeProcess:
+                  env: dict | None = None, timeout: float = 60.0,
+                  wrapper: list[str] | None = None) -> NodeProcess:
     """Run ``python -m <module> <args> --ready-file F`` and wait for F to appear.
 
+    ``wrapper`` goes before the command, e.g. ``["ip", "netns", "exec", NS]`` to run it
+    in a network namespace (a wrapper that execs keeps the pid the daemon's).
     The process is killed when it does not become ready (``LaunchError``) or the wait is
     interrupted (``KeyboardInterrupt``), so the caller never has to stop a process it was
     not given.
@@ -134,7 +137,7 @@ def start_process(name: str, module: list[str], args: list[str], workdir: Path |
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     log_path = workdir / f"{name}.log"
-    cmd = [sys.executable, *module, *args, "--ready-file", str(ready)]
+    cmd = [*(wrapper or []), sys.executable, *module, *args, "--ready-file", str(ready)]
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

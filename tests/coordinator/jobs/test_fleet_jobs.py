@@ -70,6 +70,7 @@ def check_exactly_once(client, job_id: str, truth: dict[str, int], min_accuracy=
     return records
 
 
+@pytest.mark.fault
 def test_job_survives_a_node_killed_part_way(fleet, holdout):
     fleet.start_coordinator()
     for i in range(3):
@@ -89,6 +90,7 @@ def test_job_survives_a_node_killed_part_way(fleet, holdout):
     assert states["n1"] in ("suspect", "dead")
 
 
+@pytest.mark.fault
 def test_stopped_node_shards_are_requeued_after_the_deadline(fleet, holdout):
     fleet.start_coordinator()
     for i in range(3):
@@ -110,6 +112,7 @@ def test_stopped_node_shards_are_requeued_after_the_deadline(fleet, holdout):
         os.kill(stopped.process.pid, signal.SIGCONT)
 
 
+@pytest.mark.fault
 def test_coordinator_sigkill_and_restart_resumes_the_job(fleet, holdout):
     fleet.start_coordinator()
     for i in range(2):
