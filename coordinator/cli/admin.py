@@ -36,6 +36,9 @@ COMMANDS = {  # name: (one-line help, --help description)
 }
 
 
+STORE_FAULT_LINE = "job store: cannot write ({}); jobs wait and resume by themselves"
+
+
 def add_parsers(sub, with_target) -> None:
     """Add the admin subcommands to ``sub``; ``with_target`` adds ``--coordinator``."""
 
@@ -76,7 +79,7 @@ def print_nodes(nodes, as_json: bool, cloud=None, store_fault: str = "") -> None
               "waiting in the spool" + (f"; last error: {cloud.last_error}"
                                         if cloud.last_error and cloud.state != "ok" else ""))
     if store_fault:
-        print(f"job store: cannot write ({store_fault}); jobs wait and resume by themselves")
+        print(STORE_FAULT_LINE.format(store_fault))
 
 
 # JSON key: JobStatus field ("total" and "done" keep the names earlier releases printed).
@@ -127,6 +130,10 @@ def admin(args) -> int:
             print(f"{info.node_id} ({info.address}) is now {info.state}")
         elif args.command == "jobs":
             print_jobs(client.list_jobs(), args.json)
+            if not args.json:
+                fault = client.listing().store_fault
+                if fault:
+                    print(STORE_FAULT_LINE.format(fault))
         elif args.command == "cancel":
             status = client.cancel(args.job_id)
             print(f"job {status.job_id} is {status.state} ({status.done_items}/"

@@ -4,6 +4,7 @@ itself once there is space (a real SQLite file on a real, small tmpfs)."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,6 +92,12 @@ def test_a_job_survives_its_disk_filling_and_finishes_once_space_is_back(fleet, 
     assert "disk full" in err.value.details()
     listing = fleet.client.listing()
     assert listing.store_fault == "disk full"
+    for command in ("jobs", "nodes"):  # and the admin commands say so
+        out = subprocess.run([sys.executable, "-m", "coordinator", command, "--coordinator",
+                              fleet.coordinator.address], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "job store: cannot write (disk full); jobs wait and resume" in out.stdout
     filler.unlink()  # space again: the job finishes without a restart
     deadline = time.monotonic() + 120
     while (status := fleet.client.get(job.job_id)).state == "running":
