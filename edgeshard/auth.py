@@ -153,16 +153,21 @@ def parse_tokens(data: Mapping, where: str) -> dict[str, Principal]:
     return out
 
 
+def load_token_table(path: Path, field: str = "auth_tokens") -> dict:
+    """The TOML table in ``path``; ``TokenFileError`` names ``field`` and the file when it
+    is unreadable or not TOML (entries are checked by ``parse_tokens``)."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise TokenFileError(f"{field}: cannot read {path} ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TokenFileError(f"{field}: {path} is not valid TOML ({exc})") from None
+
+
 def read_token_file(path: Path) -> dict[str, Principal]:
     """The tokens in the TOML file at ``path``; ``TokenFileError`` names the file and what
     is wrong (unreadable, not TOML, a bad entry)."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise TokenFileError(f"auth_tokens: cannot read {path} ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TokenFileError(f"auth_tokens: {path} is not valid TOML ({exc})") from None
-    return parse_tokens(data, f"auth_tokens: {path}")
+    return parse_tokens(load_token_table(path), f"auth_tokens: {path}")
 
 
 class TokenBook:

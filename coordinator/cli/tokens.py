@@ -11,10 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
-from edgeshard.auth import NODE, ROLES, TokenFileError, new_token, parse_tokens, token_digest
+from edgeshard.auth import (
+    NODE,
+    ROLES,
+    TokenFileError,
+    load_token_table,
+    new_token,
+    parse_tokens,
+    token_digest,
+)
 from edgeshard.certs import write_file
 
 HEADER = ("# edgeshard bearer tokens (edge-coordinator tokens add|list|revoke). Each entry\n"
@@ -47,12 +54,7 @@ def _entries(path: Path) -> list[dict]:
     file that does not exist. ``TokenFileError`` names what is wrong."""
     if not path.exists():
         return []
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise TokenFileError(f"--file: cannot read {path} ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TokenFileError(f"--file: {path} is not valid TOML ({exc})") from None
+    data = load_token_table(path, "--file")
     parse_tokens(data, f"--file: {path}")
     return list(data.get("token", []))
 

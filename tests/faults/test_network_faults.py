@@ -74,6 +74,13 @@ class LabFleet:
         self.client = CoordinatorClient(address)
         return address
 
+    def start_two_nodes(self) -> None:
+        """A coordinator with nodes n1 and n2 in their namespaces, both live."""
+        coordinator = self.start_coordinator()
+        for name in ("n1", "n2"):
+            self.start_host(name, "--coordinator", coordinator, *PACED)
+        until(lambda: self.state("n1") == self.state("n2") == "live", 30, "both nodes live")
+
     def state(self, node: str) -> str:
         return {n.node_id: n.state for n in self.client.nodes(timeout=5)}.get(node, "absent")
 
@@ -129,11 +136,7 @@ def finish_exactly_once(client, job_id: str, truth: dict, timeout: float = 180.0
 
 def test_a_node_partitioned_mid_job_then_healed(lab_fleet, holdout, record_property):
     fleet = lab_fleet
-    fleet.start_coordinator()
-    coordinator = f"{fleet.lab.gateway}:{fleet.coordinator.info['grpc_port']}"
-    for name in ("n1", "n2"):
-        fleet.start_host(name, "--coordinator", coordinator, *PACED)
-    until(lambda: fleet.state("n1") == fleet.state("n2") == "live", 30, "both nodes live")
+    fleet.start_two_nodes()
     items, truth = job_items(holdout, 6)
     job = fleet.client.submit(EDGE, items, shard_size=50).job_id
     until(lambda: done_items(fleet.client, job) >= len(truth) // 5, 60, "a fifth done")
@@ -152,11 +155,7 @@ def test_a_node_partitioned_mid_job_then_healed(lab_fleet, holdout, record_prope
 
 def test_five_percent_loss_on_a_nodes_link(lab_fleet, holdout, record_property):
     fleet = lab_fleet
-    fleet.start_coordinator()
-    coordinator = f"{fleet.lab.gateway}:{fleet.coordinator.info['grpc_port']}"
-    for name in ("n1", "n2"):
-        fleet.start_host(name, "--coordinator", coordinator, *PACED)
-    until(lambda: fleet.state("n1") == fleet.state("n2") == "live", 30, "both nodes live")
+    fleet.start_two_nodes()
     fleet.lab.loss("n1", 5)
     items, truth = job_items(holdout, 6)
     started = time.monotonic()
@@ -175,8 +174,7 @@ def test_the_cloud_partitioned_mid_job(lab_fleet, holdout, record_property):
     fleet.start_coordinator("--cloud", cloud, "--cascade", f"{EDGE}={CLOUD}",
                             "--escalation", f"{EDGE}=max_prob:0.9", "--breaker-failures",
                             "2", "--breaker-reset-s", "0.5", "--cloud-timeout-s", "1")
-    coordinator = f"{fleet.lab.gateway}:{fleet.coordinator.info['grpc_port']}"
-    fleet.start_host("n1", "--coordinator", coordinator, *PACED)
+    fleet.start_host("n1", "--coordinator", fleet.client.address, *PACED)
     until(lambda: fleet.state("n1") == "live", 30, "n1 live")
     items, truth = job_items(holdout, 4)
     fleet.lab.partition("cloud")
