@@ -77,6 +77,10 @@ REASONS = {  # reason code (metric label) -> meaning
     "not_covered": "the node would read a file the signed manifest does not list",
 }
 
+# The fix for a refusal that is evidence of tampering: never "sign it again" (that would
+# bless whatever is there now).
+RESTORE = "restore the version from where it was built and signed"
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -151,8 +155,7 @@ class Manifest:
         ``sha256``/``size`` that differs from ``files``' ``model.tflite``.
         """
         def bad(problem: str) -> ManifestError:
-            return ManifestError("manifest_invalid", f"{path}: {problem}; sign the version "
-                                 "again with edge-coordinator sign-model")
+            return ManifestError("manifest_invalid", f"{path}: {problem}; {RESTORE}")
 
         try:
             fields = json.loads(data, object_pairs_hook=_unique_keys)

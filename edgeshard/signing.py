@@ -39,6 +39,7 @@ from edgeshard.manifest import (
     MANIFEST_FORMAT,
     MODEL_FILE,
     RESERVED,
+    RESTORE,
     SIGNATURE_FIELD,
     VERSION_FILES,
     FileDigest,
@@ -89,15 +90,14 @@ class TrustStore:
             raise ManifestError(
                 "bad_signature",
                 f"{where}: malformed signature (base64 of a 64-byte Ed25519 signature "
-                "expected); sign the version again with edge-coordinator sign-model")
+                f"expected); {RESTORE}")
         try:
             key.verify(signature, canonical_bytes(manifest.fields))
         except InvalidSignature:
             raise ManifestError(
                 "bad_signature",
                 f"{where}: signature does not verify with key {kid}: the manifest was "
-                "changed after it was signed; restore it, or sign the version again with "
-                "edge-coordinator sign-model") from None
+                f"changed after it was signed; {RESTORE}") from None
         return kid
 
 
@@ -134,7 +134,8 @@ def verify_version(version_dir: Path, model: str, read: Mapping[str, bytes],
     signature (when keys are trusted), model and version, then every listed file, then
     that every file in ``read`` is listed (when required). Raises ``ManifestError``.
     """
-    fix = f"sign it with: edge-coordinator sign-model --key KEY {version_dir}"
+    sign = f"edge-coordinator sign-model --key KEY {version_dir}"
+    fix = f"sign it where it was built: {sign}"
     manifest = read_manifest(version_dir)
     if manifest is None:
         if policy.require_signed:
@@ -157,7 +158,7 @@ def verify_version(version_dir: Path, model: str, read: Mapping[str, bytes],
                 "manifest_mismatch",
                 f"{manifest.path}: written for {claimed[0]} version {claimed[1]}, not "
                 f"{model} version {version_dir.name} (copied from another version?); "
-                f"{fix}")
+                f"{RESTORE}")
     for name, expected in manifest.files.items():
         data = read.get(name)
         if data is None:
@@ -167,21 +168,22 @@ def verify_version(version_dir: Path, model: str, read: Mapping[str, bytes],
                 raise ManifestError(
                     "file_missing",
                     f"{version_dir}: {name} is listed in {MANIFEST_FILE} but cannot be "
-                    f"read ({exc.strerror or exc}); restore it") from None
+                    f"read ({exc.strerror or exc}); {RESTORE}") from None
         actual = FileDigest.of(data)
         if actual.sha256 != expected.sha256 or expected.size not in (None, actual.size):
             raise ManifestError(
                 "digest_mismatch",
                 f"{version_dir}: {name} has sha256 {actual.sha256[:12]}… ({actual.size} "
                 f"bytes), {MANIFEST_FILE} says {expected.sha256[:12]}… "
-                f"({expected.size} bytes): the file was replaced or is corrupt; restore it")
+                f"({expected.size} bytes): the file was replaced or is corrupt; {RESTORE}")
     if policy.require_signed:
         unlisted = sorted(set(read) - set(manifest.files))
         if unlisted:
             raise ManifestError(
                 "not_covered",
                 f"{version_dir}: {', '.join(unlisted)} not covered by the signed "
-                f"{MANIFEST_FILE} (changed or added after signing?); {fix}")
+                f"{MANIFEST_FILE} (added after signing, by calibrate --write?); remove it, "
+                f"or sign the version again where its files were made: {sign}")
     return manifest
 
 

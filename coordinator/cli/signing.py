@@ -35,9 +35,11 @@ SIGN_MODEL_HELP = (
     "Write REPO/MODEL/VERSION/manifest.json for each version directory given: the sha256 "
     "and size of model.tflite, of calibration.json when there is one, and of the model's "
     "config.toml, with the model name, the version and the key id, signed with --key "
-    "(Ed25519). Other fields of an existing manifest are kept. Sign again after changing "
-    "any of those files (calibrate --write included); nodes started with "
-    "--require-signed --trust-key NAME.pub serve only versions that verify.")
+    "(Ed25519). Other fields of an existing manifest are kept. Sign where the files are "
+    "made (the build machine) and after changing any of them (calibrate --write "
+    "included), never to silence a node's refusal: that signs whatever is there now. "
+    "Nodes started with --require-signed --trust-key NAME.pub serve only versions that "
+    "verify.")
 
 
 def add_parsers(sub) -> None:

@@ -210,6 +210,8 @@ def test_remanifested_model_is_refused(model_dir, key, shipped_repository):
     edit_manifest(vdir, rewrite)
     err = refused(vdir, key)
     assert err.reason == "bad_signature" and "changed after it was signed" in str(err)
+    # the fix is to restore the version: signing it again would bless the replacement
+    assert "restore the version" in str(err) and "sign-model" not in str(err)
     # a present signature is checked whenever keys are trusted, required or not
     assert refused(vdir, key, require=False).reason == "bad_signature"
 
