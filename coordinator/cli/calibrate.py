@@ -267,5 +267,5 @@ def main(args) -> int:
         if signed(versions[-1]):
             print(f"note: {versions[-1]} is signed, and its signature does not cover this "
                   f"file: sign it again (edge-coordinator sign-model --key KEY "
-                  f"{versions[-1]}), or nodes refuse the version")
+                  f"{versions[-1]}), or nodes with --require-signed refuse the version")
     return 0
