@@ -80,8 +80,8 @@ class TrustStore:
             raise ManifestError(
                 "untrusted_key",
                 f"{where}: signed by key {kid}, which is not trusted (trusted: "
-                f"{', '.join(self.key_ids)}); give its public key with --trust-key, or sign "
-                "the version with a trusted key")
+                f"{', '.join(self.key_ids)}); if the key is yours, give its public key "
+                f"with --trust-key, else {RESTORE}")
         try:
             signature = base64.b64decode(manifest.fields[SIGNATURE_FIELD], validate=True)
         except (binascii.Error, ValueError):
