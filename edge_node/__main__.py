@@ -14,6 +14,7 @@ from pathlib import Path
 from edge_node.config import NodeConfig, build
 from edge_node.errors import ModelLoadError
 from edgeshard import VERSION
+from edgeshard.keys import KeyFileError
 from edgeshard.lifecycle import run_until_signal
 from edgeshard.settings import SettingsError, add_flags, config_file_from
 from edgeshard.tls import TLSError
@@ -29,8 +30,14 @@ The model repository holds <model>/config.toml and <model>/<version>/model.tflit
 (optionally manifest.json with its sha256, calibration.json with a temperature).
 The newest version that loads is served by default.
 
-Example:
+Signed models: with --require-signed --trust-key KEY.pub a version is served only when
+its manifest.json is signed by a trusted key (edge-coordinator sign-model) and matches
+its files; a refused version is logged with the reason and the newest one that passes
+serves. With --trust-key alone, signed versions are verified and unsigned ones served.
+
+Examples:
   edge-node --model-repository models/repository --port 8001 --metrics-port 9101
+  edge-node --model-repository /opt/models --require-signed --trust-key /etc/edgeshard/keys
 """
 
 
@@ -69,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
 
-        return run_until_signal(EdgeNodeServer(config), (ModelLoadError, OSError, TLSError),
-                                log)
+        return run_until_signal(EdgeNodeServer(config),
+                                (ModelLoadError, OSError, TLSError, KeyFileError), log)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         print("edge-node: interrupted while starting", file=sys.stderr)
         return 130

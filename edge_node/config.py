@@ -132,6 +132,21 @@ class NodeConfig:
     """Without TLS a node bound to anything but loopback refuses to start unless this is
     set."""
 
+    trust_key: tuple[Path, ...] = field(
+        default=(), metadata={"help": "Ed25519 public key (PEM, or raw/base64) trusted to "
+                              "sign model versions, or a directory of *.pub keys; a signed "
+                              "version is verified against these", "metavar": "PATH"})
+    """Public keys whose signatures on ``manifest.json`` are accepted (several: key
+    rotation). A file, or a directory whose ``*.pub`` files are each a key. With any, a
+    signed version that does not verify is refused even without ``require_signed``."""
+
+    require_signed: bool = field(
+        default=False, metadata={"help": "serve only model versions whose manifest.json is "
+                                 "signed by a --trust-key and matches their files"})
+    """Refuse versions without a manifest, unsigned, signed by an untrusted key, or whose
+    files (model, calibration, the model's config) differ from the signed manifest; the
+    newest version that passes serves. Needs ``trust_key``."""
+
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     """Logging level of the process."""
 
@@ -172,6 +187,10 @@ class NodeConfig:
         check_server_settings(self.host, self.tls_files, self.insecure)
         if self.join_token is not None:
             object.__setattr__(self, "join_token", check_token(self.join_token, "join_token"))
+        object.__setattr__(self, "trust_key", tuple(Path(p) for p in self.trust_key))
+        check(bool(self.trust_key) or not self.require_signed, "require_signed",
+              "needs at least one --trust-key (EDGESHARD_TRUST_KEY, trust_key in the config "
+              "file): the public key(s) whose signatures to accept")
         if not self.workers:
             object.__setattr__(self, "workers", max(1, os.cpu_count() or 1))
         if not self.capacity:

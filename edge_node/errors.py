@@ -25,7 +25,15 @@ class ModelUnavailableError(EdgeNodeError, kinds.UnavailableError):
 
 
 class ModelLoadError(EdgeNodeError):
-    """A model version could not be loaded (bad config, missing or corrupt file)."""
+    """A model version could not be loaded (bad config, missing, corrupt or unsigned file).
+
+    ``reason`` is a short code for metrics: ``invalid_model`` (config, TFLite file or
+    calibration unusable), ``file_missing``, or one of ``edgeshard.manifest.REASONS``.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid_model"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class OverloadedError(EdgeNodeError, kinds.ResourceExhaustedError):

@@ -16,7 +16,8 @@ LATENCY_BUCKETS = (
 
 
 class NodeMetrics:
-    """Request counts by model and outcome, latency split by phase, queue gauges."""
+    """Request counts by model and outcome, latency split by phase, queue gauges, and the
+    model versions refused at load by reason."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -48,7 +49,18 @@ class NodeMetrics:
             "edgeshard_node_model_ready", "1 if the model version is ready",
             ["model", "version"], registry=r,
         )
+        self.refused = Counter(
+            "edgeshard_node_versions_refused",
+            "Model versions refused at load, by reason (see OPERATIONS.md, Signed models)",
+            ["model", "version", "reason"], registry=r,
+        )
         self._server = None
+
+    def version_refused(self, model: str, version: str, reason: str) -> None:
+        """Count a refused version (``version`` "": the whole model) and mark it not ready."""
+        self.refused.labels(model, version, reason).inc()
+        if version:
+            self.ready.labels(model, version).set(0)
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port.

@@ -1,18 +1,21 @@
 """The model repository: ``<repo>/<model>/config.toml`` + ``<repo>/<model>/<version>/model.tflite``.
 
 Loading is all-or-nothing per version and isolated per model: a version whose file is
-missing, corrupt (sha256 differs from ``manifest.json``) or not a loadable TFLite model is
+missing, corrupt (size or sha256 differs from ``manifest.json``), not signed as the
+``SigningPolicy`` demands (``edgeshard.signing``) or not a loadable TFLite model is
 refused with a clear error, and every other model and version still serves. The newest
-version that loaded is the default.
+version that loaded is the default, so when the newest is refused the one before it
+serves. Each file is read once: the bytes checked against the manifest are the bytes
+served.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +23,12 @@ import numpy as np
 
 from edge_node.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError
 from edge_node.runtime import TensorSpec, TFLiteModel
+from edgeshard.manifest import CALIBRATION_FILE, CONFIG_ENTRY, MODEL_FILE, FileDigest, ManifestError
+from edgeshard.signing import SigningPolicy, verify_version
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.tflite"
-MANIFEST_FILE = "manifest.json"
-CALIBRATION_FILE = "calibration.json"
+CONFIG_FILE = "config.toml"
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,23 @@ class ModelSpec:
     labels: tuple[str, ...]
 
     @classmethod
-    def from_toml(cls, path: Path, dir_name: str) -> ModelSpec:
-        """Parse and validate the model config at ``path`` for the model directory ``dir_name``.
+    def from_toml(cls, path: Path, dir_name: str, content: bytes | None = None) -> ModelSpec:
+        """Parse and validate the model config at ``path`` for the model directory ``dir_name``
+        (``content``: the file's bytes, when already read).
 
         Raises ``ModelLoadError`` naming the file for a missing file, invalid TOML, a missing or
         mistyped key, a name that differs from the directory, or an unsupported value.
         """
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            if content is None:
+                content = path.read_bytes()
+            data = tomllib.loads(content.decode("utf-8"))
         except FileNotFoundError:
-            raise ModelLoadError(f"{path}: missing model config") from None
-        except tomllib.TOMLDecodeError as exc:
+            raise ModelLoadError(f"{path}: missing model config", "file_missing") from None
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}",
+                                 "file_missing") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"{path}: not valid TOML: {exc}") from None
         where = str(path)
 
@@ -134,6 +142,7 @@ class ModelVersion:
     output: TensorSpec
     sha256: str
     temperature: float = 1.0  # softmax temperature from calibration.json (1.0 without one)
+    signed_by: str = ""  # key id of the trusted key that verified the manifest ("": none)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -158,6 +167,7 @@ class ModelEntry:
     spec: ModelSpec | None
     versions: dict[str, ModelVersion] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # version ("" = model) -> reason
+    reasons: dict[str, str] = field(default_factory=dict)  # version ("" = model) -> code
 
     @property
     def latest(self) -> ModelVersion | None:
@@ -167,40 +177,55 @@ class ModelEntry:
         return self.versions[max(self.versions, key=int)]
 
 
-def load_version(spec: ModelSpec, version_dir: Path) -> ModelVersion:
-    """Read, verify and trial-load one version; raise ModelLoadError with the reason."""
+def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | None = None,
+                 config: bytes | None = None) -> ModelVersion:
+    """Read, verify and trial-load one version; raise ModelLoadError with the reason.
+
+    ``policy`` says which signatures to check and whether one is required (none:
+    sha256 checked when a manifest lists it, as it always is); ``config`` is the bytes of
+    the model's ``config.toml`` that ``spec`` was parsed from, so that a signature covers
+    them. Files are verified before the model reaches the interpreter.
+    """
+    policy = policy or SigningPolicy()
     path = version_dir / MODEL_FILE
     try:
         content = path.read_bytes()
     except FileNotFoundError:
-        raise ModelLoadError(f"{path}: model file missing") from None
-    digest = hashlib.sha256(content).hexdigest()
-    manifest_path = version_dir / MANIFEST_FILE
-    if manifest_path.exists():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"{manifest_path}: not valid JSON: {exc}") from None
-        expected = manifest.get("sha256")
-        if expected and expected != digest:
-            raise ModelLoadError(
-                f"{path}: sha256 {digest[:12]}… does not match manifest {str(expected)[:12]}… "
-                "(file corrupt or replaced without updating manifest.json)"
-            )
+        raise ModelLoadError(f"{path}: model file missing", "file_missing") from None
+    read = {MODEL_FILE: content}
+    if config is not None:
+        read[CONFIG_ENTRY] = config
+    calibration = _read_optional(version_dir / CALIBRATION_FILE)
+    if calibration is not None:
+        read[CALIBRATION_FILE] = calibration
+    try:
+        manifest = verify_version(version_dir, spec.name, read, policy)
+    except ManifestError as exc:
+        raise ModelLoadError(str(exc), exc.reason) from None
+    signed_by = manifest.key_id if manifest and manifest.signed and policy.trust.keys else ""
     trial = TFLiteModel(content, source=str(path))
     _check_tensors(spec, trial, path)
     return ModelVersion(
-        spec, version_dir.name, path, content, trial.input, trial.output, digest,
-        temperature=_load_temperature(version_dir / CALIBRATION_FILE),
+        spec, version_dir.name, path, content, trial.input, trial.output,
+        FileDigest.of(content).sha256,
+        temperature=_parse_temperature(calibration, version_dir / CALIBRATION_FILE),
+        signed_by=signed_by,
     )
 
 
-def _load_temperature(path: Path) -> float:
-    """Softmax temperature fitted by calibration; 1.0 when the version has none."""
-    if not path.exists():
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _parse_temperature(content: bytes | None, path: Path) -> float:
+    """Softmax temperature fitted by calibration (``content`` of ``path``); 1.0 without one."""
+    if content is None:
         return 1.0
     try:
-        temperature = float(json.loads(path.read_text())["temperature"])
+        temperature = float(json.loads(content)["temperature"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{path}: needs a numeric 'temperature': {exc}") from None
     if not (math.isfinite(temperature) and temperature > 0):
@@ -227,10 +252,19 @@ def _check_tensors(spec: ModelSpec, model: TFLiteModel, path: Path) -> None:
 
 
 class ModelRepository:
-    """All models under one directory, loaded once at start-up."""
+    """All models under one directory, loaded once at start-up.
 
-    def __init__(self, root: Path):
+    ``policy`` decides which versions' signatures are checked and required (default:
+    none required, sha256 checked where a manifest lists it); ``on_refused(model,
+    version, reason)`` is called for each refusal (``version`` "" when the whole model
+    is), ``reason`` being a ``ModelLoadError.reason`` code.
+    """
+
+    def __init__(self, root: Path, policy: SigningPolicy | None = None,
+                 on_refused: Callable[[str, str, str], None] | None = None):
         self.root = Path(root)
+        self.policy = policy or SigningPolicy()
+        self.on_refused = on_refused
         self.models: dict[str, ModelEntry] = {}
 
     def load(self) -> None:
@@ -243,14 +277,30 @@ class ModelRepository:
         for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             self.models[model_dir.name] = self._load_model(model_dir)
 
+    def _refuse(self, entry: ModelEntry, version: str, exc: ModelLoadError) -> None:
+        entry.failures[version] = str(exc)
+        entry.reasons[version] = exc.reason
+        if version:
+            log.error("model %s version %s refused (%s): %s", entry.name, version, exc.reason,
+                      exc)
+        else:
+            log.error("model %s refused (%s): %s", entry.name, exc.reason, exc)
+        if self.on_refused is not None:
+            self.on_refused(entry.name, version, exc.reason)
+
     def _load_model(self, model_dir: Path) -> ModelEntry:
         name = model_dir.name
+        entry = ModelEntry(name, None)
+        config_path = model_dir / CONFIG_FILE
         try:
-            spec = ModelSpec.from_toml(model_dir / "config.toml", name)
+            config = config_path.read_bytes()
+        except OSError:
+            config = None  # from_toml says why
+        try:
+            entry.spec = spec = ModelSpec.from_toml(config_path, name, config)
         except ModelLoadError as exc:
-            log.error("model %s refused: %s", name, exc)
-            return ModelEntry(name, None, failures={"": str(exc)})
-        entry = ModelEntry(name, spec)
+            self._refuse(entry, "", exc)
+            return entry
         version_dirs = sorted(
             (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
             key=lambda p: int(p.name),
@@ -259,12 +309,29 @@ class ModelRepository:
             entry.failures[""] = f"{model_dir}: no numeric version directories"
         for vdir in version_dirs:
             try:
-                entry.versions[vdir.name] = load_version(spec, vdir)
-                log.info("loaded %s version %s from %s", name, vdir.name, vdir)
+                mv = entry.versions[vdir.name] = load_version(spec, vdir, self.policy, config)
+                signature = (f" (signed by key {mv.signed_by})" if mv.signed_by
+                             else " (unsigned)" if self.policy.trust.keys else "")
+                log.info("loaded %s version %s from %s%s", name, vdir.name, vdir, signature)
             except ModelLoadError as exc:
-                entry.failures[vdir.name] = str(exc)
-                log.error("model %s version %s refused: %s", name, vdir.name, exc)
+                self._refuse(entry, vdir.name, exc)
+        self._log_outcome(entry)
         return entry
+
+    @staticmethod
+    def _log_outcome(entry: ModelEntry) -> None:
+        """Say which version serves when a newer one was refused, or that none serves."""
+        refused = sorted((v for v in entry.failures if v), key=int)
+        if not refused:
+            return
+        listed = ", ".join(f"{v} ({entry.reasons[v]})" for v in refused)
+        latest = entry.latest
+        if latest is None:
+            log.error("model %s is not served: every version was refused: %s", entry.name,
+                      listed)
+        elif int(refused[-1]) > int(latest.version):
+            log.warning("model %s: serving version %s; newer version(s) refused: %s",
+                        entry.name, latest.version, listed)
 
     def ready_versions(self) -> list[ModelVersion]:
         """Every version that loaded, over all models."""
@@ -281,7 +348,8 @@ class ModelRepository:
                 return entry.versions[version]
             if version in entry.failures:
                 raise ModelUnavailableError(
-                    f"model_version: {name} version {version} failed to load: "
+                    f"model_version: {name} version {version} failed to load "
+                    f"({entry.reasons.get(version, 'invalid_model')}): "
                     f"{entry.failures[version]}"
                 )
             raise ModelNotFoundError(

@@ -25,6 +25,8 @@ from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
 from edge_node.servicer import NodeServicer
 from edgeshard import VERSION
+from edgeshard.keys import load_trust_keys
+from edgeshard.signing import SigningPolicy, TrustStore
 from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import add_port, create_server, message_options
 from protos.discovery import NodeAdvert
@@ -40,7 +42,8 @@ class EdgeNodeServer:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.metrics = NodeMetrics()
-        self.repository = ModelRepository(config.model_repository)
+        self.repository = ModelRepository(config.model_repository,
+                                          on_refused=self.metrics.version_refused)
         self.engine: InferenceEngine | None = None
         self.servicer: NodeServicer | None = None
         self.health = health.HealthServicer()
@@ -58,13 +61,17 @@ class EdgeNodeServer:
         """Load the models, bind the port, warm every worker up, then turn SERVING and announce.
 
         Raises ``ModelLoadError`` when no model loads, ``OSError`` when the port cannot be
-        bound and ``TLSError`` (naming the flag and file) when a TLS file is unusable.
+        bound, ``TLSError`` or ``KeyFileError`` (naming the flag and file) when a TLS file
+        or a trusted key is unusable.
         """
         cfg = self.config
-        # TLS files first: a wrong path fails at once, not after the models load.
+        # TLS files and keys first: a wrong path fails at once, not after the models load.
         server_tls = server_credentials(cfg.tls_files)
         self._link_credentials = channel_credentials(cfg.tls_files)  # None: plaintext
-        log.info("edge node starting: runtime %s, ext kernels %s", RUNTIME, ext.IMPLEMENTATION)
+        self.repository.policy = SigningPolicy(TrustStore.of(load_trust_keys(cfg.trust_key)),
+                                               cfg.require_signed)
+        log.info("edge node starting: runtime %s, ext kernels %s; %s", RUNTIME,
+                 ext.IMPLEMENTATION, self.repository.policy.describe())
         self.repository.load()
         if not self.repository.ready_versions():
             problems = "; ".join(

@@ -121,6 +121,8 @@ class NodeServicer(InferenceServicer):
                 "input_dtype": mc.ModelParameter(string_value=str(mv.input.dtype)),
                 "temperature": mc.ModelParameter(string_value=repr(mv.temperature)),
                 "sha256": mc.ModelParameter(string_value=mv.sha256),
+                # the trusted key that verified this version's manifest ("": not verified)
+                "signed_by": mc.ModelParameter(string_value=mv.signed_by),
             },
         )
 

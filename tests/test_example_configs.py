@@ -15,6 +15,7 @@ def test_node_example_loads():
     assert cfg.port == 8001 and cfg.advertise and cfg.coordinator == ("coordinator.local:8000",)
     assert cfg.capacity == 8  # 4 x 2 workers
     assert cfg.tls_files.cert == Path("/etc/edgeshard/tls/node-1.pem") and cfg.tls_files.ca
+    assert cfg.require_signed and cfg.trust_key == (Path("/etc/edgeshard/keys"),)
 
 
 def test_coordinator_example_loads_with_its_cascade():

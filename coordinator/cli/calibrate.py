@@ -36,6 +36,7 @@ from coordinator.cascade.calibration import (
 from coordinator.cascade.policies import EscalationPolicy
 from coordinator.cli.interrupt import close_client
 from edgeshard.errors import PeerStatusError
+from edgeshard.manifest import ManifestError, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,15 @@ def write_calibration(result: CalibrationResult, version_dir: Path,
     return path
 
 
+def signed(version_dir: Path) -> bool:
+    """Whether the version's manifest carries a signature (valid or not)."""
+    try:
+        manifest = read_manifest(version_dir)
+    except ManifestError:
+        return False
+    return manifest is not None and manifest.signed
+
+
 def local_servers(repository: Path, workdir: Path):
     """Start an edge node on ``repository`` (it serves both models); returns it."""
     from coordinator.cli.launcher import start_node
@@ -254,4 +264,8 @@ def main(args) -> int:
                            if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
         path = write_calibration(result, versions[-1], args.budget)
         print(f"wrote {path} (restart the model's nodes to serve the new temperature)")
+        if signed(versions[-1]):
+            print(f"note: {versions[-1]} is signed, and its signature does not cover this "
+                  f"file: sign it again (edge-coordinator sign-model --key KEY "
+                  f"{versions[-1]}), or nodes with --require-signed refuse the version")
     return 0

@@ -133,6 +133,10 @@ def parser() -> argparse.ArgumentParser:
         "(infer, jobs, admin, node); the file holds only SHA-256 digests. A running "
         "coordinator reads the file again within a second of a change."))
 
+    from coordinator.cli.signing import add_parsers as signing_parsers
+
+    signing_parsers(sub)
+
     from coordinator.cli.demo import add_arguments as demo_arguments
 
     demo_arguments(sub.add_parser(
@@ -262,6 +266,10 @@ def run_command(args, argv: list[str] | None) -> int:
         from coordinator.cli.tokens import main as tokens_main
 
         return tokens_main(args)
+    if args.command in ("signing-key", "sign-model"):
+        from coordinator.cli.signing import main as signing_main
+
+        return signing_main(args)
     if args.command == "demo":
         from coordinator.cli.demo import main as demo_main
 
