@@ -5,12 +5,13 @@ Usage::
     python bench/bench_soak.py [--minutes 10] [--load 0.8] [--nodes 2] [--window 30]
 
 A coordinator fronting ``--nodes`` edge nodes (``--workers 1`` each) on loopback. First
-its capacity is measured by the same asyncio client, closed-loop (16 single-image
-ModelInfer requests always outstanding, through the coordinator) for
-``--probe-seconds``. Then an open-loop client sends
-requests at ``--load`` x that rate, on a fixed schedule (a request is due every
-1/rate seconds whether or not earlier ones answered, so a slowdown shows as latency,
-not as a lower rate), for ``--minutes``. Every ``--window`` seconds it prints the
+its capacity is measured by the same asyncio client: the closed-loop rate (16
+single-image ModelInfer requests always outstanding, through the coordinator) bounds a
+bisection for the highest open-loop rate whose p99 stays under ``--slo-ms`` without
+errors (batching makes closed-loop throughput unreachable in open loop). Then an
+open-loop client sends requests at ``--load`` x that rate, on a fixed schedule (a
+request is due every 1/rate seconds whether or not earlier ones answered, so a slowdown
+shows as latency, not as a lower rate), for ``--minutes``. Every ``--window`` seconds it prints the
 window's throughput, p50 / p99 / max latency, errors, and the resident memory (RSS,
 from /proc) of the coordinator and of each node; at the end, RSS growth from the first
 window to the last and the p99 trend. A job streamed in the background (``--job-items``
@@ -144,6 +145,29 @@ async def open_loop(address: str, rate: float, seconds: float, images: np.ndarra
     await channel.close()
 
 
+def trial(address: str, rate: float, seconds: float, images: np.ndarray) -> Window:
+    """One open-loop run at ``rate`` for ``seconds``: what it saw."""
+    window = Window()
+    asyncio.run(open_loop(address, rate, seconds, images, [window], seconds + 1))
+    return window
+
+
+def find_capacity(address: str, images: np.ndarray, ceiling: float, seconds: float,
+                  slo_ms: float) -> float:
+    """The highest open-loop rate (req/s) that keeps p99 under ``slo_ms`` without errors,
+    by bisection between 0 and the closed-loop ``ceiling`` (six trials of ``seconds``)."""
+    low, high = 0.0, ceiling
+    for _ in range(6):
+        rate = (low + high) / 2
+        seen = trial(address, rate, seconds, images)
+        p99 = pct([x * 1000 for x in seen.latencies], 99)
+        good = not seen.errors and p99 < slo_ms
+        print(f"  trial {rate:7.0f} req/s: p99 {p99:8.2f} ms, errors "
+              f"{sum(seen.errors.values())} -> {'ok' if good else 'over'}", flush=True)
+        low, high = (rate, high) if good else (low, rate)
+    return low
+
+
 def background_jobs(address: str, images: np.ndarray, items: int, window_s: float,
                     stop: threading.Event, done: list[int]) -> None:
     """A job of ``items`` items every window, followed to its end with Watch and
@@ -173,7 +197,9 @@ def main() -> int:
     p.add_argument("--load", type=float, default=0.8, help="share of measured capacity")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--window", type=float, default=30.0, help="seconds per report line")
-    p.add_argument("--probe-seconds", type=float, default=10.0)
+    p.add_argument("--probe-seconds", type=float, default=5.0, help="seconds per trial")
+    p.add_argument("--slo-ms", type=float, default=50.0,
+                   help="p99 latency the capacity must keep (ms)")
     p.add_argument("--job-items", type=int, default=200, help="0: no background jobs")
     args = p.parse_args()
     images, _ = edgeshard_models.load_holdout()
@@ -182,10 +208,12 @@ def main() -> int:
     with fleet(args.nodes, workers=1) as f:
         address = f.coordinator.address
         asyncio.run(closed_loop(address, 2.0, 16, images))  # warm up
-        capacity = asyncio.run(closed_loop(address, args.probe_seconds, 16, images))
+        ceiling = asyncio.run(closed_loop(address, args.probe_seconds, 16, images))
+        capacity = find_capacity(address, images, ceiling, args.probe_seconds, args.slo_ms)
         rate = args.load * capacity
         seconds = args.minutes * 60
-        print(f"capacity (16 requests outstanding, batch 1, this client): {capacity:.0f} "
+        print(f"closed loop (16 outstanding): {ceiling:.0f} req/s; capacity (the highest "
+              f"open-loop rate with p99 < {args.slo_ms:g} ms and no errors): {capacity:.0f} "
               f"req/s; soak at {args.load:.0%} = {rate:.0f} req/s for {args.minutes:g} min")
         windows = [Window() for _ in range(int(seconds // args.window) + 2)]
         stop = threading.Event()
@@ -195,7 +223,7 @@ def main() -> int:
             jobs = threading.Thread(target=background_jobs, daemon=True, args=(
                 address, images, args.job_items, args.window, stop, job_results))
             jobs.start()
-        loop_thread = threading.Thread(target=lambda: asyncio.run(open_loop(
+        loop_thread = threading.Thread(daemon=True, target=lambda: asyncio.run(open_loop(
             address, rate, seconds, images, windows, args.window)))
         loop_thread.start()
         started = time.monotonic()

@@ -272,7 +272,8 @@ class CoordinatorConfig:
         check(0 < self.epsilon <= 10, "epsilon", f"must be in (0, 10], got {self.epsilon}")
         check(1 <= self.shard_size <= 4096, "shard_size", "must be in 1..4096")
         check(self.shards_per_node >= 1, "shards_per_node", "must be >= 1")
-        check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
+        check(self.max_message_bytes >= 1024 * 1024, "max_message_bytes", "must be >= 1048576 "
+              "(1 MiB)")
         if self.cloud is not None:
             host, _, port = self.cloud.rpartition(":")
             check(bool(host) and port.isdigit(), "cloud",

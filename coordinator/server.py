@@ -47,7 +47,7 @@ from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.jobs.drains import DrainBook
 from coordinator.jobs.replayer import SpoolReplayer
 from coordinator.jobs.runner import ShardRunner
-from coordinator.jobs.service import JobService
+from coordinator.jobs.service import MESSAGE_HEADROOM, JobService
 from coordinator.jobs.signals import JobSignals
 from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
@@ -156,7 +156,8 @@ class CoordinatorServer:
                                  message_options(cfg.max_message_bytes), interceptors)
         jobs = JobService(self.store, self.catalog, cfg.shard_size, self.dispatcher.notify,
                           self.stopping, pending=spool.pending, signals=self.signals,
-                          run_blocking=self._server.run_blocking)
+                          run_blocking=self._server.run_blocking,
+                          max_shard_bytes=cfg.max_message_bytes - MESSAGE_HEADROOM)
         self.port = self._server.add_port(f"{cfg.host}:{cfg.port}", self._server_tls)
         self.dispatcher.address = f"{cfg.host}:{self.port}"
         self.membership.own = own_addresses(cfg.host, self.port)

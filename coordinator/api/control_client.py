@@ -304,11 +304,18 @@ class CoordinatorClient:
         return self._call(lambda s: s.jobs.Cancel(fleet_pb2.JobRef(job_id=job_id),
                                                   timeout=timeout), MOVE_ON_IDEMPOTENT)
 
-    def list_jobs(self, timeout: float = 10.0) -> list:
-        """Every job's ``JobStatus``, oldest first."""
-        return list(self._call(lambda s: s.jobs.ListJobs(fleet_pb2.ListJobsRequest(),
-                                                         timeout=timeout),
-                               MOVE_ON_IDEMPOTENT).jobs)
+    def list_jobs(self, timeout: float = 10.0, page_size: int = 0) -> list:
+        """Every job's ``JobStatus``, oldest first, page by page (``page_size`` 0: the
+        coordinator's largest); ``timeout`` is per page."""
+        jobs, token = [], ""
+        while True:
+            request = fleet_pb2.ListJobsRequest(page_size=page_size, page_token=token)
+            page = self._call(lambda s, r=request: s.jobs.ListJobs(r, timeout=timeout),
+                              MOVE_ON_IDEMPOTENT)
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                return jobs
 
     def watch(self, job_id: str, interval: float = 0.5, timeout: float | None = None
               ) -> Iterator:

@@ -84,8 +84,10 @@ class JobsServicer(fleet_pb2_grpc.JobsServicer):
 
     @guard
     def ListJobs(self, request, context):
-        return fleet_pb2.ListJobsResponse(
-            jobs=[self._status(p) for p in self.jobs.list(self._caller(context)[1])])
+        jobs, next_token = self.jobs.list(self._caller(context)[1], request.page_size,
+                                          request.page_token)
+        return fleet_pb2.ListJobsResponse(jobs=[self._status(p) for p in jobs],
+                                          next_page_token=next_token)
 
     @guard
     def Cancel(self, request, context):

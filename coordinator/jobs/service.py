@@ -23,7 +23,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from coordinator.errors import InvalidJobError, JobAccessError, ModelNotServedError
+from coordinator.errors import (
+    InvalidJobError,
+    JobAccessError,
+    JobNotFoundError,
+    ModelNotServedError,
+)
 from coordinator.fleet.catalog import ModelCatalog
 from coordinator.jobs.model import JobProgress, ResultRow
 from coordinator.jobs.signals import JobSignals
@@ -38,18 +43,22 @@ FOLLOW_POLL_S = 0.5  # a following stream looks for unsignalled results (other r
 MAX_WATCH_INTERVAL_S = 60.0  # the longest poll interval a Watch caller may ask for
 SNAPSHOT_TTL_S = 0.25  # followers of one job share a progress read this long
 MAX_SNAPSHOTS = 4096  # jobs whose last progress read is kept
+MAX_PAGE = 1000  # jobs per ListJobs answer (a JobStatus is ~200 bytes)
+MESSAGE_HEADROOM = 64 * 1024  # a shard's request: item bytes plus ids, names, parameters
 
 
 class JobService:
     """Jobs over one store. ``on_submit`` wakes the dispatcher; ``stopping`` is set when
     the coordinator drains (streams end); ``pending(job_id)`` lists the degraded edge
-    answers still waiting in the spool."""
+    answers still waiting in the spool; ``max_shard_bytes`` is what one shard's items
+    may weigh (the message limit to nodes less headroom)."""
 
     def __init__(self, store: JobStore, catalog: ModelCatalog, default_shard_size: int,
                  on_submit: Callable[[], None], stopping: threading.Event,
                  pending: Callable[[str], list[ResultRow]] = lambda job_id: [],
                  signals: JobSignals | None = None,
-                 run_blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread):
+                 run_blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+                 max_shard_bytes: int = 64 * 1024 * 1024 - MESSAGE_HEADROOM):
         self.store = store
         self.catalog = catalog
         self.default_shard_size = default_shard_size
@@ -61,6 +70,7 @@ class JobService:
         self._snapshots_lock = threading.Lock()
         # How the followers (coroutines) run store reads: off the event loop.
         self.run_blocking = run_blocking
+        self.max_shard_bytes = max_shard_bytes  # item bytes one shard's request may carry
 
     def submit(self, submission: Submission, owner: str = "",
                scope: str | None = None) -> JobProgress:
@@ -90,6 +100,7 @@ class JobService:
         limit = self.catalog.max_batch_size(request.model)
         if limit is not None and shard_size > limit:
             shard_size = limit
+        shard_size = self._fit_message(shard_size, items)
         params = dict(request.params)
         if request.model_version:
             params["model_version"] = request.model_version
@@ -103,6 +114,22 @@ class JobService:
         self.on_submit()
         return self.store.progress(info.job_id)
 
+    def _fit_message(self, shard_size: int, items) -> int:
+        """``shard_size``, lowered so that a shard's items fit in one gRPC message to a
+        node (``max_shard_bytes``); ``InvalidJobError`` when one item alone does not."""
+        item_bytes = items.dtype.itemsize * math.prod(items.item_shape)
+        if item_bytes > self.max_shard_bytes:
+            raise InvalidJobError(
+                f"items: one item is {item_bytes} bytes, more than a shard may carry "
+                f"({self.max_shard_bytes} bytes: the coordinator's max_message_bytes less "
+                "room for the request); send smaller items or raise --max-message-bytes")
+        fitting = max(1, self.max_shard_bytes // max(1, item_bytes))
+        if shard_size > fitting:
+            log.info("shard size %d lowered to %d: %d-byte items in one message of at most "
+                     "%d bytes", shard_size, fitting, item_bytes, self.max_shard_bytes)
+            return fitting
+        return shard_size
+
     def get(self, job_id: str, scope: str | None = None) -> JobProgress:
         """The job's progress; ``JobNotFoundError`` if there is no such job,
         ``JobAccessError`` if it is not in ``scope``."""
@@ -110,9 +137,25 @@ class JobService:
         _check_scope(job_id, p.owner, scope)
         return p
 
-    def list(self, scope: str | None = None) -> list[JobProgress]:
-        """Every job in ``scope``, oldest first."""
-        return self.store.list_jobs(owner=scope)
+    def list(self, scope: str | None = None, page_size: int = 0,
+             page_token: str = "") -> tuple[list[JobProgress], str]:
+        """One page of the jobs in ``scope``, oldest first, and the token of the next page
+        ('' after the last). ``page_size`` 0 means ``MAX_PAGE``; ``page_token`` is the
+        previous page's. ``InvalidJobError`` for a size over ``MAX_PAGE`` or a token that
+        names no job (in ``scope``)."""
+        if not 0 <= page_size <= MAX_PAGE:
+            raise InvalidJobError(f"page_size: at most {MAX_PAGE} (0: {MAX_PAGE}), got "
+                                  f"{page_size}")
+        size = page_size or MAX_PAGE
+        try:
+            jobs = self.store.list_jobs(owner=scope, after_job=page_token or None,
+                                        limit=size + 1)
+        except JobNotFoundError:
+            raise InvalidJobError("page_token: not one this coordinator gave (start again "
+                                  "with an empty token)") from None
+        if len(jobs) > size:
+            return jobs[:size], jobs[size - 1].job_id
+        return jobs, ""
 
     def cancel(self, job_id: str, scope: str | None = None) -> JobProgress:
         """Cancel a running job in ``scope`` (a finished one is left as it is)."""

@@ -228,13 +228,23 @@ class JobStore(ShardLeases):
             raise JobNotFoundError(f"no job {job_id!r}")
         return rows[0]
 
-    def list_jobs(self, state: str | None = None, owner: str | None = None) -> list[JobProgress]:
-        """Every job (or those in ``state``, or of ``owner``), oldest first."""
+    def list_jobs(self, state: str | None = None, owner: str | None = None,
+                  after_job: str | None = None, limit: int | None = None) -> list[JobProgress]:
+        """Jobs (those in ``state``, of ``owner``), oldest first: after ``after_job`` (a
+        job id; ``JobNotFoundError`` if there is no such job) and at most ``limit``."""
         terms = [(f"j.{column} = ?", value) for column, value in
                  (("state", state), ("owner", owner)) if value is not None]
+        if after_job is not None:
+            terms.append(("j.num > (SELECT num FROM jobs WHERE job_id = ?)", after_job))
         where = ("WHERE " + " AND ".join(t for t, _ in terms)) if terms else ""
         args = tuple(v for _, v in terms)
-        return self.database.read(lambda db: _progress_rows(db, where, args))
+
+        def read(db: Tx) -> list[JobProgress]:
+            if after_job is not None:
+                _job_state(db, after_job)  # JobNotFoundError
+            return _progress_rows(db, where, args, limit)
+
+        return self.database.read(read)
 
     def cancel(self, job_id: str, now: float | None = None) -> JobProgress:
         """Cancel a running job: its queued and leased shards become ``cancelled``.
@@ -382,7 +392,8 @@ def _positions(shard_id: int, ids: list[str], batches: Sequence[ResultBatch],
     return where
 
 
-def _progress_rows(db: Tx, where: str, args: tuple) -> list[JobProgress]:
+def _progress_rows(db: Tx, where: str, args: tuple,
+                   limit: int | None = None) -> list[JobProgress]:
     rows = db.execute(
         "SELECT j.job_id, j.model, j.state, j.total_items, j.done_items, "
         "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id), "
@@ -391,7 +402,7 @@ def _progress_rows(db: Tx, where: str, args: tuple) -> list[JobProgress]:
         "j.created_at, j.finished_at, j.error, "
         "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
         "j.cloud_items, j.degraded_items, j.requeued_shards, j.duplicate_results, j.owner "
-        f"FROM jobs j {where} ORDER BY j.num",
+        f"FROM jobs j {where} ORDER BY j.num" + (f" LIMIT {int(limit)}" if limit else ""),
         args).fetchall()
     return [JobProgress(*row) for row in rows]
 

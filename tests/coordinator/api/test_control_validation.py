@@ -157,6 +157,23 @@ def test_a_heartbeat_out_of_bounds_or_a_drain_of_nothing_is_refused(stubs):
         assert "node_id: required" in err.value.details()
 
 
+def test_jobs_are_listed_page_by_page_and_bad_pages_are_named(stubs, fleet):
+    _, jobs = stubs
+    made = [jobs.Submit(iter([header(), items(IMAGES)]), timeout=20).job_id for _ in range(3)]
+    page = jobs.ListJobs(fleet_pb2.ListJobsRequest(page_size=2), timeout=10)
+    assert [j.job_id for j in page.jobs] == made[:2] and page.next_page_token == made[1]
+    last = jobs.ListJobs(fleet_pb2.ListJobsRequest(page_size=2, page_token=made[1]),
+                         timeout=10)
+    assert [j.job_id for j in last.jobs] == made[2:] and last.next_page_token == ""
+    assert [j.job_id for j in fleet.client.list_jobs(page_size=1)] == made  # pages through
+    for request, text in ((fleet_pb2.ListJobsRequest(page_size=5000), "page_size: at most"),
+                          (fleet_pb2.ListJobsRequest(page_token="x"), "page_token")):
+        with pytest.raises(grpc.RpcError) as err:
+            jobs.ListJobs(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert text in err.value.details()
+
+
 def test_reflection_lists_the_control_services(stubs, fleet):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,

@@ -567,3 +567,18 @@ def test_a_version_4_postgresql_store_gains_owners(pg_url):
         assert version == SCHEMA_VERSION == 5
     finally:
         store.close()
+
+
+def test_jobs_are_listed_page_by_page(store_location):
+    store = JobStore(store_location)
+    try:
+        ids = [job(store, n=1, owner="a" if k % 2 else "b").job_id for k in range(5)]
+        assert [p.job_id for p in store.list_jobs(limit=2)] == ids[:2]
+        assert [p.job_id for p in store.list_jobs(after_job=ids[1], limit=2)] == ids[2:4]
+        assert [p.job_id for p in store.list_jobs(after_job=ids[3])] == ids[4:]
+        assert [p.job_id for p in store.list_jobs(owner="a", after_job=ids[0])] == \
+            [ids[1], ids[3]]
+        with pytest.raises(JobNotFoundError):
+            store.list_jobs(after_job="nope")
+    finally:
+        store.close()
