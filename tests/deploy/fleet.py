@@ -281,15 +281,16 @@ class LocalFleet:
 
     # playbooks
 
-    def playbook(self, *args: str, timeout: float = 580) -> Result:
-        """Run ansible-playbook in deploy/ansible against this inventory."""
+    def playbook(self, *args: str, inventory: Path | None = None,
+                 timeout: float = 580) -> Result:
+        """Run ansible-playbook in deploy/ansible against this inventory (or another)."""
         env = clean_env(
             ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
             ANSIBLE_HOME=str(self.root / ".ansible"),
             ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
             PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
-        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), *args]
+        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory or self.inventory), *args]
         proc = subprocess.run(cmd, cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True,
                               timeout=timeout)
         output = proc.stdout + proc.stderr

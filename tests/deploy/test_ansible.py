@@ -45,10 +45,16 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("EDGESHARD_PUREPYTHON") == "1",
                        reason="deployment does not depend on the kernel implementation: "
                               "these tests run once, on the compiled kernels"),
-    pytest.mark.skipif(not FLEET_PYTHON.exists(),
-                       reason=f"{FLEET_PYTHON} (Debian's python3.11, python3.11-venv) "
-                              "is needed to make release virtualenvs nobody may run"),
 ]
+SETUP_MISSING = "{} is missing: run bash scripts/setup_ansible.sh"
+
+
+def missing(what: str) -> None:
+    """Skip for lack of ``what``, but fail under CI, which runs the setup script."""
+    message = SETUP_MISSING.format(what)
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(message + " (CI is set: the setup script must have run)", pytrace=False)
+    pytest.skip(message)
 
 PLAYBOOKS = ("site.yml", "rollout.yml", "rollback.yml")
 CLOUD_MODEL = REPO / "models" / "repository" / "mnist_cloud" / "1" / "model.tflite"
@@ -75,7 +81,11 @@ class Releases:
 
 
 @pytest.fixture(scope="module")
-def fleet():
+def fleet(tmp_path_factory):
+    probe = subprocess.run([str(FLEET_PYTHON), "-c", "import ensurepip, pkg_resources"],
+                           capture_output=True, check=False) if FLEET_PYTHON.exists() else None
+    if probe is None or probe.returncode != 0:
+        missing(f"{FLEET_PYTHON} with venv and setuptools")
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     sdist, wheel = build_release(cache)
@@ -87,11 +97,15 @@ def fleet():
     fleet.releases_ = Releases(fleet, wheel, sdist)
     fleet.set_vars("group_vars/all.yml", edgeshard_version=fleet.releases_.first)
     fleet.passed = set()
+    fleet.model_version = "1"  # the newest version of mnist_edge the nodes serve
     try:
         yield fleet
     finally:
         fleet.stop()
         leftover = fleet._own_pids()
+        # Every playbook's output, kept with pytest's temporary directories for a post-mortem.
+        if fleet.log.exists():
+            shutil.copy(fleet.log, tmp_path_factory.getbasetemp() / "ansible-runs.log")
         shutil.rmtree(root, ignore_errors=True)
         assert not leftover, f"processes left running: {leftover}"
 
@@ -163,6 +177,12 @@ def test_ansible_lint_production_profile_passes():
 def test_playbooks_pass_syntax_check(fleet):
     result = fleet.playbook("--syntax-check", *PLAYBOOKS)
     assert result.rc == 0, result.output[-3000:]
+    production = ANSIBLE_DIR / "inventories" / "production"
+    result = fleet.playbook("--syntax-check", *PLAYBOOKS, inventory=production)
+    assert result.rc == 0, result.output[-3000:]
+    hosts = subprocess.run([tool("ansible-inventory"), "-i", str(production), "--graph"],
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "@edge_nodes_arm64:" in hosts and "|--cam-200.fleet.example" in hosts
 
 
 # -- the fleet's day --------------------------------------------------------------------------
@@ -230,7 +250,7 @@ def test_systemd_units_render_hardened_and_verify(fleet, tmp_path):
     assert "TimeoutStopSec=8" in node.read_text()
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed: the units rendered but were not verified")
+        missing("systemd-analyze (the units rendered but were not verified)")
     for unit in (node, coordinator):
         proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
                               timeout=60)
@@ -303,12 +323,13 @@ def test_model_only_rollout_serves_the_new_model_version(fleet, holdout):
     for node in NODES:
         assert fleet.current_release(node) == fleet.releases_.second  # same code
         assert fleet.pid(node) != before[node]
-    assert_fleet_serves(fleet, holdout, fleet.releases_.second, model_version="2")
+    fleet.model_version = "2"
+    assert_fleet_serves(fleet, holdout, fleet.releases_.second, fleet.model_version)
     fleet.passed.add("models")
 
 
 def test_a_model_file_with_the_wrong_sha256_is_refused_before_the_switch(fleet, holdout):
-    needs(fleet, "models")
+    needs(fleet, "rollout")
     models = fleet._load("group_vars/edge_nodes.yml")["edge_node_models"]
     bad = [dict(models[0], versions=[*models[0]["versions"],
                                      {"version": 3, "src": str(CLOUD_MODEL),
@@ -322,11 +343,11 @@ def test_a_model_file_with_the_wrong_sha256_is_refused_before_the_switch(fleet, 
     # The canary's models were never switched (so it was not even restarted), and the
     # other nodes were never touched.
     assert {node: fleet.pid(node) for node in NODES} == before
-    assert_fleet_serves(fleet, holdout, fleet.releases_.second, model_version="2")
+    assert_fleet_serves(fleet, holdout, fleet.releases_.second, fleet.model_version)
 
 
 def test_a_broken_release_fails_the_canary_and_is_rolled_back(fleet, holdout):
-    needs(fleet, "models")
+    needs(fleet, "rollout")
     releases = fleet.releases_
     fleet.set_vars("group_vars/all.yml", edgeshard_version=releases.broken)
     before = {node: fleet.pid(node) for node in NODES}
@@ -334,7 +355,9 @@ def test_a_broken_release_fails_the_canary_and_is_rolled_back(fleet, holdout):
     assert result.rc != 0
     assert "Rollout failed on node-a" in result.text
     assert f"rolled back to release {releases.second}" in result.text
-    assert "did not report SERVING" in result.text  # the gate said why
+    assert "did not report SERVING" in result.text  # the gate said why,
+    # and the node's own log why (YAML doubles the quotes around the module name).
+    assert "ModuleNotFoundError: No module named ''edge_node.engine''" in result.text
     assert result.recap["node-a"]["rescued"] == 1 and result.recap["node-a"]["failed"] == 1
     # The other hosts were never touched: not in the run at all, same release, same pid.
     assert set(result.recap) == {"node-a"}
@@ -345,7 +368,7 @@ def test_a_broken_release_fails_the_canary_and_is_rolled_back(fleet, holdout):
     # The canary runs the previous release again (the broken one stays installed, unused).
     assert fleet.current_release("node-a") == releases.second
     assert releases.broken in fleet.releases("node-a")
-    assert_fleet_serves(fleet, holdout, releases.second, model_version="2")
+    assert_fleet_serves(fleet, holdout, releases.second, fleet.model_version)
     fleet.set_vars("group_vars/all.yml", edgeshard_version=releases.second)
     fleet.passed.add("broken")
 
@@ -376,8 +399,7 @@ def test_rollback_returns_the_fleet_to_a_named_release(fleet, holdout):
     assert result.rc == 0, result.output[-5000:]
     for node in NODES:
         assert fleet.current_release(node) == first
-    assert_fleet_serves(fleet, holdout, first,
-                        model_version="2" if "models" in fleet.passed else "1")
+    assert_fleet_serves(fleet, holdout, first, fleet.model_version)
 
 
 def _json(value) -> str:
