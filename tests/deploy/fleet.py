@@ -92,21 +92,29 @@ def _publish(tmp: Path, final: Path) -> Path:
 # -- release artifacts ----------------------------------------------------------------------
 
 
+# What a release is built from; tests, docs and deploy files change no installed byte, so
+# editing them does not rebuild the cached packages.
+NOT_PACKAGED = ("tests/", "docs/", "deploy/", "bench/", "scripts/", ".ci/")
+
+
 def _tracked_files() -> list[str]:
+    """The checkout's files that go into a release."""
     try:
         out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
                              check=True).stdout
-        return sorted(p for p in out.decode().split("\0") if p and (REPO / p).is_file())
+        return sorted(p for p in out.decode().split("\0")
+                      if p and (REPO / p).is_file() and not p.startswith(NOT_PACKAGED))
     except (OSError, subprocess.CalledProcessError):  # no git: everything but build output
         skip = {".git", ".venv", "build", "dist", ".pytest_cache", "__pycache__"}
         return sorted(str(p.relative_to(REPO)) for p in REPO.rglob("*")
                       if p.is_file() and not skip & set(p.relative_to(REPO).parts)
-                      and p.suffix not in (".so", ".c") and ".egg-info" not in str(p))
+                      and p.suffix not in (".so", ".c") and ".egg-info" not in str(p)
+                      and not str(p.relative_to(REPO)).startswith(NOT_PACKAGED))
 
 
 def build_release(cache: Path) -> tuple[Path, Path]:
-    """The sdist of this checkout and a wheel built from it, cached by the checkout's
-    content (building the Cython extension takes a while)."""
+    """The sdist of this checkout and a wheel built from it, cached by the content of what
+    goes into them (building the Cython extension takes a while)."""
     files = _tracked_files()
     digest = hashlib.sha256()
     for name in files:

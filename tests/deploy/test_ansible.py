@@ -174,6 +174,25 @@ def test_ansible_lint_production_profile_passes():
     assert "Profile 'production' was required, and it passed" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("role", ["edge_node", "coordinator", "edgeshard_release"])
+def test_every_role_default_is_documented_in_the_role_readme(role):
+    import re
+
+    import yaml
+
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml").read_text())
+    readme = (ANSIBLE_DIR / "roles" / role / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*?) \|", readme, flags=re.MULTILINE))
+    assert sorted(defaults) == sorted(k for k in rows if k.startswith(role)), (
+        "variables in defaults/main.yml and the README's tables differ")
+    for name, value in defaults.items():
+        shown = rows[name].strip("`").replace("\\|", "|")
+        if isinstance(value, str) and "{{" not in value:
+            assert shown in (value, f'"{value}"'), (name, value, shown)
+        elif isinstance(value, bool | int):
+            assert shown == json.dumps(value), (name, value, shown)
+
+
 def test_playbooks_pass_syntax_check(fleet):
     result = fleet.playbook("--syntax-check", *PLAYBOOKS)
     assert result.rc == 0, result.output[-3000:]
@@ -329,20 +348,30 @@ def test_model_only_rollout_serves_the_new_model_version(fleet, holdout):
 
 
 def test_a_model_file_with_the_wrong_sha256_is_refused_before_the_switch(fleet, holdout):
+    """Only node-a gets the bad file, and all nodes go in one batch: node-a fails before
+    anything is switched, and the others finish the batch, undrained, before the rollout
+    stops."""
     needs(fleet, "rollout")
     models = fleet._load("group_vars/edge_nodes.yml")["edge_node_models"]
     bad = [dict(models[0], versions=[*models[0]["versions"],
-                                     {"version": 3, "src": str(CLOUD_MODEL),
+                                     {"version": 9, "src": str(CLOUD_MODEL),
                                       "sha256": "0" * 64}])]
+    fleet.set_host_var("node-a", "edge_node_models", bad)
     before = {node: fleet.pid(node) for node in NODES}
-    result = fleet.playbook("rollout.yml", "-e", _json({"edge_node_models": bad}))
+    try:
+        result = fleet.playbook("rollout.yml", "-e", _json({"rollout_batches": ["100%"]}))
+    finally:
+        fleet.set_host_var("node-a", "edge_node_models", remove=True)
     assert result.rc != 0
     assert f"has sha256 {CLOUD_SHA256}, not {'0' * 64}" in result.text
     assert "Rollout failed on node-a" in result.text
-    assert "node-b" not in result.recap and "node-c" not in result.recap
-    # The canary's models were never switched (so it was not even restarted), and the
-    # other nodes were never touched.
+    assert result.recap["node-a"]["failed"] == 1
+    assert all(result.recap[node]["failed"] == 0 for node in ("node-b", "node-c"))
+    # Nothing was switched on node-a, so nothing restarted anywhere, and every node is
+    # back in service.
     assert {node: fleet.pid(node) for node in NODES} == before
+    assert not list((fleet.host_dir("node-a") / "opt" / "models" / "store").glob("0000*"))
+    assert fleet.wait_nodes_live() == dict.fromkeys(NODES, "live")
     assert_fleet_serves(fleet, holdout, fleet.releases_.second, fleet.model_version)
 
 
@@ -382,7 +411,7 @@ def test_rollback_to_a_release_that_is_not_installed_fails_before_draining(fleet
     assert (f"Release 9.9.9 is not installed on node-a under {fleet.root}/node-a/opt/releases."
             f" Installed: {installed}.") in result.text
     assert {node: fleet.pid(node) for node in NODES} == before
-    assert fleet.node_states() == dict.fromkeys(NODES, "live")  # nothing left drained
+    assert fleet.wait_nodes_live() == dict.fromkeys(NODES, "live")  # nothing left drained
 
 
 def test_rollback_without_a_release_name_says_how_to_give_one(fleet):
