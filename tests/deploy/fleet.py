@@ -135,6 +135,10 @@ def build_release(cache: Path) -> tuple[Path, Path]:
         shutil.rmtree(src)
         (tmp / "ok").touch()
         _publish(tmp, final)
+        # Keep the last few builds (other checkouts may share the cache), not every one.
+        builds = sorted(cache.glob("release-*"), key=lambda p: p.stat().st_mtime)
+        for old in builds[:-3]:
+            shutil.rmtree(old, ignore_errors=True)
     (sdist,) = (final / "dist").glob("edgeshard-*.tar.gz")
     (wheel,) = (final / "dist").glob("edgeshard-*.whl")
     return sdist, wheel
