@@ -35,7 +35,7 @@ def test_a_shard_is_cut_to_fit_one_message(service):
 
 
 def test_pages_of_jobs_and_their_tokens(service):
-    for k in range(3):
+    for _ in range(3):
         service.store.create_job("m", (None, np.zeros((1, 2), np.uint8)), 1, owner="a")
     first, token = service.list(page_size=2)
     assert len(first) == 2 and token == first[-1].job_id
