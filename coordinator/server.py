@@ -165,7 +165,7 @@ class CoordinatorServer:
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s,
                           cloud=self.cloud_info, store_fault=lambda: self.store.fault,
-                          authenticator=self.authenticator),
+                          authenticator=self.authenticator, on_denied=self.metrics.denied),
             self._server)
         fleet_pb2_grpc.add_JobsServicer_to_server(
             JobsServicer(jobs, cfg.max_streams, self.authenticator, cfg.max_followers),
@@ -192,10 +192,18 @@ class CoordinatorServer:
                  cfg.host, self.port, describe(cfg.tls_files),
                  ", bearer tokens" if self.authenticator else "", self.store.path,
                  len(cfg.node))
-        if self.authenticator is not None and self.membership.admission.open:
-            log.warning("nodes register without proof of identity: give the coordinator "
-                        "--tls-ca (client certificates) or node join tokens (role node in "
-                        "--auth-tokens)")
+        policy = self.membership.admission
+        if policy.open:
+            if self.authenticator is not None:
+                log.warning("nodes register without proof of identity: give the coordinator "
+                            "--tls-ca (client certificates) or node join tokens (role node in "
+                            "--auth-tokens)")
+        else:
+            proofs = [p for p, on in (("a client certificate whose common name is its id",
+                                       policy.certificates),
+                                      ("a join token named after its id", policy.join_tokens))
+                      if on]
+            log.info("nodes must prove who they are with %s", " and ".join(proofs))
         if cfg.ready_file:
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
             tmp.write_text(json.dumps({"grpc_port": self.port,

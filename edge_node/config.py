@@ -42,7 +42,9 @@ class NodeConfig:
     )
     """Address the metrics endpoint binds; defaults to ``host``."""
 
-    node_id: str = field(default="", metadata={"help": "node name reported in responses"})
+    node_id: str = field(default="", metadata={"help": (
+        "node name reported in responses and registered with coordinators (default: the "
+        "--tls-cert's common name, else HOST:PORT); a join token's name must match it")})
     """Name of this node in responses and metrics; defaults to ``<hostname>:<port>``."""
 
     workers: int = field(default=0, metadata={"help": "inference threads (0: one per core)"})
@@ -200,6 +202,11 @@ class NodeConfig:
     def tls_files(self) -> TLSFiles:
         """The TLS files: the server's certificate and CA, also used to dial coordinators."""
         return TLSFiles(self.tls_cert, self.tls_key, self.tls_ca)
+
+    @property
+    def wildcard_host(self) -> bool:
+        """True when ``host`` is a wildcard (``0.0.0.0``, ``::``, empty): every interface."""
+        return self.host in ("0.0.0.0", "", "::")
 
     @property
     def public_host(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 
 import grpc
@@ -118,11 +119,34 @@ class EdgeNodeServer:
                           ewma_latency_ms=self.engine.latency_ewma_ms,
                           capacity=self.config.capacity)
 
+    def _host_towards(self, coordinator: str) -> str:
+        """The host a coordinator should dial us at: ``advertise_address`` or a specific
+        ``host``; for a wildcard bind, the local address of the route to the coordinator
+        (a UDP socket's, connected without sending), so a node on ``0.0.0.0`` never
+        registers as 127.0.0.1 with a coordinator elsewhere."""
+        cfg = self.config
+        if cfg.advertise_address or not cfg.wildcard_host:
+            return cfg.public_host
+        host = coordinator.rpartition(":")[0].strip("[]")
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, 9))
+                local = probe.getsockname()[0]
+        except OSError as exc:
+            log.warning("cannot tell which address coordinator %s reaches this node at (%s); "
+                        "registering as %s: set --advertise-address", coordinator, exc,
+                        cfg.public_host)
+            return cfg.public_host
+        log.info("bound to %s: registering with %s as %s (--advertise-address chooses)",
+                 cfg.host, coordinator, local)
+        return f"[{local}]" if ":" in local else local
+
     def _announce(self) -> None:
         """Join each coordinator and/or advertise by zeroconf, as configured."""
         cfg = self.config
-        address = f"{cfg.public_host}:{self.port}"
         for coordinator in cfg.coordinator:
+            address = f"{self._host_towards(coordinator)}:{self.port}"
             link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,
                                    self.load_report, software_version=VERSION,
                                    credentials=self._link_credentials,

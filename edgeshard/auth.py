@@ -166,8 +166,17 @@ def load_token_table(path: Path, field: str = "auth_tokens") -> dict:
 
 def read_token_file(path: Path) -> dict[str, Principal]:
     """The tokens in the TOML file at ``path``; ``TokenFileError`` names the file and what
-    is wrong (unreadable, not TOML, a bad entry)."""
-    return parse_tokens(load_token_table(path), f"auth_tokens: {path}")
+    is wrong (unreadable, not TOML, a bad entry). Warns (log) of tokens kept in clear and
+    of a file without tokens."""
+    data = load_token_table(path)
+    tokens = parse_tokens(data, f"auth_tokens: {path}")
+    clear = sum(1 for e in data.get("token", []) if isinstance(e, dict) and "token" in e)
+    if clear:
+        log.warning("%s: %d token(s) stored in clear text; store their sha256 instead "
+                    "(edge-coordinator tokens add writes it)", path, clear)
+    if not tokens:
+        log.warning("%s holds no tokens: every call but health is refused", path)
+    return tokens
 
 
 class TokenBook:

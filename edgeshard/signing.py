@@ -135,7 +135,8 @@ def verify_version(version_dir: Path, model: str, read: Mapping[str, bytes],
     that every file in ``read`` is listed (when required). Raises ``ManifestError``.
     """
     sign = f"edge-coordinator sign-model --key KEY {version_dir}"
-    fix = f"sign it where it was built: {sign}"
+    fix = (f"if these are the files you built, sign them where they were built: {sign}; "
+           "if you do not know where they came from, restore the version instead")
     manifest = read_manifest(version_dir)
     if manifest is None:
         if policy.require_signed:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the fault-injection tests (pytest -m faults) need beyond Python: nftables
+# Install what the fault-injection tests (pytest -m fault) need beyond Python: nftables
 # (Debian's package: the `nft` command) to drop packets in the network namespaces the
 # tests create. `ip` (iproute2) is already on Debian systems. The tests skip, saying
 # why, where namespaces cannot be made (no root / CAP_NET_ADMIN); under CI they fail.

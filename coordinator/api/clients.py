@@ -30,16 +30,17 @@ class OIPClient:
     """A channel to one OIP server, with the calls the coordinator needs; TLS with
     ``credentials`` (``edgeshard.tls.channel_credentials``), else plaintext. With
     ``server_name`` (TLS only) the server's certificate must name it instead of the host
-    of ``address``."""
+    of ``address``. With ``token`` every call carries it as a bearer token."""
 
     def __init__(self, address: str, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
                  credentials: grpc.ChannelCredentials | None = None,
-                 server_name: str | None = None):
+                 server_name: str | None = None, token: str | None = None):
         self.address = address
         options = message_options(max_message_bytes)
         if server_name:  # TLS: the server's certificate must be for this name
             options.append(("grpc.ssl_target_name_override", server_name))
-        self.channel = open_channel(address, credentials=credentials, options=options)
+        self.channel = open_channel(address, credentials=credentials, options=options,
+                                    token=token)
         self.stub = InferenceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._input_names: dict[str, str] = {}
@@ -150,9 +151,11 @@ class ClientPool:
     one TLS with ``credentials`` (health probes included), else plaintext."""
 
     def __init__(self, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None):
         self._max = max_message_bytes
         self._credentials = credentials
+        self._token = token  # a bearer token for servers that want one (calibrate)
         self._clients: dict[str, OIPClient] = {}
         self._lock = threading.Lock()
 
@@ -162,7 +165,8 @@ class ClientPool:
             client = self._clients.get(address)
             if client is None:
                 client = self._clients[address] = OIPClient(address, self._max,
-                                                                 self._credentials)
+                                                                 self._credentials,
+                                                                 token=self._token)
             return client
 
     def probe_as(self, address: str, node_id: str,

@@ -8,8 +8,12 @@ from collections.abc import Callable
 
 from coordinator.api import convert
 from coordinator.cascade.cloud import CloudTierStatus
-from coordinator.errors import InvalidRequestError, NodeUnauthenticatedError
-from coordinator.fleet.admission import MAX_ADDRESS_CHARS, Credentials
+from coordinator.errors import (
+    InvalidRequestError,
+    NodeIdentityError,
+    NodeUnauthenticatedError,
+)
+from coordinator.fleet.admission import MAX_ADDRESS_CHARS, Credentials, check_node_id
 from coordinator.fleet.membership import Membership
 from coordinator.fleet.registry import Registry
 from edgeshard.auth import NODE, Authenticator, AuthError
@@ -30,17 +34,21 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def __init__(self, registry: Registry, membership: Membership, heartbeat_interval: float,
                  cloud: Callable[[], CloudTierStatus | None] = lambda: None,
                  store_fault: Callable[[], str | None] = lambda: None,
-                 authenticator: Authenticator | None = None):
+                 authenticator: Authenticator | None = None,
+                 on_denied: Callable[[str, str], None] = lambda method, code: None):
         self.registry = registry
         self.authenticator = authenticator
+        self.on_denied = on_denied  # (method, status name) of a refused node: metrics
         self.membership = membership
         self.heartbeat_interval = heartbeat_interval
         self.cloud = cloud  # the cloud tier's status, for ListNodes
         self.store_fault = store_fault  # why the job store cannot write, if it cannot
 
-    def _prove(self, node_id: str, context) -> None:
-        """Check that the caller is node ``node_id`` (``NodeUnauthenticatedError`` /
-        ``NodeIdentityError`` otherwise); nothing to check in an open fleet."""
+    def _prove(self, method: str, node_id: str, context) -> None:
+        """Check that the caller of ``method`` is node ``node_id`` (a valid id, else
+        ``InvalidRequestError``; ``NodeUnauthenticatedError`` / ``NodeIdentityError``
+        when it cannot prove it); nothing more to check in an open fleet."""
+        check_node_id(node_id)
         policy = self.membership.admission
         if policy.open:
             return
@@ -58,13 +66,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 token_name = principal.name
         try:
             policy.check(node_id, Credentials(names, token_name))
-        except Exception:
-            log.warning("refused node %r from %s: identity not proven", node_id, context.peer())
+        except (NodeUnauthenticatedError, NodeIdentityError) as exc:
+            code = ("UNAUTHENTICATED" if isinstance(exc, NodeUnauthenticatedError)
+                    else "PERMISSION_DENIED")
+            self.on_denied(f"/edgeshard.v1.Fleet/{method}", code)
+            log.warning("refused %s of node %r from %s: %s", method, node_id, context.peer(),
+                        exc)
             raise
 
     @guard
     def Register(self, request, context):
-        self._prove(request.node_id, context)
+        self._prove("Register", request.node_id, context)
         epoch = self.membership.register(request.node_id, request.address,
                                          convert.models(request.models), request.capacity)
         return fleet_pb2.RegisterResponse(epoch=epoch,
@@ -72,7 +84,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
     @guard
     def Heartbeat(self, request, context):
-        self._prove(request.node_id, context)
+        self._prove("Heartbeat", request.node_id, context)
         load = request.load
         known, drained = self.membership.heartbeat(
             request.node_id, request.epoch, load.queue_depth, load.in_flight,

@@ -26,7 +26,8 @@ COMMANDS = {  # name: (one-line help, --help description)
     "undrain": ("let a drained node take work again",
                 "Undrain a node that was drained: it takes requests and shards again."),
     "jobs": ("list jobs",
-             "List every job, oldest first: id, model, state (running, done, cancelled, "
+             "List every job (with --auth-tokens: the token holder's own; an admin's: all), "
+             "oldest first: id, model, state (running, done, cancelled, "
              "failed), items answered of the total, items waiting in the spool for the "
              "cloud tier, final answers the cloud gave, and answers that fell back to the "
              "edge (degraded)."),

@@ -119,7 +119,8 @@ def _peer_failure(role: str, address: str, status: str, details: str) -> PeerSta
 def calibrate(edge: str, cloud: str, model: str, cloud_model: str, policy: str,
               budget: float | None, target_accuracy: float | None,
               cloud_output: str = "probabilities",
-              credentials: grpc.ChannelCredentials | None = None) -> CalibrationResult:
+              credentials: grpc.ChannelCredentials | None = None,
+              token: str | None = None) -> CalibrationResult:
     """Fit ``model``'s temperature at ``edge``; pick a ``policy`` threshold against ``cloud``.
 
     Exactly one of ``budget`` (fraction of items escalated) and ``target_accuracy`` is given.
@@ -129,7 +130,7 @@ def calibrate(edge: str, cloud: str, model: str, cloud_model: str, policy: str,
     EscalationPolicy(policy, 0.0 if policy != "entropy" else -1.0)  # a known name?
     cal_images, cal_labels = edgeshard_models.load_calibration()
     hold_images, hold_labels = edgeshard_models.load_holdout()
-    clients = ClientPool(credentials=credentials)  # None: plaintext
+    clients = ClientPool(credentials=credentials, token=token)  # None: plaintext, no token
     try:
         try:
             cal_probs, t_before = _edge_outputs(clients, edge, model, cal_images)
@@ -238,7 +239,8 @@ def main(args) -> int:
         result = calibrate(edge, cloud, args.model, args.cloud_model, args.policy,
                            args.budget, args.target_accuracy, args.cloud_output,
                            # a local node serves plaintext on loopback
-                           credentials=None if node else args.credentials)
+                           credentials=None if node else args.credentials,
+                           token=None if node else args.token)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"edge-coordinator calibrate: {exc}", file=sys.stderr)
         return 2

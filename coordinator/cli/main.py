@@ -63,10 +63,7 @@ def parser() -> argparse.ArgumentParser:
     def with_target(sp):
         sp.add_argument("--coordinator", action="append", metavar="HOST:PORT[,...]",
                         help=COORDINATOR_HELP)
-        sp.add_argument("--token", metavar="TOKEN",
-                        help=f"bearer token for a coordinator started with --auth-tokens "
-                        f"(env {TOKEN_ENV}, which keeps it out of ps)")
-        return add_tls_flags(sp)
+        return add_tls_flags(add_token_flag(sp))
 
     submit = with_target(sub.add_parser(
         "submit", help="run a batch job and write its results as JSON lines",
@@ -115,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
                      help="store the fitted temperature in <repo>/<model>/<version>/"
                      "calibration.json")
     add_tls_flags(cal)
+    add_token_flag(cal)
 
     from coordinator.cli.certs import add_arguments as certs_arguments
 
@@ -153,6 +151,14 @@ TLS_FLAGS = {  # field: help (env EDGESHARD_<FIELD>)
     "tls_key": "PEM private key of --tls-cert",
     "tls_ca": "PEM CA bundle to verify the server against; any --tls-* option means TLS",
 }
+
+
+def add_token_flag(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add a client command's ``--token`` to ``sp``."""
+    sp.add_argument("--token", metavar="TOKEN",
+                    help=f"bearer token for a coordinator started with --auth-tokens "
+                    f"(env {TOKEN_ENV}, which keeps it out of ps)")
+    return sp
 
 
 def add_tls_flags(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -246,6 +252,7 @@ def run_command(args, argv: list[str] | None) -> int:
     try:
         if hasattr(args, "coordinator"):
             args.coordinator = coordinators(args.coordinator, os.environ)
+        if hasattr(args, "token"):
             token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
             args.token = (check_token(token, "--token" if args.token is not None else TOKEN_ENV)
                           if token is not None else None)

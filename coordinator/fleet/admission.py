@@ -114,7 +114,7 @@ def check_node_address(address: str, own: Iterable[str]) -> str:
         wildcard = False
     if wildcard:
         raise InvalidRequestError(f"address: {address!r} is a wildcard; give an address the "
-                                  "coordinator can dial (edge-node --public-host)")
+                                  "coordinator can dial (edge-node --advertise-address)")
     if address in set(own):
         raise InvalidRequestError(f"address: {address!r} is this coordinator's own address")
     return address

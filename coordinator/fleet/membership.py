@@ -84,14 +84,24 @@ class Membership:
             self._thread.join(self.interval + self.timeout + 1)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def probe_now(self, address: str) -> bool:
-        """Probe one node at once; True if it is (now) live."""
+    def probe_now(self, address: str, keep_alive: bool = True) -> bool:
+        """Probe one node at once; True if it passed. Without ``keep_alive`` a pass only
+        refreshes the node's models (see ``run_round``)."""
         models = self._probe(address, self.timeout)
         if models is None:
             self.registry.probe_failed(address)
             return False
-        self.registry.probe_ok(address, models)
+        self.registry.probe_ok(address, models, keep_alive)
         return True
+
+    def _probe_keeps_alive(self, rec: NodeRecord, now: float) -> bool:
+        """Whether a passed probe keeps ``rec`` live. When nodes must prove who they are, a
+        registered node must also have been heard proving it (an accepted heartbeat)
+        within ``suspect_after``: a node whose join token was revoked, still answering
+        health checks, leaves the fleet."""
+        if self.admission.open or rec.source != "registered":
+            return True
+        return now - rec.last_beat <= self.registry.suspect_after
 
     def register(self, node_id: str, address: str, models: dict[str, tuple[str, ...]],
                  capacity: int) -> int:
@@ -186,8 +196,10 @@ class Membership:
                 self.apply_drains(self.recorded_drains())
             except Exception as exc:  # noqa: BLE001 - a store fault must not stop probing
                 log.debug("recorded drains unavailable: %s", exc)
-        addresses = self.registry.addresses()
-        futures = [self._pool.submit(self.probe_now, a) for a in addresses]
+        now = self.registry.clock()
+        futures = [self._pool.submit(self.probe_now, rec.address,
+                                     self._probe_keeps_alive(rec, now))
+                   for rec in self.registry.snapshot()]
         for f in futures:
             try:
                 f.result(self.timeout + 1)

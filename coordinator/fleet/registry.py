@@ -54,6 +54,7 @@ class NodeRecord:
     """Coordinator-observed call latency (ms), smoothed over time."""
     weight: float = 1.0  # routing weight multiplier (slow nodes get less)
     last_heard: float = 0.0
+    last_beat: float = 0.0  # the node's last accepted registration or heartbeat
     shards_done: int = 0
     items_done: int = 0
 
@@ -128,6 +129,7 @@ class Registry:
             rec.models = dict(models)
             rec.capacity = max(1, capacity)
             rec.epoch = next(self._epochs)
+            rec.last_beat = self.clock()
             return rec.epoch
 
     def heartbeat(self, node_id: str, epoch: int, queue_depth: int, in_flight: int,
@@ -139,6 +141,7 @@ class Registry:
                         if r.node_id == node_id and r.epoch == epoch), None)
             if rec is None:
                 return False, False
+            rec.last_beat = self.clock()
             rec.queue_depth, rec.in_flight = queue_depth, in_flight
             rec.node_latency_ms = latency_ms
             if capacity:
@@ -150,16 +153,22 @@ class Registry:
             return True, rec.drained
 
     # -- health ----------------------------------------------------------------------------
-    def probe_ok(self, address: str, models: dict[str, tuple[str, ...]] | None = None) -> None:
+    def probe_ok(self, address: str, models: dict[str, tuple[str, ...]] | None = None,
+                 keep_alive: bool = True) -> None:
         """Record a passed health check of ``address``: heard from now, and live.
 
         Fires the ``on_live`` listeners when the node was not live before; updates ``models``
-        when given. Unknown addresses are ignored.
+        when given. Without ``keep_alive`` only the models are taken (the node must prove
+        itself by heartbeats to stay live). Unknown addresses are ignored.
         """
         fire = None
         with self._lock:
             rec = self._nodes.get(address)
             if rec is None:
+                return
+            if not keep_alive:
+                if models is not None:
+                    rec.models = dict(models)
                 return
             rec.last_heard = self.clock()
             if models is not None:

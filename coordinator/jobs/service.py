@@ -43,6 +43,7 @@ FOLLOW_POLL_S = 0.5  # a following stream looks for unsignalled results (other r
 MAX_WATCH_INTERVAL_S = 60.0  # the longest poll interval a Watch caller may ask for
 SNAPSHOT_TTL_S = 0.25  # followers of one job share a progress read this long
 MAX_SNAPSHOTS = 4096  # jobs whose last progress read is kept
+MAX_JOB_ID_CHARS = 128  # as the store's JOB_ID_PATTERN allows
 MAX_PAGE = 1000  # jobs per ListJobs answer (a JobStatus is ~200 bytes)
 MESSAGE_HEADROOM = 64 * 1024  # a shard's request: item bytes plus ids, names, parameters
 
@@ -274,7 +275,10 @@ def _check_scope(job_id: str, owner: str, scope: str | None) -> None:
 
 
 def _required(job_id: str) -> str:
-    """``job_id``, or ``InvalidJobError`` when it is empty."""
+    """``job_id``, or ``InvalidJobError`` when it is empty or longer than a job id can be."""
     if not job_id:
         raise InvalidJobError("job_id: required; `edge-coordinator jobs` lists them")
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        raise InvalidJobError(f"job_id: at most {MAX_JOB_ID_CHARS} characters, got "
+                              f"{len(job_id)}")
     return job_id
