@@ -49,7 +49,6 @@ from coordinator.errors import (
     InvalidJobError,
     InvalidResultError,
     JobConflictError,
-    JobNotFoundError,
     ShardNotFoundError,
 )
 from coordinator.jobs import spool
@@ -66,10 +65,11 @@ from coordinator.jobs.model import (
     ResultRow,
     ShardState,
 )
+from coordinator.jobs.queries import JobQueries
+from coordinator.jobs.queries import job_state as _job_state
 from coordinator.jobs.results import (
     batches_from_rows,
     check_batch,
-    decode_block,
     subset,
     write_blocks,
 )
@@ -83,7 +83,7 @@ OPEN, FINAL, SPOOLED = 0, 1, 2  # an item's mark in ``shards.marks``
 SCHEMA_LOCK = zlib.crc32(b"edgeshard:schema")  # advisory lock: replicas create it once
 
 
-class JobStore(ShardLeases):
+class JobStore(ShardLeases, JobQueries):
     """Jobs, shards and results; see the module docstring for the guarantees.
 
     ``location``: a SQLite file path, a ``postgresql://`` URL, or an open ``Database``.
@@ -220,32 +220,6 @@ class JobStore(ShardLeases):
                      info.total_items, info.shard_count)
         return info
 
-    def progress(self, job_id: str) -> JobProgress:
-        """The job's state and counters; JobNotFoundError if there is no such job."""
-        rows = self.database.read(lambda db: _progress_rows(db, "WHERE j.job_id = ?",
-                                                            (job_id,)))
-        if not rows:
-            raise JobNotFoundError(f"no job {job_id!r}")
-        return rows[0]
-
-    def list_jobs(self, state: str | None = None, owner: str | None = None,
-                  after_job: str | None = None, limit: int | None = None) -> list[JobProgress]:
-        """Jobs (those in ``state``, of ``owner``), oldest first: after ``after_job`` (a
-        job id; ``JobNotFoundError`` if there is no such job) and at most ``limit``."""
-        terms = [(f"j.{column} = ?", value) for column, value in
-                 (("state", state), ("owner", owner)) if value is not None]
-        if after_job is not None:
-            terms.append(("j.num > (SELECT num FROM jobs WHERE job_id = ?)", after_job))
-        where = ("WHERE " + " AND ".join(t for t, _ in terms)) if terms else ""
-        args = tuple(v for _, v in terms)
-
-        def read(db: Tx) -> list[JobProgress]:
-            if after_job is not None:
-                _job_state(db, after_job)  # JobNotFoundError
-            return _progress_rows(db, where, args, limit)
-
-        return self.database.read(read)
-
     def cancel(self, job_id: str, now: float | None = None) -> JobProgress:
         """Cancel a running job: its queued and leased shards become ``cancelled``.
 
@@ -265,14 +239,6 @@ class JobStore(ShardLeases):
         return self.progress(job_id)
 
     # -- results ------------------------------------------------------------------------------
-
-    def shares(self, job_id: str) -> dict[str, int]:
-        """How many of the job's results each node produced."""
-        def read(db: Tx) -> dict[str, int]:
-            _job_state(db, job_id)
-            return dict(db.execute("SELECT node, items FROM job_nodes WHERE job_id = ? "
-                                   "ORDER BY node", (job_id,)).fetchall())
-        return self.database.read(read)
 
     def complete(self, shard_id: int, attempt: int, results: ResultBatch | Sequence[ResultRow],
                  now: float | None = None, escalations: Sequence[Escalation] = (),
@@ -360,23 +326,6 @@ class JobStore(ShardLeases):
 
         return self.database.write(complete)
 
-    def results(self, job_id: str, after_seq: int = 0, limit: int | None = None
-                ) -> list[ResultRow]:
-        """The job's results with ``seq > after_seq``, in seq order (at most ``limit``)."""
-        def read(db: Tx) -> list[ResultRow]:
-            _job_state(db, job_id)
-            cur = db.execute("SELECT first_seq, node, model_version, body FROM result_blocks "
-                             "WHERE job_id = ? AND last_seq > ? ORDER BY last_seq",
-                             (job_id, after_seq))
-            out: list[ResultRow] = []
-            while limit is None or len(out) < limit:
-                block = cur.fetchone()
-                if block is None:
-                    break
-                out.extend(r for r in decode_block(*block) if r.seq > after_seq)
-            return out if limit is None else out[:limit]
-        return self.database.read(read)
-
 
 def _positions(shard_id: int, ids: list[str], batches: Sequence[ResultBatch],
                escalations: Sequence[Escalation]) -> dict[str, int]:
@@ -390,28 +339,6 @@ def _positions(shard_id: int, ids: list[str], batches: Sequence[ResultBatch],
         if e.item_id not in where:
             raise InvalidResultError(f"shard {shard_id}: item {e.item_id!r} is not in this shard")
     return where
-
-
-def _progress_rows(db: Tx, where: str, args: tuple,
-                   limit: int | None = None) -> list[JobProgress]:
-    rows = db.execute(
-        "SELECT j.job_id, j.model, j.state, j.total_items, j.done_items, "
-        "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id), "
-        "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'done'), "
-        "(SELECT COUNT(*) FROM shards s WHERE s.job_id = j.job_id AND s.state = 'leased'), "
-        "j.created_at, j.finished_at, j.error, "
-        "(SELECT COUNT(*) FROM spool p WHERE p.job_id = j.job_id), "
-        "j.cloud_items, j.degraded_items, j.requeued_shards, j.duplicate_results, j.owner "
-        f"FROM jobs j {where} ORDER BY j.num" + (f" LIMIT {int(limit)}" if limit else ""),
-        args).fetchall()
-    return [JobProgress(*row) for row in rows]
-
-
-def _job_state(db: Tx, job_id: str) -> str:
-    row = db.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    if row is None:
-        raise JobNotFoundError(f"no job {job_id!r}")
-    return row[0]
 
 
 def _digest_batch(digest: Any, ids: list[str], array: np.ndarray) -> None:
