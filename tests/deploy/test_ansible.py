@@ -253,8 +253,10 @@ def test_systemd_units_render_hardened_and_verify(fleet, tmp_path):
     needs(fleet, "converge")  # ExecStart must exist for systemd-analyze verify
     playbook = tmp_path / "render_units.yml"
     playbook.write_text(RENDER_UNITS.format(out=tmp_path, roles=ANSIBLE_DIR / "roles"))
+    pids = {host: fleet.pid(host) for host in ("node-a", COORDINATOR)}
     result = fleet.playbook(str(playbook))
     assert result.rc == 0, result.output[-3000:]
+    assert {host: fleet.pid(host) for host in pids} == pids  # nothing was restarted
     node, coordinator = tmp_path / "edge-node.service", tmp_path / "edge-coordinator.service"
     for unit, dirs in ((node, "node-a/state"), (coordinator, "coord-1/state")):
         text = unit.read_text()
@@ -293,6 +295,8 @@ RENDER_UNITS = """\
         edge_node_user: edgeshard
         edge_node_group: edgeshard
         edge_node_cpu_quota: 150%
+        # Rendering notifies the restart handler: the running daemons are not for it.
+        edge_node_service_enabled: false
       when: inventory_hostname == 'node-a'
     - name: Render the coordinator unit
       ansible.builtin.include_role:
@@ -302,6 +306,7 @@ RENDER_UNITS = """\
         coordinator_systemd_unit_dir: {out}
         coordinator_user: edgeshard
         coordinator_group: edgeshard
+        coordinator_service_enabled: false
       when: inventory_hostname == 'coord-1'
 """
 
