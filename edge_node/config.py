@@ -216,7 +216,7 @@ class NodeConfig:
         """
         if self.advertise_address:
             return self.advertise_address
-        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return "127.0.0.1" if self.wildcard_host else self.host
 
     def resolved_node_id(self, bound_port: int) -> str:
         """``node_id``; else the common name of ``tls_cert`` (coordinators that verify

@@ -89,11 +89,6 @@ class AioServer:
         """For coroutines on the loop: ``fn(*args)`` on the blocking pool, awaited."""
         return await self._loop.run_in_executor(self._blocking, fn, *args)
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The server's event loop (for ``call_soon_threadsafe``)."""
-        return self._loop
-
     # -- what code building a grpc.Server calls ----------------------------------------------
     def add_generic_rpc_handlers(self, handlers) -> None:
         """As ``grpc.Server.add_generic_rpc_handlers``."""

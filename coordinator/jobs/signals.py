@@ -91,11 +91,9 @@ class JobSignals:
         with self._lock:
             return self._changed.get(job_id, -math.inf)
 
-    def followers(self, job_id: str | None = None) -> int:
-        """How many subscriptions there are (for ``job_id``, or in all)."""
+    def followers(self) -> int:
+        """How many subscriptions there are, over every job."""
         with self._lock:
-            if job_id is not None:
-                return len(self._subs.get(job_id, ()))
             return sum(len(s) for s in self._subs.values())
 
     def _drop(self, sub: Subscription) -> None:
