@@ -7,7 +7,7 @@ model version while the batch stays within ``max_batch_size`` (waiting up to
 ``max_delay`` for more when the queue runs dry), runs them as one batch and splits the
 result rows back to each request.
 
-Inline fast path (``inline=True``, only with ``max_delay == 0``): when nothing is queued
+Inline fast path (``inline=True``, for keys whose ``max_delay`` is 0): when nothing is queued
 and a set is free, the submitting thread runs its request itself with that set. An idle
 node then answers without two thread hand-offs (queue -> worker -> future), which cost
 more than the inference of a small model; under load requests queue and batch as above.
@@ -51,42 +51,42 @@ class Timings:
 
 @dataclass
 class Request:
-    """One queued inference request: ``tensor`` ``[rows, ...]`` for the model version ``key``.
+    """One queued inference request: ``tensors`` (one per model input, each ``[rows, ...]``)
+    for the model version ``key``.
 
     ``future`` resolves to a tuple of result arrays holding this request's rows (or to the
     error); ``deadline`` and ``enqueued`` are ``time.monotonic()`` seconds.
     """
 
     key: Any  # the model version's key; requests with equal keys may share a batch
-    tensor: np.ndarray
+    tensors: tuple[np.ndarray, ...]
+    rows: int  # items in the request (the tensors' first dimension when batched)
     deadline: float | None  # time.monotonic() deadline, None for none
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     timings: Timings = field(default_factory=Timings)
-
-    @property
-    def rows(self) -> int:
-        """Number of items in the request (the tensor's first dimension)."""
-        return int(self.tensor.shape[0])
 
 
 class Batcher:
     """Dynamic batcher over ``workers`` threads.
 
     ``make_interpreters()`` is called once in each worker thread and returns
-    ``{key: interpreter}``; ``execute(key, interpreter, batch)`` returns a tuple of
+    ``{key: interpreter}``; ``execute(key, interpreter, tensors)`` returns a tuple of
     row-aligned result arrays plus the inference and postprocess seconds:
-    ``(arrays, inference_s, postprocess_s)``.
+    ``(arrays, inference_s, postprocess_s)``. ``max_batch_size(key)`` is the most rows
+    one invocation takes (1: requests of that key never share a batch) and
+    ``max_delay(key)`` the seconds to wait for more requests when the queue runs dry.
     """
 
     def __init__(
         self,
         make_interpreters: Callable[[], dict],
-        execute: Callable[[Any, Any, np.ndarray], tuple[Sequence[np.ndarray], float, float]],
+        execute: Callable[[Any, Any, tuple[np.ndarray, ...]],
+                          tuple[Sequence[np.ndarray], float, float]],
         max_batch_size: Callable[[Any], int],
         workers: int = 1,
         max_queue_size: int = 256,
-        max_delay: float = 0.0,
+        max_delay: Callable[[Any], float] = lambda key: 0.0,
         on_batch: Callable[[Any, int, list[Request]], None] | None = None,
         inline: bool = False,
     ):
@@ -97,7 +97,7 @@ class Batcher:
         self._max_queue = max_queue_size
         self._max_delay = max_delay
         self._on_batch = on_batch
-        self._inline = inline and max_delay == 0
+        self._inline = inline
         self._idle: list[dict] = []  # free interpreter sets
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
@@ -141,14 +141,16 @@ class Batcher:
         return len(self._queue)
 
     # -- producer side ---------------------------------------------------------------------
-    def submit(self, key: Any, tensor: np.ndarray, deadline: float | None) -> Request:
-        """Queue ``tensor`` for the model version ``key``; returns the request (await its future).
+    def submit(self, key: Any, tensors: tuple[np.ndarray, ...], rows: int,
+               deadline: float | None) -> Request:
+        """Queue ``tensors`` (``rows`` items) for the model version ``key``; returns the
+        request (await its future).
 
         With the inline fast path the request may have run in the calling thread already.
         ``deadline`` is ``time.monotonic()`` seconds (None: no deadline). Raises
         ``ShuttingDownError`` while stopping and ``OverloadedError`` when the queue is full.
         """
-        req = Request(key, tensor, deadline)
+        req = Request(key, tensors, rows, deadline)
         with self._cond:
             if self._stopping:
                 raise ShuttingDownError("node is draining; send the request to another node")
@@ -157,7 +159,8 @@ class Batcher:
                     f"queue full ({self._max_queue} requests waiting); retry later or elsewhere"
                 )
             interpreters = None
-            if self._inline and not self._queue and self._idle:
+            if (self._inline and not self._queue and self._idle
+                    and self._max_delay(key) == 0):
                 interpreters = self._idle.pop()
             else:
                 self._queue.append(req)
@@ -209,7 +212,7 @@ class Batcher:
             batch = [head]
             limit = self._max_batch(head.key)
             rows = head.rows
-            deadline = time.monotonic() + self._max_delay
+            deadline = time.monotonic() + self._max_delay(head.key)
             while True:
                 rows = self._gather(head.key, batch, rows, limit)
                 remaining = deadline - time.monotonic()
@@ -246,19 +249,22 @@ class Batcher:
         start = time.monotonic()
         key = batch[0].key
         try:
-            tensor = (
-                batch[0].tensor
+            tensors = (
+                batch[0].tensors
                 if len(batch) == 1
-                else np.concatenate([r.tensor for r in batch], axis=0)
+                else tuple(np.concatenate(parts, axis=0)
+                           for parts in zip(*(r.tensors for r in batch), strict=True))
             )
-            arrays, infer_s, post_s = self._execute(key, interpreters[key], tensor)
+            arrays, infer_s, post_s = self._execute(key, interpreters[key], tensors)
+            rows = sum(r.rows for r in batch)
             offset = 0
             for req in batch:
                 t = req.timings
                 t.queue = start - req.enqueued
                 t.inference, t.postprocess = infer_s, post_s
-                t.batch_size = tensor.shape[0]
-                part = tuple(a[offset : offset + req.rows] for a in arrays)
+                t.batch_size = rows
+                part = (tuple(arrays) if len(batch) == 1 else
+                        tuple(a[offset : offset + req.rows] for a in arrays))
                 offset += req.rows
                 req.future.set_result(part)
         except Exception as exc:  # noqa: BLE001 - every request in the batch gets the error

@@ -1,4 +1,4 @@
-"""The node's inference core: repository + pipelines + batcher + statistics.
+"""The node's inference core: repository + tasks + batcher + statistics.
 
 Transport-free: takes NumPy arrays, returns NumPy arrays, raises ``edge_node.errors``.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +24,6 @@ from edge_node.errors import (
     ShuttingDownError,
 )
 from edge_node.metrics import NodeMetrics
-from edge_node.pipeline import Outputs, Pipeline
 from edge_node.repository import ModelRepository, ModelVersion
 from edge_node.stats import StatsBook
 
@@ -41,11 +42,12 @@ OUTCOMES = {  # metric label of each way a request can end
 class InferResult:
     """One request's answer: the model version that ran, its outputs and the served request.
 
+    ``outputs`` maps each of the task's output names to its rows, in the task's order;
     ``request.timings`` holds the per-phase seconds and the batch size it ran in.
     """
 
     version: ModelVersion
-    outputs: Outputs
+    outputs: dict[str, np.ndarray]
     request: Request
 
 
@@ -58,21 +60,26 @@ class InferenceEngine:
         self.repository = repository
         self.metrics = metrics or NodeMetrics()
         self.stats = StatsBook()
-        self.pipelines = {v.key: Pipeline(v) for v in repository.ready_versions()}
+        self.versions = {v.key: v for v in repository.ready_versions()}
+        default_delay = config.max_batch_delay_ms / 1000.0
+        self._delays = {
+            key: default_delay if v.spec.max_queue_delay_ms is None
+            else v.spec.max_queue_delay_ms / 1000.0
+            for key, v in self.versions.items()}
         self._in_flight = 0
         self.latency_ewma_ms = 0.0  # smoothed latency of successful requests
         self._lock = threading.Lock()
         self.batcher = Batcher(
             make_interpreters=self._make_interpreters,
             execute=self._execute,
-            max_batch_size=lambda key: self.pipelines[key].version.spec.max_batch_size,
+            max_batch_size=lambda key: self.versions[key].max_batch_size,
             workers=config.workers,
             max_queue_size=config.max_queue_size,
-            max_delay=config.max_batch_delay_ms / 1000.0,
+            max_delay=self._delays.__getitem__,
             on_batch=self._on_batch,
             inline=True,
         )
-        for key in self.pipelines:
+        for key in self.versions:
             self.stats.register(key)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -80,14 +87,14 @@ class InferenceEngine:
         """Start the workers; each builds and warms up its interpreters before returning."""
         t0 = time.monotonic()
         self.batcher.start()
-        for key in self.pipelines:
+        for key in self.versions:
             self.metrics.ready.labels(*key).set(1)
         log.info("%d model version(s) warm on %d worker(s) in %.2fs",
-                 len(self.pipelines), self.config.workers, time.monotonic() - t0)
+                 len(self.versions), self.config.workers, time.monotonic() - t0)
 
     def stop(self, grace: float) -> bool:
         """Mark every version not ready, drain the batcher within ``grace`` s; True if drained."""
-        for key in self.pipelines:
+        for key in self.versions:
             self.metrics.ready.labels(*key).set(0)
         return self.batcher.stop(grace)
 
@@ -99,20 +106,22 @@ class InferenceEngine:
     def _make_interpreters(self) -> dict:
         """Per worker thread: one interpreter per version, warmed at batch 1 and max batch."""
         interpreters = {}
-        for key, pipe in self.pipelines.items():
-            interp = pipe.version.new_interpreter(self.config.interpreter_threads)
-            for n in (pipe.version.spec.max_batch_size, 1):
-                interp.run(np.zeros((n, *pipe.shape), dtype=pipe.in_dtype))
+        for key, mv in self.versions.items():
+            interp = mv.new_interpreter(self.config.interpreter_threads)
+            for n in sorted({mv.max_batch_size, 1}, reverse=True):
+                interp.run(tuple(
+                    np.zeros((n, *s.shape[1:]) if mv.signature.batched else s.shape, s.dtype)
+                    for s in mv.signature.inputs))
             interpreters[key] = interp
         return interpreters
 
-    def _execute(self, key, interpreter, batch: np.ndarray):
+    def _execute(self, key, interpreter, tensors: tuple[np.ndarray, ...]):
         t0 = time.perf_counter()
-        raw = interpreter.run(batch)
+        raw = interpreter.run(tensors)
         t1 = time.perf_counter()
-        out = self.pipelines[key].finish(raw)
+        out = self.versions[key].task.finish(raw)
         t2 = time.perf_counter()
-        return (out.probabilities, out.label, out.confidence), t1 - t0, t2 - t1
+        return out, t1 - t0, t2 - t1
 
     def _on_batch(self, key, rows: int, batch: list[Request]) -> None:
         t = batch[0].timings
@@ -121,40 +130,41 @@ class InferenceEngine:
         self.metrics.items.labels(*key).inc(rows)
 
     # -- requests --------------------------------------------------------------------------
+    def resolve(self, model: str, version: str = "") -> ModelVersion:
+        """The loaded version that serves ``model`` (``version`` "" for the newest)."""
+        return self.versions[self.repository.resolve(model, version).key]
+
     def check_declared(self, model: str, version: str,
-                       declared: list[tuple[np.dtype | None, tuple[int, ...]]]) -> None:
-        """Refuse a request by its inputs' declared dtypes and shapes (in request order),
-        before their data is decoded; raises what ``infer`` would for them."""
-        pipe = self.pipelines[self.repository.resolve(model, version).key]
-        for i, (dtype, shape) in enumerate(declared):
-            pipe.check_declared(f"inputs[{i}]", dtype, shape)
+                       declared: list[tuple[str, np.dtype | None, tuple[int, ...]]]) -> None:
+        """Refuse a request by its inputs' declared names, dtypes and shapes (in request
+        order), before their data is decoded; raises what ``infer`` would for them."""
+        task = self.resolve(model, version).task
+        for i, (name, dtype, shape) in enumerate(declared):
+            task.check_declared(f"inputs[{i}]", name, dtype, shape)
 
     def infer(self, model: str, version: str, inputs: dict[str, np.ndarray],
-              timeout: float | None = None) -> InferResult:
-        """Run one request; ``timeout`` is the seconds left of the caller's deadline."""
+              timeout: float | None = None,
+              parameters: Mapping[str, Any] | None = None) -> InferResult:
+        """Run one request; ``timeout`` is the seconds left of the caller's deadline and
+        ``parameters`` the request's parameters (a task may act on some, e.g. ``dequantize``).
+        """
         t_start = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
-        mv = self.repository.resolve(model, version)
-        pipe = self.pipelines[mv.key]
+        mv = self.resolve(model, version)
+        task = mv.task
         with self._lock:
             self._in_flight += 1
         self.metrics.in_flight.inc()
         outcome = "error"
         try:
-            name = mv.spec.input_name
-            if list(inputs) != [name]:
-                raise InvalidInputError(
-                    "inputs", f"{mv.spec.name} takes exactly one input named {name!r}, "
-                    f"got {sorted(inputs) or 'none'}"
-                )
             t0 = time.perf_counter()
-            tensor = pipe.prepare("inputs[0]", inputs[name])
+            rows, tensors = task.prepare(inputs)
             pre = time.perf_counter() - t0
-            req = self.batcher.submit(mv.key, tensor, deadline)
+            req = self.batcher.submit(mv.key, tensors, rows, deadline)
             self.metrics.queue_depth.set(self.batcher.depth)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                probs, labels, conf = req.future.result(timeout=remaining)
+                arrays = req.future.result(timeout=remaining)
             except TimeoutError:
                 req.future.cancel()
                 raise DeadlineExceededError(
@@ -162,8 +172,10 @@ class InferenceEngine:
                     f"{self.batcher.depth})"
                 ) from None
             req.timings.preprocess = pre
+            arrays = task.respond(arrays, parameters or {})
             outcome = "success"
-            return InferResult(mv, Outputs(probs, labels, conf), req)
+            return InferResult(
+                mv, {o.name: a for o, a in zip(task.outputs, arrays, strict=True)}, req)
         except EdgeNodeError as exc:
             outcome = OUTCOMES.get(type(exc), "error")
             raise

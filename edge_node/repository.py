@@ -1,4 +1,8 @@
-"""The model repository: ``<repo>/<model>/config.toml`` + ``<repo>/<model>/<version>/model.tflite``.
+"""The model repository: ``<repo>/<model>/<version>/model.tflite``, ``<repo>/<model>/config.toml``.
+
+A model directory without ``config.toml`` serves with a configuration derived from the
+model file (task ``tensor``: its own tensors, batched when its batch can be resized);
+``config.toml`` adds or overrides (task, labels, preprocessing, batching).
 
 Loading is all-or-nothing per version and isolated per model: a version whose file is
 missing, corrupt (size or sha256 differs from ``manifest.json``), not signed as the
@@ -19,10 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edge_node.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError
-from edge_node.runtime import TensorSpec, TFLiteModel
+from edge_node.runtime import TFLiteModel, batch_resizable
+from edge_node.tasks import Signature, Task, TaskContext, make_task
 from edgeshard.manifest import CALIBRATION_FILE, CONFIG_ENTRY, MODEL_FILE, FileDigest, ManifestError
 from edgeshard.signing import SigningPolicy, verify_version
 
@@ -31,31 +34,36 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.toml"
 
 
+DEFAULT_MAX_BATCH_SIZE = 32  # for a batchable model whose config does not say
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model's ``config.toml``: how to turn client inputs into model inputs and back."""
+    """A model's ``config.toml`` (or the defaults, for a model directory without one).
+
+    ``task`` names the task plug-in (``edge_node.tasks``); ``max_batch_size`` None lets
+    the model decide (``DEFAULT_MAX_BATCH_SIZE`` when its batch can be resized, else 1),
+    0 turns batching off; ``max_queue_delay_ms`` None uses the node's
+    ``--max-batch-delay-ms``; ``options`` is the whole parsed file, from which the task
+    reads its own tables; ``configured`` is False when there is no ``config.toml``.
+    """
 
     name: str
-    platform: str
-    max_batch_size: int
-    description: str
-    input_name: str
-    layout: str
-    height: int
-    width: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    output_name: str
-    output_kind: str  # "logits" (the node applies softmax) or "probabilities"
-    labels: tuple[str, ...]
+    task: str = "tensor"
+    max_batch_size: int | None = None
+    description: str = ""
+    labels: tuple[str, ...] = ()
+    dequantize: bool = False
+    max_queue_delay_ms: float | None = None
+    options: dict = field(default_factory=dict)
+    configured: bool = False
 
     @classmethod
     def from_toml(cls, path: Path, dir_name: str, content: bytes | None = None) -> ModelSpec:
         """Parse and validate the model config at ``path`` for the model directory ``dir_name``
         (``content``: the file's bytes, when already read).
 
-        Raises ``ModelLoadError`` naming the file for a missing file, invalid TOML, a missing or
+        Raises ``ModelLoadError`` naming the file for an unreadable file, invalid TOML, a
         mistyped key, a name that differs from the directory, or an unsupported value.
         """
         try:
@@ -71,88 +79,75 @@ class ModelSpec:
             raise ModelLoadError(f"{path}: not valid TOML: {exc}") from None
         where = str(path)
 
-        def need(table: dict, key: str, kind: type, prefix: str = ""):
-            if key not in table:
-                raise ModelLoadError(f"{where}: missing key {prefix}{key}")
-            value = table[key]
+        def get(table: dict, key: str, kind: type | tuple, default, prefix: str = ""):
+            value = table.get(key, default)
+            if value is default:
+                return value
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-                raise ModelLoadError(
-                    f"{where}: {prefix}{key} must be {kind.__name__}, got {value!r}"
-                )
+                name = kind.__name__ if isinstance(kind, type) else "a table"
+                raise ModelLoadError(f"{where}: {prefix}{key} must be {name}, got {value!r}")
             return value
 
-        inp = need(data, "input", dict)
-        out = need(data, "output", dict)
         name = data.get("name", dir_name)
         if name != dir_name:
             raise ModelLoadError(f"{where}: name {name!r} must match its directory {dir_name!r}")
-        channels = need(inp, "channels", int, "input.")
-        mean = tuple(float(v) for v in need(inp, "mean", list, "input."))
-        std = tuple(float(v) for v in need(inp, "std", list, "input."))
-        spec = cls(
-            name=name,
-            platform=data.get("platform", "tflite"),
-            max_batch_size=need(data, "max_batch_size", int),
-            description=str(data.get("description", "")),
-            input_name=need(inp, "name", str, "input."),
-            layout=inp.get("layout", "NHWC"),
-            height=need(inp, "height", int, "input."),
-            width=need(inp, "width", int, "input."),
-            channels=channels,
-            mean=mean,
-            std=std,
-            output_name=need(out, "name", str, "output."),
-            output_kind=out.get("kind", "logits"),
-            labels=tuple(str(v) for v in out.get("labels", [])),
-        )
-        spec._validate(where)
-        return spec
-
-    def _validate(self, where: str) -> None:
+        platform = data.get("platform", "tflite")
+        if platform != "tflite":
+            raise ModelLoadError(f"{where}: platform must be 'tflite', got {platform!r}")
+        output = get(data, "output", dict, {})
+        # Configs written before tasks existed describe a classifier with [output].
+        task = get(data, "task", str, "classification" if "output" in data else "tensor")
+        labels = get(data, "labels", list, None)
+        if labels is None:
+            labels = get(output, "labels", list, [], "output.")
+        batching = get(data, "dynamic_batching", dict, {})
+        delay = get(batching, "max_queue_delay_ms", float, None, "dynamic_batching.")
+        max_batch = get(data, "max_batch_size", int, None)
         problems = []
-        if self.platform != "tflite":
-            problems.append(f"platform must be 'tflite', got {self.platform!r}")
-        if self.layout != "NHWC":
-            problems.append(f"input.layout must be 'NHWC', got {self.layout!r}")
-        if not 1 <= self.max_batch_size <= 4096:
-            problems.append("max_batch_size must be in 1..4096")
-        if min(self.height, self.width, self.channels) < 1:
-            problems.append("input.height, input.width and input.channels must be >= 1")
-        if len(self.mean) not in (1, self.channels) or len(self.std) not in (1, self.channels):
-            problems.append("input.mean and input.std need 1 or `channels` values")
-        if any(not math.isfinite(s) or s <= 0 for s in self.std):
-            problems.append("input.std values must be > 0")
-        if self.output_kind not in ("logits", "probabilities"):
-            problems.append("output.kind must be 'logits' or 'probabilities'")
+        if max_batch is not None and not 0 <= max_batch <= 4096:
+            problems.append("max_batch_size must be in 0..4096 (0: no batching)")
+        if delay is not None and not (math.isfinite(delay) and 0 <= delay <= 1000):
+            problems.append("dynamic_batching.max_queue_delay_ms must be in 0..1000")
         if problems:
             raise ModelLoadError(f"{where}: " + "; ".join(problems))
+        return cls(
+            name=name,
+            task=task,
+            max_batch_size=max_batch,
+            description=str(data.get("description", "")),
+            labels=tuple(str(v) for v in labels),
+            dequantize=get(data, "dequantize", bool, False),
+            max_queue_delay_ms=delay,
+            options=data,
+            configured=True,
+        )
 
 
 @dataclass
 class ModelVersion:
-    """One loaded version: its bytes (for per-thread interpreters) and tensor specs."""
+    """One loaded version: its bytes (for per-thread interpreters), tensors and task."""
 
     spec: ModelSpec
     version: str
     path: Path
     content: bytes
-    input: TensorSpec
-    output: TensorSpec
+    signature: Signature
+    task: Task
     sha256: str
     temperature: float = 1.0  # softmax temperature from calibration.json (1.0 without one)
     signed_by: str = ""  # key id of the trusted key that verified the manifest ("": none)
 
     @property
     def key(self) -> tuple[str, str]:
-        """``(model name, version)``: the version's key in pipelines, batches and statistics."""
+        """``(model name, version)``: the version's key in tasks, batches and statistics."""
         return (self.spec.name, self.version)
 
     @property
-    def num_classes(self) -> int:
-        """Number of output classes K (the last dimension of the output tensor)."""
-        return int(self.output.shape[-1])
+    def max_batch_size(self) -> int:
+        """The most rows one invocation of this version takes (1: not batched)."""
+        return self.signature.max_batch_size
 
     def new_interpreter(self, num_threads: int = 1) -> TFLiteModel:
         """A new TFLite interpreter for this version, using ``num_threads`` threads."""
@@ -204,13 +199,30 @@ def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | Non
         raise ModelLoadError(str(exc), exc.reason) from None
     signed_by = manifest.key_id if manifest and manifest.signed and policy.trust.keys else ""
     trial = TFLiteModel(content, source=str(path))
-    _check_tensors(spec, trial, path)
+    temperature = _parse_temperature(calibration, version_dir / CALIBRATION_FILE)
+    signature = _signature(spec, content, trial, path)
+    task = make_task(spec.task, TaskContext(
+        name=spec.name, signature=signature, options=spec.options,
+        where=str(version_dir.parent / CONFIG_FILE) if spec.configured else str(path),
+        labels=spec.labels, temperature=temperature, dequantize=spec.dequantize))
     return ModelVersion(
-        spec, version_dir.name, path, content, trial.input, trial.output,
-        FileDigest.of(content).sha256,
-        temperature=_parse_temperature(calibration, version_dir / CALIBRATION_FILE),
-        signed_by=signed_by,
+        spec, version_dir.name, path, content, signature, task,
+        FileDigest.of(content).sha256, temperature=temperature, signed_by=signed_by,
     )
+
+
+def _signature(spec: ModelSpec, content: bytes, model: TFLiteModel, path: Path) -> Signature:
+    """The model's tensors and batching, with the config's ``max_batch_size`` checked."""
+    wanted = spec.max_batch_size
+    batched = wanted != 0 and batch_resizable(content, model)
+    if not batched:
+        if wanted not in (None, 0, 1):
+            raise ModelLoadError(
+                f"{path}: max_batch_size {wanted}: this model's batch cannot be resized (its "
+                "first dimension is not a batch the interpreter can grow), so it serves one "
+                "item per call; remove max_batch_size or set it to 1")
+        return Signature(model.inputs, model.outputs, False, 1)
+    return Signature(model.inputs, model.outputs, True, wanted or DEFAULT_MAX_BATCH_SIZE)
 
 
 def _read_optional(path: Path) -> bytes | None:
@@ -231,24 +243,6 @@ def _parse_temperature(content: bytes | None, path: Path) -> float:
     if not (math.isfinite(temperature) and temperature > 0):
         raise ModelLoadError(f"{path}: temperature must be a finite number > 0")
     return temperature
-
-
-def _check_tensors(spec: ModelSpec, model: TFLiteModel, path: Path) -> None:
-    expected = (spec.height, spec.width, spec.channels)
-    if tuple(model.input.shape[1:]) != expected:
-        raise ModelLoadError(
-            f"{path}: input tensor shape {model.input.shape} does not match config "
-            f"[N,{spec.height},{spec.width},{spec.channels}]"
-        )
-    if model.input.dtype not in (np.int8, np.uint8, np.float32):
-        raise ModelLoadError(f"{path}: unsupported input dtype {model.input.dtype}")
-    if len(model.output.shape) != 2:
-        raise ModelLoadError(f"{path}: output must be [N, classes], got {model.output.shape}")
-    if spec.labels and len(spec.labels) != model.output.shape[-1]:
-        raise ModelLoadError(
-            f"{path}: {len(spec.labels)} labels in config but the model has "
-            f"{model.output.shape[-1]} classes"
-        )
 
 
 class ModelRepository:
@@ -294,10 +288,13 @@ class ModelRepository:
         config_path = model_dir / CONFIG_FILE
         try:
             config = config_path.read_bytes()
+        except FileNotFoundError:
+            config = None  # no config: everything comes from the model file
         except OSError:
-            config = None  # from_toml says why
+            config = b""  # from_toml says why
         try:
-            entry.spec = spec = ModelSpec.from_toml(config_path, name, config)
+            entry.spec = spec = (ModelSpec(name) if config is None else
+                                 ModelSpec.from_toml(config_path, name, config or None))
         except ModelLoadError as exc:
             self._refuse(entry, "", exc)
             return entry

@@ -8,6 +8,7 @@ An Interpreter is not thread-safe: every worker thread owns its own instances.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,19 +33,23 @@ except ImportError:  # pragma: no cover - armv7 fallback
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Static description of a model input or output tensor."""
+    """Static description of a model input or output tensor, from the interpreter's details.
+
+    ``shape`` is the model's declared shape, batch dimension included as the model
+    declares it (usually 1); ``scale`` is 0.0 when the tensor is not quantized.
+    """
 
     name: str
     index: int
     dtype: np.dtype
-    shape: tuple[int, ...]  # with the batch dimension as the model declares it
-    scale: float  # 0.0 when the tensor is not quantized
+    shape: tuple[int, ...]
+    scale: float
     zero_point: int
 
     @property
     def quantized(self) -> bool:
-        """True when the tensor is quantized (non-zero ``scale``)."""
-        return self.scale != 0.0
+        """True when the tensor is quantized (non-zero ``scale``) with an integer dtype."""
+        return self.scale != 0.0 and self.dtype.kind in "iu"
 
 
 def _spec(detail: dict) -> TensorSpec:
@@ -53,7 +58,7 @@ def _spec(detail: dict) -> TensorSpec:
         name=detail["name"],
         index=int(detail["index"]),
         dtype=np.dtype(detail["dtype"]),
-        shape=tuple(int(d) for d in detail["shape_signature"]),
+        shape=tuple(int(d) for d in detail["shape"]),  # as allocated: a dynamic dim is 1
         scale=float(scale),
         zero_point=int(zero_point),
     )
@@ -62,6 +67,7 @@ def _spec(detail: dict) -> TensorSpec:
 class TFLiteModel:
     """One interpreter for one model file, resized on demand to the batch size.
 
+    ``inputs`` and ``outputs`` are the model's tensors in the interpreter's order.
     Single-threaded by contract: create one per worker thread.
     """
 
@@ -76,24 +82,45 @@ class TFLiteModel:
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{source}: not a loadable TFLite model: {exc}") from exc
-        inputs = self._interp.get_input_details()
-        outputs = self._interp.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelLoadError(
-                f"{source}: expected exactly one input and one output tensor, "
-                f"found {len(inputs)} and {len(outputs)}"
-            )
-        self.input = _spec(inputs[0])
-        self.output = _spec(outputs[0])
-        self._batch = None
+        self.inputs = tuple(_spec(d) for d in self._interp.get_input_details())
+        self.outputs = tuple(_spec(d) for d in self._interp.get_output_details())
+        if not self.inputs or not self.outputs:
+            raise ModelLoadError(f"{source}: the model has no input or no output tensor")
+        self._shapes = tuple(s.shape for s in self.inputs)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Invoke on ``batch`` (dtype and per-item shape already checked); returns a copy."""
-        n = batch.shape[0]
-        if n != self._batch:
-            self._interp.resize_tensor_input(self.input.index, batch.shape)
+    def run(self, tensors: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Invoke on one array per input (model order, dtypes and shapes already checked).
+
+        Inputs whose shape differs from the last call are resized first. Returns a copy
+        of every output, in model order.
+        """
+        shapes = tuple(t.shape for t in tensors)
+        if shapes != self._shapes:
+            for spec, shape in zip(self.inputs, shapes, strict=True):
+                self._interp.resize_tensor_input(spec.index, shape)
             self._interp.allocate_tensors()
-            self._batch = n
-        self._interp.set_tensor(self.input.index, batch)
+            self._shapes = shapes
+        for spec, tensor in zip(self.inputs, tensors, strict=True):
+            self._interp.set_tensor(spec.index, tensor)
         self._interp.invoke()
-        return self._interp.get_tensor(self.output.index)
+        return tuple(self._interp.get_tensor(spec.index) for spec in self.outputs)
+
+
+def batch_resizable(content: bytes, model: TFLiteModel) -> bool:
+    """Whether the model's first dimension is a batch the interpreter can resize.
+
+    True when every input and output has rank >= 1 with a leading 1, and resizing every
+    input's first dimension to 2 makes every output's first dimension 2 with the rest
+    unchanged. Some detectors fold a larger batch into another dimension instead
+    (``[1,896,16]`` becomes ``[1,1792,16]``): those are not batchable and must be served
+    one item per invocation.
+    """
+    if any(not s.shape or s.shape[0] != 1 for s in (*model.inputs, *model.outputs)):
+        return False
+    probe = TFLiteModel(content)
+    try:  # output shapes are only known for sure once the resized model has run
+        out = probe.run(tuple(np.zeros((2, *s.shape[1:]), s.dtype) for s in probe.inputs))
+    except (ValueError, RuntimeError):
+        return False
+    expected = tuple((2, *o.shape[1:]) for o in model.outputs)
+    return tuple(o.shape for o in out) == expected

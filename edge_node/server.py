@@ -101,7 +101,7 @@ class EdgeNodeServer:
         self._served = True
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("edge node %s serving %d model version(s) on %s:%d (%s)",
-                 self.node_id, len(self.engine.pipelines), cfg.host, self.port,
+                 self.node_id, len(self.engine.versions), cfg.host, self.port,
                  describe(cfg.tls_files))
         self._announce()
         if cfg.ready_file:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from edge_node import errors
+from edge_node import errors, topk
 from edge_node.engine import InferenceEngine
-from edge_node.pipeline import OUTPUT_NAMES
 from edge_node.repository import ModelVersion
 from edge_node.stats import Duration
 from edgeshard import VERSION
@@ -25,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 SERVER_NAME = "edgeshard-edge-node"
-EXTENSIONS = ["model_configuration", "statistics", "binary_tensor_data"]
+EXTENSIONS = [
+    "model_configuration", "statistics", "binary_tensor_data", "classification"]
 
 
 
@@ -55,7 +55,7 @@ class NodeServicer(InferenceServicer):
     @_guard
     def ModelReady(self, request, context):
         try:
-            self.engine.repository.resolve(request.name, request.version)
+            self.engine.resolve(request.name, request.version)
         except (errors.ModelNotFoundError, errors.ModelUnavailableError):
             return oip_pb2.ModelReadyResponse(ready=False)
         return oip_pb2.ModelReadyResponse(ready=self.ready.is_set())
@@ -68,62 +68,57 @@ class NodeServicer(InferenceServicer):
 
     @_guard
     def ModelMetadata(self, request, context):
-        mv = self.engine.repository.resolve(request.name, request.version)
+        mv = self.engine.resolve(request.name, request.version)
         entry = self.engine.repository.models[mv.spec.name]
-        spec = mv.spec
         tensor = oip_pb2.ModelMetadataResponse.TensorMetadata
         return oip_pb2.ModelMetadataResponse(
-            name=spec.name,
+            name=mv.spec.name,
             versions=sorted(entry.versions, key=int),
             platform="tflite",
-            inputs=[tensor(name=spec.input_name, datatype="UINT8",
-                           shape=[-1, spec.height, spec.width, spec.channels])],
-            outputs=[
-                tensor(name="probabilities", datatype="FP32", shape=[-1, mv.num_classes]),
-                tensor(name="label", datatype="INT64", shape=[-1]),
-                tensor(name="confidence", datatype="FP32", shape=[-1]),
-            ],
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
+                    for t in mv.task.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape)
+                     for t in mv.task.outputs],
         )
 
     @_guard
     def ModelConfig(self, request, context):
-        mv = self.engine.repository.resolve(request.name, request.version)
+        mv = self.engine.resolve(request.name, request.version)
         return oip_pb2.ModelConfigResponse(config=self._model_config(mv))
 
     def _model_config(self, mv: ModelVersion) -> mc.ModelConfig:
-        spec = mv.spec
-        scalar = mc.ModelTensorReshape(shape=[])
+        """Triton's model configuration: dims without the batch dimension when batched
+        (``max_batch_size`` > 0), the full shape with ``max_batch_size`` 0 otherwise."""
+        spec, task = mv.spec, mv.task
+        batched = mv.signature.batched
         cfg = self.engine.config
+        delay_ms = (cfg.max_batch_delay_ms if spec.max_queue_delay_ms is None
+                    else spec.max_queue_delay_ms)
+        parameters = {
+            "task": task.kind,
+            "sha256": mv.sha256,
+            # the trusted key that verified this version's manifest ("": not verified)
+            "signed_by": mv.signed_by,
+            **task.parameters(),
+        }
         return mc.ModelConfig(
             name=spec.name,
             platform="tflite",
             backend="tflite",
-            max_batch_size=spec.max_batch_size,
-            input=[mc.ModelInput(
-                name=spec.input_name, data_type=mc.TYPE_UINT8, format=mc.ModelInput.FORMAT_NHWC,
-                dims=[spec.height, spec.width, spec.channels],
-            )],
-            output=[
-                mc.ModelOutput(name="probabilities", data_type=mc.TYPE_FP32,
-                               dims=[mv.num_classes]),
-                mc.ModelOutput(name="label", data_type=mc.TYPE_INT64, dims=[1], reshape=scalar),
-                mc.ModelOutput(name="confidence", data_type=mc.TYPE_FP32, dims=[1],
-                               reshape=scalar),
-            ],
+            max_batch_size=mv.max_batch_size if batched else 0,
+            input=[mc.ModelInput(name=t.name, data_type=_data_type(t.datatype),
+                                 format=getattr(mc.ModelInput, f"FORMAT_{t.layout}"),
+                                 **_dims(t.shape, batched))
+                   for t in task.inputs],
+            output=[mc.ModelOutput(name=t.name, data_type=_data_type(t.datatype),
+                                   **_dims(t.shape, batched))
+                    for t in task.outputs],
             instance_group=[mc.ModelInstanceGroup(
                 name=spec.name, kind=mc.ModelInstanceGroup.KIND_CPU, count=cfg.workers,
             )],
             dynamic_batching=mc.ModelDynamicBatching(
-                max_queue_delay_microseconds=int(cfg.max_batch_delay_ms * 1000),
-            ),
-            parameters={
-                "labels": mc.ModelParameter(string_value=",".join(spec.labels)),
-                "input_dtype": mc.ModelParameter(string_value=str(mv.input.dtype)),
-                "temperature": mc.ModelParameter(string_value=repr(mv.temperature)),
-                "sha256": mc.ModelParameter(string_value=mv.sha256),
-                # the trusted key that verified this version's manifest ("": not verified)
-                "signed_by": mc.ModelParameter(string_value=mv.signed_by),
-            },
+                max_queue_delay_microseconds=int(delay_ms * 1000)) if batched else None,
+            parameters={k: mc.ModelParameter(string_value=v) for k, v in parameters.items()},
         )
 
     @_guard
@@ -155,30 +150,60 @@ class NodeServicer(InferenceServicer):
         # for an image model would otherwise be decoded in full first).
         self.engine.check_declared(
             request.model_name, request.model_version,
-            [(codec.dtype_of(t.datatype) if t.datatype in codec.DATATYPES else None,
+            [(t.name, codec.dtype_of(t.datatype) if t.datatype in codec.DATATYPES else None,
               tuple(t.shape)) for t in request.inputs])
-        arrays = codec.decode_inputs(request)
+        mv = self.engine.resolve(request.model_name, request.model_version)
         requested = codec.requested_outputs(request)
-        if requested:
-            for i, name in enumerate(requested):
-                if name not in OUTPUT_NAMES:
+        names = [t.name for t in mv.task.outputs]
+        class_counts = {}
+        for i, output in enumerate(request.outputs):
+            if output.name not in names:
+                raise errors.InvalidInputError(
+                    f"outputs[{i}].name",
+                    f"unknown output {output.name!r}; {mv.spec.name} has {', '.join(names)}")
+            k = parameters.get_param(output.parameters, topk.PARAMETER)
+            if k is not None:
+                if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                     raise errors.InvalidInputError(
-                        f"outputs[{i}].name",
-                        f"unknown output {name!r}; this model has {', '.join(OUTPUT_NAMES)}",
-                    )
+                        f"outputs[{i}].parameters.{topk.PARAMETER}",
+                        f"class count must be an integer >= 1, got {k!r}")
+                class_counts[output.name] = k
+        dequantize = parameters.get_param(request.parameters, "dequantize")
+        if dequantize is not None and not isinstance(dequantize, bool):
+            raise errors.InvalidInputError(
+                "parameters.dequantize", f"must be a bool, got {dequantize!r}")
+        arrays = codec.decode_inputs(request)
         result = self.engine.infer(
-            request.model_name, request.model_version, arrays, timeout=time_left(context)
+            request.model_name, request.model_version, arrays, timeout=time_left(context),
+            parameters={"dequantize": bool(dequantize)},
         )
+        outputs = result.outputs
+        for name, k in class_counts.items():
+            outputs[name] = topk.top_k(outputs[name], k, mv.spec.labels,
+                                       mv.signature.batched)
         response = oip_pb2.ModelInferResponse(
             model_name=result.version.spec.name,
             model_version=result.version.version,
             id=request.id,
         )
-        codec.encode_outputs(response, result.outputs.as_dict(), requested)
+        codec.encode_outputs(response, outputs, requested)
         parameters.set_param(response.parameters, "model_version", result.version.version)
         parameters.set_param(response.parameters, "node", self.node_id)
         parameters.set_param(response.parameters, "batch_size", result.request.timings.batch_size)
         return response
+
+
+def _data_type(datatype: str) -> int:
+    """The model-config enum of an OIP datatype (``BYTES`` is ``TYPE_STRING``)."""
+    return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+
+def _dims(shape: tuple[int, ...], batched: bool) -> dict:
+    """``dims`` (and a ``reshape`` for a scalar per item) of a tensor of ``shape``."""
+    dims = list(shape[1:] if batched else shape)
+    if not dims:  # a scalar per item: Triton wants dims [1] reshaped to []
+        return {"dims": [1], "reshape": mc.ModelTensorReshape(shape=[])}
+    return {"dims": dims}
 
 
 def _duration(target, source: Duration) -> None:

@@ -1,8 +1,8 @@
-"""edgeshard's numeric core: image preprocessing, (de)quantization and score math.
+"""edgeshard's numeric core: image preprocessing, (de)quantization, score and box math.
 
 Two implementations with identical signatures and results:
 
-* ``"cython"``: the compiled kernels in ``ext._image`` and ``ext._scores``
+* ``"cython"``: the compiled kernels in ``ext._image``, ``ext._scores`` and ``ext._boxes``
   (GIL released while they run);
 * ``"reference"``: ``ext._reference``, vectorized NumPy, which is the spec.
 
@@ -27,18 +27,18 @@ log = logging.getLogger(__name__)
 
 
 def _select():
-    """Return ``(name, image_module, scores_module)`` for the implementation to use."""
+    """Return ``(name, image_module, scores_module, boxes_module)`` for the implementation."""
     if os.environ.get("EDGESHARD_PUREPYTHON") == "1":
-        return "reference", _reference, _reference
+        return "reference", _reference, _reference, _reference
     try:
-        from ext import _image, _scores
+        from ext import _boxes, _image, _scores
     except ImportError as exc:
         log.warning("ext: compiled kernels unavailable (%s); using the NumPy reference", exc)
-        return "reference", _reference, _reference
-    return "cython", _image, _scores
+        return "reference", _reference, _reference, _reference
+    return "cython", _image, _scores, _boxes
 
 
-IMPLEMENTATION, _image_impl, _scores_impl = _select()
+IMPLEMENTATION, _image_impl, _scores_impl, _boxes_impl = _select()
 
 resize_bilinear = _image_impl.resize_bilinear
 normalize = _image_impl.normalize
@@ -49,3 +49,5 @@ make_lut = _image_impl.make_lut
 softmax = _scores_impl.softmax
 confidence = _scores_impl.confidence
 postprocess = _scores_impl.postprocess
+decode_boxes = _boxes_impl.decode_boxes
+nms = _boxes_impl.nms

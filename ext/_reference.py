@@ -22,8 +22,10 @@ __all__ = [
     "Confidence",
     "axis_table",
     "confidence",
+    "decode_boxes",
     "dequantize",
     "make_lut",
+    "nms",
     "normalize",
     "postprocess",
     "preprocess",
@@ -269,3 +271,70 @@ def postprocess(
     probs = _softmax(scores, t) if apply_softmax else scores.copy()
     max_prob = probs[np.arange(probs.shape[0]), labels]
     return np.ascontiguousarray(probs), labels, max_prob
+
+
+def decode_boxes(raw: np.ndarray, anchors: np.ndarray, scale) -> np.ndarray:
+    """SSD box regressions -> corner boxes ``[A,4]`` float32 ``(ymin, xmin, ymax, xmax)``.
+
+    ``raw`` is float32 ``[A, >=4]`` with ``(dx, dy, dw, dh)`` first (extra columns, such as
+    keypoints, are ignored); ``anchors`` float32 ``[A,4]`` ``(x_center, y_center, w, h)``;
+    ``scale`` four positive numbers ``(x, y, w, h)``. In float32, in this order (the
+    decoding of MediaPipe's TensorsToDetectionsCalculator)::
+
+        cx = dx / x * aw + ax;   cy = dy / y * ah + ay
+        w = dw / w_scale * aw;   h = dh / h_scale * ah
+        (cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2)
+    """
+    box = _validate.boxes(raw, "raw")
+    anc = _validate.boxes(anchors, "anchors")
+    if anc.shape != (box.shape[0], 4):
+        raise ValueError(f"anchors: expected shape [{box.shape[0]},4], got {list(anc.shape)}")
+    sx, sy, sw, sh = (np.float32(v) for v in _validate.box_scale(scale))
+    cx = box[:, 0] / sx * anc[:, 2] + anc[:, 0]
+    cy = box[:, 1] / sy * anc[:, 3] + anc[:, 1]
+    half_w = box[:, 2] / sw * anc[:, 2] / np.float32(2.0)
+    half_h = box[:, 3] / sh * anc[:, 3] / np.float32(2.0)
+    return np.ascontiguousarray(
+        np.stack([cy - half_h, cx - half_w, cy + half_h, cx + half_w], axis=1))
+
+
+def _iou(boxes: np.ndarray, i: int, others: np.ndarray) -> np.ndarray:
+    """Intersection over union of box ``i`` with ``others`` (indices), in float64."""
+    b = boxes.astype(np.float64)
+    y0, x0, y1, x1 = b[i, 0], b[i, 1], b[i, 2], b[i, 3]
+    o = b[others]
+    area_i = np.maximum(0.0, y1 - y0) * np.maximum(0.0, x1 - x0)
+    area_o = np.maximum(0.0, o[:, 2] - o[:, 0]) * np.maximum(0.0, o[:, 3] - o[:, 1])
+    ih = np.minimum(y1, o[:, 2]) - np.maximum(y0, o[:, 0])
+    iw = np.minimum(x1, o[:, 3]) - np.maximum(x0, o[:, 1])
+    inter = np.maximum(0.0, ih) * np.maximum(0.0, iw)
+    union = area_i + area_o - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0.0, inter / union, 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, score_threshold: float,
+        max_detections: int) -> np.ndarray:
+    """Greedy non-maximum suppression; returns the kept box indices, best first (int64).
+
+    ``boxes`` float32 ``[M, >=4]`` ``(ymin, xmin, ymax, xmax)``; ``scores`` float32 ``[M]``.
+    Candidates are the boxes with ``score >= score_threshold`` (NaN never is), taken by
+    descending score (ties: lower index first). A candidate is kept unless its IoU with a
+    box already kept is ``> iou_threshold``; at most ``max_detections`` are kept. IoU is
+    computed in float64: ``inter / (area_a + area_b - inter)`` with areas and overlaps
+    clamped at 0, and 0 when the union is not > 0.
+    """
+    box = _validate.boxes(boxes)
+    score = _validate.box_scores(scores, box.shape[0])
+    iou_t = _validate.unit_interval(iou_threshold, "iou_threshold")
+    score_t = _validate.unit_interval(score_threshold, "score_threshold")
+    limit = _validate.count(max_detections, "max_detections")
+    candidates = np.flatnonzero(score >= np.float32(score_t))
+    order = candidates[np.argsort(-score[candidates], kind="stable")]
+    kept: list[int] = []
+    for i in order:
+        if len(kept) >= limit:
+            break
+        if not kept or not (_iou(box, int(i), np.asarray(kept)) > iou_t).any():
+            kept.append(int(i))
+    return np.asarray(kept, dtype=np.int64)

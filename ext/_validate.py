@@ -177,3 +177,50 @@ def scores(value: object, name: str, allow_quantized: bool = False) -> np.ndarra
 def quant_params(scale: object, zero_point_value: object, dtype: np.dtype) -> tuple[float, int]:
     """Validate ``scale`` and ``zero_point`` for ``dtype``."""
     return positive(scale, "scale"), zero_point(zero_point_value, dtype)
+
+
+def boxes(value: object, name: str = "boxes", width: int = 4) -> np.ndarray:
+    """Return a C-contiguous float32 ``[M, >=width]`` array (M may be 0)."""
+    arr = _array(value, name)
+    _dtype(arr, name, (np.dtype(np.float32),))
+    if arr.ndim != 2 or arr.shape[1] < width:
+        raise ValueError(f"{name}: expected shape [M,{width}] (or more columns), "
+                         f"got {list(arr.shape)}")
+    return _contiguous(arr)
+
+
+def box_scores(value: object, count: int, name: str = "scores") -> np.ndarray:
+    """Return a C-contiguous float32 ``[count]`` array."""
+    arr = _array(value, name)
+    _dtype(arr, name, (np.dtype(np.float32),))
+    if arr.shape != (count,):
+        raise ValueError(f"{name}: expected shape [{count}] (one per box), got {list(arr.shape)}")
+    return _contiguous(arr)
+
+
+def unit_interval(value: object, name: str) -> float:
+    """Return a finite float in [0, 1]."""
+    result = _finite_float(value, name)
+    if not 0.0 <= result <= 1.0:
+        raise ValueError(f"{name}: must be in [0, 1], got {result}")
+    return result
+
+
+def count(value: object, name: str) -> int:
+    """Return an int >= 0."""
+    result = _int(value, name)
+    if result < 0:
+        raise ValueError(f"{name}: must be >= 0, got {result}")
+    return result
+
+
+def box_scale(value: object, name: str = "scale") -> tuple[float, float, float, float]:
+    """Return four positive finite floats ``(x, y, w, h)``."""
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{name}: expected 4 numbers, got {value!r}") from None
+    if len(items) != 4:
+        raise ValueError(f"{name}: expected 4 numbers (x, y, w, h), got {len(items)}")
+    x, y, w, h = (positive(v, f"{name}[{i}]") for i, v in enumerate(items))
+    return x, y, w, h

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,24 @@ def node(tmp_path_factory, shipped_repository):
                       extra_args=["--metrics-port", "0", "--workers", "2"])
     yield proc
     proc.stop(grace=5)
+
+
+THIRD_PARTY_MODELS = Path(__file__).resolve().parent.parent / ".third_party_models" / "mediapipe"
+
+
+@pytest.fixture(scope="session")
+def mediapipe_models() -> Path:
+    """The pretrained TFLite models of the MediaPipe 0.10.21 wheel (not trained here).
+
+    Made by scripts/setup_test_models.sh (run by .ci/run). Skips when missing outside CI;
+    in CI (``CI`` set) that is a failure.
+    """
+    if not (THIRD_PARTY_MODELS / "face_detection_short_range.tflite").is_file():
+        message = f"{THIRD_PARTY_MODELS} missing: run bash scripts/setup_test_models.sh"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message + " (CI is set: the setup script must have run)")
+        pytest.skip(message)
+    return THIRD_PARTY_MODELS
 
 
 @pytest.fixture
