@@ -242,3 +242,34 @@ def test_split_is_deterministic_disjoint_and_as_documented():
     again = split_indices(100, 0.3, 5)
     assert np.array_equal(again[0], fit) and np.array_equal(again[1], hold)
     assert not np.array_equal(split_indices(100, 0.3, 6)[1], hold)
+
+
+def test_write_on_a_signed_version_says_to_sign_it_again(node, tmp_path, labelled,
+                                                          shipped_repository):
+    from coordinator.cli.main import main
+
+    repo = tmp_path / "repo"
+    shutil.copytree(shipped_repository, repo)
+    assert main(["signing-key", "--out", str(tmp_path / "keys")]) == 0
+    version = repo / EDGE / "1"
+    assert main(["sign-model", "--key", str(tmp_path / "keys" / "model-signing.key"),
+                 str(version)]) == 0
+    x, y = labelled
+    np.savez(tmp_path / "labelled.npz", x=x[:300], y=y[:300])
+    out = calibrate(tmp_path, "--data", str(tmp_path / "labelled.npz"), "--edge",
+                    node.address, "--cloud", node.address, "--model-repository", str(repo),
+                    "--write")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"wrote {version / 'calibration.json'}" in out.stdout
+    assert (f"note: {version} is signed, and its signature does not cover this file: sign "
+            f"it again (edge-coordinator sign-model --key KEY {version})") in out.stdout
+    assert json.loads((version / "calibration.json").read_text())["fitted_on"] == "fitting part"
+
+
+def test_write_names_a_repository_without_the_model(tmp_path, labelled):
+    x, y = labelled
+    np.savez(tmp_path / "labelled.npz", x=x[:40], y=y[:40])
+    (tmp_path / "empty").mkdir()
+    one_line_refusal(calibrate(tmp_path, "--data", str(tmp_path / "labelled.npz"),
+                               "--model-repository", str(tmp_path / "empty"), "--write"),
+                     f"--write: {tmp_path / 'empty' / EDGE} holds no version folder")
