@@ -24,6 +24,13 @@ writes files and figures). Algorithms:
   sums make the whole sweep ``O(N log N + T log N)``.
 * :func:`pick_threshold`: the best row within an escalation budget, or the cheapest row
   reaching an accuracy target.
+* :func:`short_threshold`: the threshold to print and serve. A picked threshold sits on
+  an item's score (``0.87342617...``); printed with a few digits it would move past
+  other scores and no longer make the reported decisions. This finds the value with the
+  fewest significant digits (1 to 17) that makes exactly the same decisions on the
+  scores, preferring one that also keeps them when every score moves by 1e-6 (so that
+  float32 rounding of the served probabilities cannot flip an item); its ``repr`` is
+  what to print.
 
 Failure behaviour: malformed arguments raise ``ValueError`` whose message starts with
 the argument's name; an unreachable accuracy target raises ``ValueError`` naming
@@ -38,6 +45,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 import numpy as np
 
@@ -45,7 +53,8 @@ from coordinator.cascade.policies import EscalationPolicy, as_probs, get_policy
 
 __all__ = [
     "SweepRow", "apply_temperature", "cascade_summary", "expected_calibration_error",
-    "fit_temperature", "negative_log_likelihood", "pick_threshold", "sweep", "to_log_probs",
+    "fit_temperature", "negative_log_likelihood", "pick_threshold", "short_threshold", "sweep",
+    "to_log_probs",
 ]
 
 log = logging.getLogger(__name__)
@@ -341,6 +350,44 @@ def pick_threshold(rows: Sequence[SweepRow], budget: float | None = None,
         )
     return min(reaching, key=lambda r: (r.escalation_rate, -r.cascade_accuracy,
                                         -threshold_key(r)))
+
+
+_SHIFT_MARGIN = 1e-6  # how far scores may move without changing a short threshold's decisions
+
+
+def short_threshold(policy_name: str, threshold: float | None, scores: object) -> float | None:
+    """The shortest decimal threshold deciding like ``threshold`` on ``scores`` (see the
+    module docstring); ``None`` (``never`` / ``always``) is returned as is.
+
+    ``scores`` float ``[N]`` as ``EscalationPolicy.scores`` gives them. The result is a
+    valid threshold of the policy, and ``EscalationPolicy(policy_name, result).decide``
+    escalates exactly the items ``threshold`` escalates; ``threshold`` itself when no
+    shorter value does.
+    """
+    if threshold is None:
+        return None
+    s = np.asarray(scores, dtype=np.float64)
+    want = EscalationPolicy(policy_name, threshold).decide_scores(s)
+    spec = get_policy(policy_name)
+    shift = _SHIFT_MARGIN * max(1.0, abs(threshold))
+    shifted = (s - shift, s + shift)
+
+    def decides_alike(value: float, robust: bool) -> bool:
+        if not spec.low <= value <= spec.high:
+            return False
+        policy = EscalationPolicy(policy_name, value)
+        return all(np.array_equal(policy.decide_scores(v), want)
+                   for v in ((s, *shifted) if robust else (s,)))
+
+    exact = Decimal(repr(float(threshold)))
+    for robust in (True, False):
+        for digits in range(1, 18):
+            step = Decimal(1).scaleb(exact.adjusted() - digits + 1)
+            for rounding in (ROUND_HALF_EVEN, ROUND_FLOOR, ROUND_CEILING):
+                value = float(exact.quantize(step, rounding=rounding))
+                if decides_alike(value, robust):
+                    return value
+    return float(threshold)
 
 
 def _fraction(value: object, name: str) -> float:

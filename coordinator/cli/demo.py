@@ -242,11 +242,12 @@ def run(workdir: Path, nodes: int = 3, kill_one: bool = False, repeat: int = 10,
             write_calibration(calibration, edge_repo / model / "1", budget)
             out(f"calibrated on the calibration split: temperature "
                 f"{calibration.temperature:.3f}, max_prob threshold "
-                f"{calibration.chosen.threshold:.4g} for a {budget:.0%} budget")
+                f"{calibration.chosen.threshold!r} for a {budget:.0%} budget")
             coord_args += [
                 "--cloud", cloud_node.address,
                 "--cascade", f"{model}={edgeshard_models.CLOUD_MODEL}",
-                "--escalation", f"{model}=max_prob:{calibration.chosen.threshold:.6g}",
+                # repr: the exact value calibrate measured (already short)
+                "--escalation", f"{model}=max_prob:{calibration.chosen.threshold!r}",
                 "--cloud-cost-per-item", str(COST_PER_ITEM),
                 "--breaker-failures", "3", "--breaker-reset-s", "1",
             ]

@@ -89,10 +89,12 @@ def parser() -> argparse.ArgumentParser:
     cal = sub.add_parser(
         "calibrate", help="fit temperature and pick the escalation threshold",
         description="Fit temperature scaling for the edge model on the shipped calibration "
-        "split, sweep the escalation threshold against the cloud tier (escalation rate, "
-        "cascade accuracy, accepted-edge accuracy, cloud calls per 1,000, oracle and "
-        "random bounds), pick the threshold for an escalation budget or a target accuracy, "
-        "report it on the hold-out split, and write the table (CSV, JSON) and a plot (PNG). "
+        "split (or on the fitting part of --data), sweep the escalation threshold against "
+        "the cloud tier (escalation rate, cascade accuracy, accepted-edge accuracy, cloud "
+        "calls per 1,000, oracle and random bounds), pick the threshold for an escalation "
+        "budget or a target accuracy, report it on the hold-out split (part), and write the "
+        "table (CSV, JSON) and a plot (PNG). The printed threshold is for the temperature "
+        "the nodes will serve: the fitted one with --write, the current one without. "
         "Without --edge/--cloud a local edge node on the model repository serves both.")
     cal.add_argument("--model", default="mnist_edge", help="edge model (mnist_edge)")
     cal.add_argument("--cloud-model", default="mnist_cloud",
@@ -107,10 +109,20 @@ def parser() -> argparse.ArgumentParser:
     goal.add_argument("--budget", type=float, help="escalation budget, e.g. 0.15 (default)")
     goal.add_argument("--target-accuracy", type=float, help="reach this cascade accuracy")
     cal.add_argument("--out", default="calibration", help="directory for the table and plot")
+    cal.add_argument("--data", metavar="FILE",
+                     help="your labelled examples instead of the shipped MNIST splits: an .npz "
+                     "with arrays x (inputs as the model takes them, first dimension = "
+                     "examples) and y (integer class labels), or a folder with x.npy and "
+                     "y.npy, or a folder of class folders 0/, 1/, ... of one-example .npy files")
+    cal.add_argument("--holdout-fraction", type=float,
+                     help="share of --data held out to report on (0.3); the rest fits the "
+                     "temperature and picks the threshold")
+    cal.add_argument("--seed", type=int, help="seed of the --data split (0)")
     cal.add_argument("--model-repository", help="repository for local nodes and --write")
     cal.add_argument("--write", action="store_true",
                      help="store the fitted temperature in <repo>/<model>/<version>/"
-                     "calibration.json")
+                     "calibration.json; the printed threshold is then for it (without "
+                     "--write: for the temperature the nodes serve now)")
     add_tls_flags(cal)
     add_token_flag(cal)
 

@@ -19,6 +19,7 @@ from coordinator.cascade.calibration import (
     fit_temperature,
     negative_log_likelihood,
     pick_threshold,
+    short_threshold,
     sweep,
     to_log_probs,
 )
@@ -297,3 +298,31 @@ def test_write_table_and_plot(cascade, tmp_path):
     assert first.startswith(b"\x89PNG") and len(first) > 10_000
     plot(rows, tmp_path / "c.png", chosen, "test", summary=summary)
     assert (tmp_path / "c.png").read_bytes() == first  # deterministic
+
+
+def test_short_threshold_keeps_the_decisions_with_fewer_digits():
+    scores = np.array([0.5, 0.8612345, 0.8734261, 0.95, 0.99999994])
+    t = short_threshold("max_prob", 0.8734261, scores)
+    assert t == 0.87  # strictly between 0.8612345 and 0.8734261, far from both
+    want = EscalationPolicy("max_prob", 0.8734261).decide_scores(scores)
+    assert np.array_equal(EscalationPolicy("max_prob", t).decide_scores(scores), want)
+    # Neighbours closer than the robustness margin: the shortest exact value still decides
+    # alike, and digits are only added where needed.
+    close = np.array([0.9000001, 0.9000002])
+    t = short_threshold("max_prob", 0.9000002, close)
+    assert np.array_equal(EscalationPolicy("max_prob", t).decide_scores(close), [True, False])
+    assert len(repr(t)) <= len(repr(0.9000002))
+    assert short_threshold("entropy", -0.4321987, np.array([-1.0, -0.4321987])) == -0.5
+    assert short_threshold("never", None, scores) is None
+
+
+@pytest.mark.parametrize("policy", SCORING)
+def test_short_threshold_matches_every_swept_row(cascade, policy):
+    probs, edge_pred, cloud_pred, truth = cascade
+    ids = np.arange(len(truth))
+    scores = EscalationPolicy(policy, 0.0 if policy != "entropy" else -1.0).scores(probs, ids)
+    rows = sweep(probs, edge_pred, cloud_pred, truth, policy)
+    for row in rows[:: max(1, len(rows) // 40)]:
+        t = short_threshold(policy, row.threshold, scores)
+        (again,) = sweep(probs, edge_pred, cloud_pred, truth, policy, thresholds=[t])
+        assert again.escalated == row.escalated and len(repr(t)) <= len(repr(row.threshold))
