@@ -149,6 +149,20 @@ class NodeConfig:
     files (model, calibration, the model's config) differ from the signed manifest; the
     newest version that passes serves. Needs ``trust_key``."""
 
+    delegate: str | None = field(default=None, metadata={"help": (
+        "external TFLite delegate library (path or soname, e.g. libedgetpu.so.1) for every "
+        "model whose config.toml names no [delegate]; a model it cannot run stays on the CPU"),
+        "metavar": "LIBRARY"})
+    """An external delegate plugin (Edge TPU, GPU, Arm NN...). Each model version is tried
+    on it at load; when the library is missing, is not a delegate, or cannot run the model,
+    the version runs on the CPU (XNNPACK) and the log, the model config's ``delegate`` /
+    ``delegate_fallback`` parameters and ``edgeshard_node_model_runs_on`` say so."""
+
+    delegate_option: tuple[str, ...] = field(default=(), metadata={"help": (
+        "KEY=VALUE option for --delegate (repeat the flag, or separate with commas)"),
+        "metavar": "KEY=VALUE"})
+    """Options passed to the ``delegate`` plugin, e.g. ``device=usb`` for the Edge TPU."""
+
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     """Logging level of the process."""
 
@@ -193,10 +207,32 @@ class NodeConfig:
         check(bool(self.trust_key) or not self.require_signed, "require_signed",
               "needs at least one --trust-key (EDGESHARD_TRUST_KEY, trust_key in the config "
               "file): the public key(s) whose signatures to accept")
+        raw = self.delegate_option
+        options = tuple(o.strip() for part in ([raw] if isinstance(raw, str) else raw)
+                        for o in str(part).split(",") if o.strip())
+        for option in options:
+            check("=" in option and option.split("=", 1)[0].strip() != "", "delegate_option",
+                  f"must be KEY=VALUE, got {option!r}")
+        object.__setattr__(self, "delegate_option", options)
+        check(self.delegate is None or self.delegate.strip() != "", "delegate",
+              "must name a library (a path or soname); leave it unset for the CPU")
+        check(not options or self.delegate is not None, "delegate_option",
+              "needs --delegate (the library the options are for)")
         if not self.workers:
             object.__setattr__(self, "workers", max(1, os.cpu_count() or 1))
         if not self.capacity:
             object.__setattr__(self, "capacity", 4 * self.workers)
+
+    @property
+    def delegate_spec(self):
+        """The ``delegate`` with its options (``edge_node.runtime.DelegateSpec``), or None
+        for the CPU."""
+        from edge_node.runtime import DelegateSpec  # the runtime loads only in the node
+
+        if self.delegate is None:
+            return None
+        pairs = (o.split("=", 1) for o in self.delegate_option)
+        return DelegateSpec(self.delegate, {k.strip(): v.strip() for k, v in pairs})
 
     @property
     def tls_files(self) -> TLSFiles:

@@ -87,8 +87,10 @@ class InferenceEngine:
         """Start the workers; each builds and warms up its interpreters before returning."""
         t0 = time.monotonic()
         self.batcher.start()
-        for key in self.versions:
+        for key, mv in self.versions.items():
             self.metrics.ready.labels(*key).set(1)
+            self.metrics.runs_on.labels(*key, mv.runs_on,
+                                        "1" if mv.delegate_fallback else "0").set(1)
         log.info("%d model version(s) warm on %d worker(s) in %.2fs",
                  len(self.versions), self.config.workers, time.monotonic() - t0)
 

@@ -54,6 +54,12 @@ class NodeMetrics:
             "Model versions refused at load, by reason (see OPERATIONS.md, Signed models)",
             ["model", "version", "reason"], registry=r,
         )
+        self.runs_on = Gauge(
+            "edgeshard_node_model_runs_on",
+            "1 for what runs each model version: delegate=\"cpu\" (XNNPACK) or the external "
+            "delegate's library; fallback=\"1\" when a configured delegate could not be used",
+            ["model", "version", "delegate", "fallback"], registry=r,
+        )
         self._server = None
 
     def version_refused(self, model: str, version: str, reason: str) -> None:

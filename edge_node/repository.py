@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_node.errors import ModelLoadError, ModelNotFoundError, ModelUnavailableError
-from edge_node.runtime import TFLiteModel, batch_resizable
+from edge_node.runtime import (
+    CPU,
+    DelegateError,
+    DelegateSpec,
+    TFLiteModel,
+    batch_resizable,
+    check_delegate,
+)
 from edge_node.tasks import Signature, Task, TaskContext, make_task
 from edgeshard.manifest import CALIBRATION_FILE, CONFIG_ENTRY, MODEL_FILE, FileDigest, ManifestError
 from edgeshard.signing import SigningPolicy, verify_version
@@ -57,6 +64,8 @@ class ModelSpec:
     max_queue_delay_ms: float | None = None
     options: dict = field(default_factory=dict)
     configured: bool = False
+    delegate: DelegateSpec | None = None  # [delegate] of the config
+    cpu_only: bool = False  # [delegate] library = "cpu": never the node's --delegate
 
     @classmethod
     def from_toml(cls, path: Path, dir_name: str, content: bytes | None = None) -> ModelSpec:
@@ -105,6 +114,12 @@ class ModelSpec:
         batching = get(data, "dynamic_batching", dict, {})
         delay = get(batching, "max_queue_delay_ms", float, None, "dynamic_batching.")
         max_batch = get(data, "max_batch_size", int, None)
+        delegate_table = get(data, "delegate", dict, {})
+        library = get(delegate_table, "library", str, None, "delegate.")
+        options = get(delegate_table, "options", dict, {}, "delegate.")
+        if delegate_table and not library:
+            raise ModelLoadError(f"{where}: [delegate] needs library = \"<path or soname>\" "
+                                 "(or \"cpu\" for the built-in CPU kernels)")
         problems = []
         if max_batch is not None and not 0 <= max_batch <= 4096:
             problems.append("max_batch_size must be in 0..4096 (0: no batching)")
@@ -122,6 +137,9 @@ class ModelSpec:
             max_queue_delay_ms=delay,
             options=data,
             configured=True,
+            delegate=(DelegateSpec(library, {str(k): str(v) for k, v in options.items()})
+                      if library and library != CPU else None),
+            cpu_only=library == CPU,
         )
 
 
@@ -138,6 +156,13 @@ class ModelVersion:
     sha256: str
     temperature: float = 1.0  # softmax temperature from calibration.json (1.0 without one)
     signed_by: str = ""  # key id of the trusted key that verified the manifest ("": none)
+    delegate: DelegateSpec | None = None  # the external delegate in use (None: the CPU)
+    delegate_fallback: str = ""  # why a configured delegate is not in use ("": it is)
+
+    @property
+    def runs_on(self) -> str:
+        """``"cpu"`` (built-in kernels, XNNPACK) or the external delegate's library."""
+        return self.delegate.library if self.delegate is not None else CPU
 
     @property
     def key(self) -> tuple[str, str]:
@@ -151,7 +176,8 @@ class ModelVersion:
 
     def new_interpreter(self, num_threads: int = 1) -> TFLiteModel:
         """A new TFLite interpreter for this version, using ``num_threads`` threads."""
-        return TFLiteModel(self.content, num_threads=num_threads, source=str(self.path))
+        return TFLiteModel(self.content, num_threads=num_threads, source=str(self.path),
+                           delegate=self.delegate)
 
 
 @dataclass
@@ -173,13 +199,16 @@ class ModelEntry:
 
 
 def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | None = None,
-                 config: bytes | None = None) -> ModelVersion:
+                 config: bytes | None = None,
+                 default_delegate: DelegateSpec | None = None) -> ModelVersion:
     """Read, verify and trial-load one version; raise ModelLoadError with the reason.
 
     ``policy`` says which signatures to check and whether one is required (none:
     sha256 checked when a manifest lists it, as it always is); ``config`` is the bytes of
     the model's ``config.toml`` that ``spec`` was parsed from, so that a signature covers
     them. Files are verified before the model reaches the interpreter.
+    ``default_delegate`` (the node's ``--delegate``) applies unless the config names its own
+    ``[delegate]``; a delegate that cannot run the model leaves it on the CPU, logged once.
     """
     policy = policy or SigningPolicy()
     path = version_dir / MODEL_FILE
@@ -205,9 +234,21 @@ def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | Non
         name=spec.name, signature=signature, options=spec.options,
         where=str(version_dir.parent / CONFIG_FILE) if spec.configured else str(path),
         labels=spec.labels, temperature=temperature, dequantize=spec.dequantize))
+    delegate = None if spec.cpu_only else spec.delegate or default_delegate
+    fallback = ""
+    if delegate is not None:
+        try:
+            check_delegate(delegate)
+            TFLiteModel(content, source=str(path), delegate=delegate)
+        except DelegateError as exc:
+            fallback = str(exc)
+            log.warning("model %s version %s: delegate %s not used (%s); running on the CPU "
+                        "(XNNPACK)", spec.name, version_dir.name, delegate.library, fallback)
+            delegate = None
     return ModelVersion(
         spec, version_dir.name, path, content, signature, task,
         FileDigest.of(content).sha256, temperature=temperature, signed_by=signed_by,
+        delegate=delegate, delegate_fallback=fallback,
     )
 
 
@@ -251,14 +292,17 @@ class ModelRepository:
     ``policy`` decides which versions' signatures are checked and required (default:
     none required, sha256 checked where a manifest lists it); ``on_refused(model,
     version, reason)`` is called for each refusal (``version`` "" when the whole model
-    is), ``reason`` being a ``ModelLoadError.reason`` code.
+    is), ``reason`` being a ``ModelLoadError.reason`` code; ``delegate`` is the external
+    delegate for models whose config names none (the node's ``--delegate``).
     """
 
     def __init__(self, root: Path, policy: SigningPolicy | None = None,
-                 on_refused: Callable[[str, str, str], None] | None = None):
+                 on_refused: Callable[[str, str, str], None] | None = None,
+                 delegate: DelegateSpec | None = None):
         self.root = Path(root)
         self.policy = policy or SigningPolicy()
         self.on_refused = on_refused
+        self.delegate = delegate
         self.models: dict[str, ModelEntry] = {}
 
     def load(self) -> None:
@@ -306,7 +350,8 @@ class ModelRepository:
             entry.failures[""] = f"{model_dir}: no numeric version directories"
         for vdir in version_dirs:
             try:
-                mv = entry.versions[vdir.name] = load_version(spec, vdir, self.policy, config)
+                mv = entry.versions[vdir.name] = load_version(spec, vdir, self.policy, config,
+                                                                   self.delegate)
                 signature = (f" (signed by key {mv.signed_by})" if mv.signed_by
                              else " (unsigned)" if self.policy.trust.keys else "")
                 log.info("loaded %s version %s from %s%s", name, vdir.name, vdir, signature)

@@ -7,9 +7,10 @@ An Interpreter is not thread-safe: every worker thread owns its own instances.
 
 from __future__ import annotations
 
+import ctypes
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,16 +20,65 @@ log = logging.getLogger(__name__)
 
 try:  # pragma: no branch - which one imports depends on the platform
     from ai_edge_litert.interpreter import Interpreter as _Interpreter
+    from ai_edge_litert.interpreter import load_delegate as _load_delegate
 
     RUNTIME = "ai-edge-litert"
 except ImportError:  # pragma: no cover - armv7 fallback
     try:
         from tflite_runtime.interpreter import Interpreter as _Interpreter
+        from tflite_runtime.interpreter import load_delegate as _load_delegate
 
         RUNTIME = "tflite-runtime"
     except ImportError:
-        _Interpreter = None
+        _Interpreter = _load_delegate = None
         RUNTIME = "none"
+
+CPU = "cpu"  # the built-in CPU kernels (XNNPACK): what runs without an external delegate
+# The entry points of TFLite's external delegate plugin ABI (what load_delegate calls).
+PLUGIN_SYMBOLS = ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate")
+
+
+@dataclass(frozen=True)
+class DelegateSpec:
+    """An external TFLite delegate: the plugin library and its options.
+
+    ``library`` is a path or a soname the dynamic loader finds (``libedgetpu.so.1``,
+    ``libarmnnDelegate.so``...); ``options`` are passed to the plugin as strings (e.g.
+    Edge TPU's ``device = "usb"``, Arm NN's ``backends = "CpuAcc"``).
+    """
+
+    library: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+class DelegateError(Exception):
+    """An external delegate cannot be used; the message says why (for the log and metadata)."""
+
+
+def check_delegate(spec: DelegateSpec) -> None:
+    """Raise ``DelegateError`` unless ``spec.library`` loads and is a TFLite delegate plugin.
+
+    Checked with the dynamic loader first (so that a library that is not a delegate is
+    refused without the runtime's own noisy failure), then by creating the delegate.
+    """
+    if _load_delegate is None:
+        raise DelegateError("no TFLite runtime installed")
+    try:
+        lib = ctypes.CDLL(spec.library)
+    except OSError as exc:
+        raise DelegateError(f"cannot load {spec.library}: {exc}") from None
+    missing = [name for name in PLUGIN_SYMBOLS if not hasattr(lib, name)]
+    if missing:
+        raise DelegateError(f"{spec.library} is not a TFLite delegate plugin (no "
+                            f"{', '.join(missing)})")
+    _open(spec)
+
+
+def _open(spec: DelegateSpec):
+    try:
+        return _load_delegate(spec.library, dict(spec.options))
+    except (OSError, ValueError, RuntimeError, AttributeError) as exc:
+        raise DelegateError(f"{spec.library}: the delegate failed to start: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -68,19 +118,27 @@ class TFLiteModel:
     """One interpreter for one model file, resized on demand to the batch size.
 
     ``inputs`` and ``outputs`` are the model's tensors in the interpreter's order.
+    With ``delegate`` the interpreter runs the ops the delegate takes on it; a delegate
+    that fails here raises ``DelegateError`` (the caller falls back to the CPU).
     Single-threaded by contract: create one per worker thread.
     """
 
-    def __init__(self, content: bytes, num_threads: int = 1, source: str = "<memory>"):
+    def __init__(self, content: bytes, num_threads: int = 1, source: str = "<memory>",
+                 delegate: DelegateSpec | None = None):
         if _Interpreter is None:
             raise ModelLoadError(
                 "no TFLite runtime installed: pip install ai-edge-litert "
                 "(or tflite-runtime on armv7)"
             )
+        delegates = [_open(delegate)] if delegate is not None else None
         try:
-            self._interp = _Interpreter(model_content=content, num_threads=num_threads)
+            self._interp = _Interpreter(model_content=content, num_threads=num_threads,
+                                        experimental_delegates=delegates)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
+            if delegate is not None:
+                raise DelegateError(f"{delegate.library}: the model does not run on the "
+                                    f"delegate: {exc}") from None
             raise ModelLoadError(f"{source}: not a loadable TFLite model: {exc}") from exc
         self.inputs = tuple(_spec(d) for d in self._interp.get_input_details())
         self.outputs = tuple(_spec(d) for d in self._interp.get_output_details())

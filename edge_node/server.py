@@ -44,7 +44,8 @@ class EdgeNodeServer:
         self.config = config
         self.metrics = NodeMetrics()
         self.repository = ModelRepository(config.model_repository,
-                                          on_refused=self.metrics.version_refused)
+                                          on_refused=self.metrics.version_refused,
+                                          delegate=config.delegate_spec)
         self.engine: InferenceEngine | None = None
         self.servicer: NodeServicer | None = None
         self.health = health.HealthServicer()

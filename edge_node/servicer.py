@@ -99,6 +99,9 @@ class NodeServicer(InferenceServicer):
             "sha256": mv.sha256,
             # the trusted key that verified this version's manifest ("": not verified)
             "signed_by": mv.signed_by,
+            # what runs the model: "cpu" (XNNPACK) or the external delegate's library
+            "delegate": mv.runs_on,
+            "delegate_fallback": mv.delegate_fallback,
             **task.parameters(),
         }
         return mc.ModelConfig(
