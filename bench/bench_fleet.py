@@ -89,11 +89,12 @@ def wait_live(address: str, n: int, timeout: float = 30.0) -> None:
 
 @contextmanager
 def fleet(nodes: int, workers: int = 1, standalone_workers: int = 0, coordinator: bool = True,
-          coordinator_args: list[str] | None = None):
+          coordinator_args: list[str] | None = None, repository: Path | None = None):
     """A coordinator (optional) with ``nodes`` registered edge nodes, plus an optional
-    standalone node (not registered); everything is stopped on exit."""
+    standalone node (not registered), serving ``repository`` (default: the shipped
+    models); everything is stopped on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="edgeshard-bench-fleet-"))
-    repo = edgeshard_models.repository_path()
+    repo = Path(repository).resolve() if repository else edgeshard_models.repository_path()
     f = Fleet(None, [])
     try:
         reg: list[str] = []
@@ -253,7 +254,7 @@ def print_jobs(runs: list[JobRun], shard_size: int, markdown: bool) -> None:
 
 
 # -- hold ------------------------------------------------------------------------------------
-def hold(nodes: int, standalone: bool, max_seconds: float) -> int:
+def hold(nodes: int, standalone: bool, max_seconds: float, repository: Path | None) -> int:
     stop = threading.Event()
 
     def on_signal(*_):
@@ -262,7 +263,7 @@ def hold(nodes: int, standalone: bool, max_seconds: float) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with fleet(nodes, workers=1, standalone_workers=2 if standalone else 0,
-               coordinator=nodes > 0) as f:
+               coordinator=nodes > 0, repository=repository) as f:
         print(json.dumps({
             "coordinator": f.coordinator.address if f.coordinator else None,
             "nodes": [n.address for n in f.nodes],
@@ -290,10 +291,13 @@ def main() -> int:
     p.add_argument("--standalone", action="store_true",
                    help="hold: also a standalone node with --workers 2")
     p.add_argument("--max-seconds", type=float, default=900.0, help="hold: upper bound (s)")
+    p.add_argument("--repository", type=Path, default=None,
+                   help="hold: model repository to serve (default: the shipped models)")
     args = p.parse_args()
 
     if args.what == "hold":
-        return hold(max(0, min(args.nodes, 8)), args.standalone, args.max_seconds)
+        return hold(max(0, min(args.nodes, 8)), args.standalone, args.max_seconds,
+                    args.repository)
 
     seconds = min(max(args.seconds, 0.5), 30.0)
     warmup = min(max(args.warmup, 0.0), 10.0)

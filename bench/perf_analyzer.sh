@@ -16,6 +16,12 @@ PERFVENV=${PERFVENV:-/work/perfvenv}
 BASE_PYTHON=${BASE_PYTHON:-python3.11}
 REPO_PYTHON=${REPO_PYTHON:-$ROOT/.venv/bin/python}
 MODEL=${MODEL:-mnist_edge}
+# Another model: REPOSITORY=DIR (served instead of the shipped models), SHAPE=NAME:D1,D2,..
+# for an input with a variable dimension besides the batch ("" for fixed shapes), and
+# BATCH=N for the batched runs (BATCH=1 for a model that cannot batch).
+REPOSITORY=${REPOSITORY:-}
+SHAPE=${SHAPE-image:28,28,1}
+BATCH=${BATCH:-8}
 LOGDIR=${LOGDIR:-$(mktemp -d /tmp/edgeshard-perf-analyzer.XXXXXX)}
 PA_TIMEOUT=${PA_TIMEOUT:-120}
 
@@ -40,7 +46,7 @@ PA=$PERFVENV/bin/perf_analyzer
 # Start the fleet: a coordinator with 2 registered nodes (--workers 1 each) and a
 # standalone node (--workers 2). It prints one JSON line with the addresses.
 coproc FLEET { exec "$REPO_PYTHON" "$ROOT/bench/bench_fleet.py" hold --nodes 2 --standalone \
-    --max-seconds 600; }
+    --max-seconds 600 ${REPOSITORY:+--repository "$REPOSITORY"}; }
 FLEET_PID=$FLEET_PID
 cleanup() { kill -TERM "$FLEET_PID" 2>/dev/null || true; wait "$FLEET_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -55,9 +61,11 @@ rc=0
 run() {  # run TARGET_LABEL ADDRESS LOGNAME [extra perf_analyzer args...]
     local label=$1 addr=$2 log=$LOGDIR/$3.log
     shift 3
-    local cmd=("$PA" -m "$MODEL" -u "$addr" -i grpc --shape image:28,28,1 -p 1667 -r 3 -s 100 "$@")
+    local shape=()
+    [[ -n $SHAPE ]] && shape=(--shape "$SHAPE")
+    local cmd=("$PA" -m "$MODEL" -u "$addr" -i grpc "${shape[@]}" -p 1667 -r 3 -s 100 "$@")
     echo
-    echo "== $label: perf_analyzer -m $MODEL -u $addr -i grpc --shape image:28,28,1 -p 1667 -r 3 -s 100 $*"
+    echo "== $label: perf_analyzer -m $MODEL -u $addr -i grpc ${shape[*]} -p 1667 -r 3 -s 100 $*"
     local ok=0
     timeout "$PA_TIMEOUT" "${cmd[@]}" >"$log" 2>&1 && ok=1
     if [[ $ok == 0 ]] && grep -q 'Failed to obtain stable measurement' "$log"; then
@@ -77,7 +85,7 @@ run() {  # run TARGET_LABEL ADDRESS LOGNAME [extra perf_analyzer args...]
 }
 
 run "edge node" "$NODE" node-b1 --concurrency-range 1:4
-run "edge node" "$NODE" node-b8 -b 8 --concurrency-range 4
+[[ $BATCH -gt 1 ]] && run "edge node" "$NODE" node-b$BATCH -b "$BATCH" --concurrency-range 4
 run "coordinator" "$COORD" coord-b1 --concurrency-range 1:4
-run "coordinator" "$COORD" coord-b8 -b 8 --concurrency-range 4
+[[ $BATCH -gt 1 ]] && run "coordinator" "$COORD" coord-b$BATCH -b "$BATCH" --concurrency-range 4
 exit $rc

@@ -354,7 +354,10 @@ class ModelRepository:
                                                                    self.delegate)
                 signature = (f" (signed by key {mv.signed_by})" if mv.signed_by
                              else " (unsigned)" if self.policy.trust.keys else "")
-                log.info("loaded %s version %s from %s%s", name, vdir.name, vdir, signature)
+                batching = (f"batches up to {mv.max_batch_size}" if mv.signature.batched
+                            else "one item per call (its batch cannot be resized)")
+                log.info("loaded %s version %s from %s: task %s, %s, on %s%s", name,
+                         vdir.name, vdir, mv.task.kind, batching, mv.runs_on, signature)
             except ModelLoadError as exc:
                 self._refuse(entry, vdir.name, exc)
         self._log_outcome(entry)
