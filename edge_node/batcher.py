@@ -99,6 +99,7 @@ class Batcher:
         self._on_batch = on_batch
         self._inline = inline
         self._idle: list[dict] = []  # free interpreter sets
+        self._sets: list[dict] = []  # every interpreter set, free or in use
         self._queue: deque[Request] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -134,6 +135,28 @@ class Batcher:
             for req in left:
                 _fail(req, ShuttingDownError("node shut down before the request ran"))
         return drained
+
+    @property
+    def set_count(self) -> int:
+        """How many interpreter sets there are (one per worker)."""
+        return len(self._sets)
+
+    def add_interpreters(self, key: Any, interpreters: Sequence[Any]) -> None:
+        """Give every interpreter set one of ``interpreters`` for the new key ``key``
+        (``len(interpreters) == set_count``). Sets in use are extended too: a worker only
+        looks up the key of the batch it runs, and a dict insert is atomic."""
+        with self._cond:
+            if len(interpreters) != len(self._sets):
+                raise ValueError(f"need {len(self._sets)} interpreters, got "
+                                 f"{len(interpreters)}")
+            for target, interpreter in zip(self._sets, interpreters, strict=True):
+                target[key] = interpreter
+
+    def remove_interpreters(self, key: Any) -> None:
+        """Drop the interpreters of ``key`` (no request for it may be queued or running)."""
+        with self._cond:
+            for target in self._sets:
+                target.pop(key, None)
 
     @property
     def depth(self) -> int:
@@ -186,6 +209,8 @@ class Batcher:
             self._startup_errors.append(exc)
             self._ready.wait()
             return
+        with self._cond:
+            self._sets.append(interpreters)
         self._give_back(interpreters)
         self._ready.wait()
         while True:

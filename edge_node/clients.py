@@ -55,6 +55,7 @@ class CoordinatorLink:
         self._models = models
         self._load = load
         self._software_version = software_version
+        self._sent_models: list = []  # the models last reported to the coordinator
         self._stop = threading.Event()
         # The first reconnection sooner than gRPC's 1 s; later ones within 2 s (the
         # transport's default). credentials None: plaintext.
@@ -86,8 +87,9 @@ class CoordinatorLink:
                 for n, v in sorted(self._models().items())]
 
     def _register(self) -> float:
+        self._sent_models = self._models_pb()
         response = self._stub.Register(fleet_pb2.RegisterRequest(
-            node_id=self.node_id, address=self.node_address, models=self._models_pb(),
+            node_id=self.node_id, address=self.node_address, models=self._sent_models,
             capacity=self._load().capacity, software_version=self._software_version,
         ), timeout=RPC_TIMEOUT_S)
         self.epoch = response.epoch
@@ -97,12 +99,16 @@ class CoordinatorLink:
 
     def _beat(self) -> bool:
         load = self._load()
+        models = self._models_pb()
+        changed = models != self._sent_models  # versions swapped since the last report
         response = self._stub.Heartbeat(fleet_pb2.HeartbeatRequest(
             node_id=self.node_id, epoch=self.epoch,
             load=fleet_pb2.NodeLoad(queue_depth=load.queue_depth, in_flight=load.in_flight,
                                     ewma_latency_ms=load.ewma_latency_ms,
                                     capacity=load.capacity),
+            models=models if changed else None,
         ), timeout=RPC_TIMEOUT_S)
+        self._sent_models = models
         if response.draining != self.drained:
             self.drained = response.draining
             log.info("coordinator %s %s this node", self.address,

@@ -149,6 +149,18 @@ class NodeConfig:
     files (model, calibration, the model's config) differ from the signed manifest; the
     newest version that passes serves. Needs ``trust_key``."""
 
+    model_poll_s: float = field(default=0.0, metadata={"help": (
+        "seconds between scans of the model repository for new or removed versions "
+        "(0: only at start and on RepositoryModelLoad)")})
+    """Hot swap: a new version directory is loaded, checked, warmed up and then served;
+    a removed one is unloaded once its requests finish (docs/OPERATIONS.md, Hot swap)."""
+
+    keep_versions: int = field(default=2, metadata={"help": (
+        "newest versions of each model kept loaded (older ones are unloaded; pinned "
+        "requests and instant rollback use the kept ones)")})
+    """How many of each model's newest loaded versions stay loaded, at start and after a
+    swap; requests pinned to an unloaded version get NOT_FOUND."""
+
     delegate: str | None = field(default=None, metadata={"help": (
         "external TFLite delegate library (path or soname, e.g. libedgetpu.so.1) for every "
         "model whose config.toml names no [delegate]; a model it cannot run stays on the CPU"),
@@ -186,6 +198,8 @@ class NodeConfig:
             f"must be >= 1, got {self.interpreter_threads}",
         )
         check(self.max_queue_size >= 1, "max_queue_size", "must be >= 1")
+        check(0 <= self.model_poll_s <= 86400, "model_poll_s", "must be in 0..86400 seconds")
+        check(self.keep_versions >= 1, "keep_versions", "must be >= 1")
         check(self.max_batch_delay_ms >= 0, "max_batch_delay_ms", "must be >= 0")
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")

@@ -67,6 +67,7 @@ class InferenceEngine:
             else v.spec.max_queue_delay_ms / 1000.0
             for key, v in self.versions.items()}
         self._in_flight = 0
+        self._in_flight_by_key: dict[tuple[str, str], int] = {}
         self.latency_ewma_ms = 0.0  # smoothed latency of successful requests
         self._lock = threading.Lock()
         self.batcher = Batcher(
@@ -107,15 +108,46 @@ class InferenceEngine:
 
     def _make_interpreters(self) -> dict:
         """Per worker thread: one interpreter per version, warmed at batch 1 and max batch."""
-        interpreters = {}
-        for key, mv in self.versions.items():
-            interp = mv.new_interpreter(self.config.interpreter_threads)
-            for n in sorted({mv.max_batch_size, 1}, reverse=True):
-                interp.run(tuple(
-                    np.zeros((n, *s.shape[1:]) if mv.signature.batched else s.shape, s.dtype)
-                    for s in mv.signature.inputs))
-            interpreters[key] = interp
-        return interpreters
+        return {key: self._warm_interpreter(mv) for key, mv in self.versions.items()}
+
+    def _warm_interpreter(self, mv: ModelVersion):
+        """A new interpreter for ``mv``, run once at its largest batch and at batch 1."""
+        interp = mv.new_interpreter(self.config.interpreter_threads)
+        for n in sorted({mv.max_batch_size, 1}, reverse=True):
+            interp.run(tuple(
+                np.zeros((n, *s.shape[1:]) if mv.signature.batched else s.shape, s.dtype)
+                for s in mv.signature.inputs))
+        return interp
+
+    # -- hot swap --------------------------------------------------------------------------
+    def add_version(self, mv: ModelVersion) -> None:
+        """Warm one interpreter per worker for ``mv``, then make it servable.
+
+        Raises what loading or running the model raises (the version then never serves).
+        The caller publishes it in the repository afterwards, which switches new requests.
+        """
+        interpreters = [self._warm_interpreter(mv) for _ in range(self.batcher.set_count)]
+        key = mv.key
+        self._delays[key] = (self.config.max_batch_delay_ms / 1000.0
+                             if mv.spec.max_queue_delay_ms is None
+                             else mv.spec.max_queue_delay_ms / 1000.0)
+        self.batcher.add_interpreters(key, interpreters)
+        self.versions[key] = mv
+        self.stats.register(key)
+        self.metrics.ready.labels(*key).set(1)
+        self.metrics.runs_on.labels(*key, mv.runs_on,
+                                    "1" if mv.delegate_fallback else "0").set(1)
+
+    def busy(self, key: tuple[str, str]) -> int:
+        """Requests for the version ``key`` now being validated, queued or run."""
+        with self._lock:
+            return self._in_flight_by_key.get(key, 0)
+
+    def remove_version(self, key: tuple[str, str]) -> None:
+        """Free the version ``key`` (already unpublished, with no request in flight)."""
+        self.batcher.remove_interpreters(key)
+        self.versions.pop(key, None)
+        self.metrics.ready.labels(*key).set(0)
 
     def _execute(self, key, interpreter, tensors: tuple[np.ndarray, ...]):
         t0 = time.perf_counter()
@@ -152,10 +184,16 @@ class InferenceEngine:
         """
         t_start = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
-        mv = self.resolve(model, version)
-        task = mv.task
-        with self._lock:
+        with self._lock:  # counted before resolving: a retiring version waits for it
             self._in_flight += 1
+            mv = None
+            try:
+                mv = self.resolve(model, version)
+            finally:
+                if mv is None:
+                    self._in_flight -= 1
+            self._in_flight_by_key[mv.key] = self._in_flight_by_key.get(mv.key, 0) + 1
+        task = mv.task
         self.metrics.in_flight.inc()
         outcome = "error"
         try:
@@ -189,6 +227,7 @@ class InferenceEngine:
         """Account one request in the gauges, metrics, statistics and latency EWMA."""
         with self._lock:
             self._in_flight -= 1
+            self._in_flight_by_key[mv.key] -= 1
             if timings is not None:
                 ms = total * 1000.0
                 self.latency_ewma_ms = ms if not self.latency_ewma_ms else (

@@ -24,6 +24,10 @@ class ModelUnavailableError(EdgeNodeError, kinds.UnavailableError):
     """The model exists but failed to load or is not ready."""
 
 
+class ModelRefusedError(EdgeNodeError, kinds.InvalidArgumentError):
+    """A load request found versions it could not serve (the message lists them and why)."""
+
+
 class ModelLoadError(EdgeNodeError):
     """A model version could not be loaded (bad config, missing, corrupt or unsigned file).
 

@@ -189,13 +189,16 @@ class ModelEntry:
     versions: dict[str, ModelVersion] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # version ("" = model) -> reason
     reasons: dict[str, str] = field(default_factory=dict)  # version ("" = model) -> code
+    # version ("" = the config) -> the files last tried, so a refusal is not retried as is
+    fingerprints: dict[str, object] = field(default_factory=dict)
 
     @property
     def latest(self) -> ModelVersion | None:
         """The loaded version with the highest number; ``None`` when no version loaded."""
-        if not self.versions:
+        versions = list(self.versions)  # a copy: a hot swap may add or remove one meanwhile
+        if not versions:
             return None
-        return self.versions[max(self.versions, key=int)]
+        return self.versions.get(max(versions, key=int))
 
 
 def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | None = None,
@@ -266,6 +269,15 @@ def _signature(spec: ModelSpec, content: bytes, model: TFLiteModel, path: Path) 
     return Signature(model.inputs, model.outputs, True, wanted or DEFAULT_MAX_BATCH_SIZE)
 
 
+def _files_state(version_dir: Path) -> tuple:
+    """Names, sizes and modification times of a version directory's files."""
+    try:
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns)
+                            for p in version_dir.iterdir() if (st := p.stat())))
+    except OSError:
+        return ()
+
+
 def _read_optional(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -315,7 +327,8 @@ class ModelRepository:
         for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             self.models[model_dir.name] = self._load_model(model_dir)
 
-    def _refuse(self, entry: ModelEntry, version: str, exc: ModelLoadError) -> None:
+    def refuse(self, entry: ModelEntry, version: str, exc: ModelLoadError) -> None:
+        """Record, log and report that ``version`` of ``entry`` ("": the model) is refused."""
         entry.failures[version] = str(exc)
         entry.reasons[version] = exc.reason
         if version:
@@ -327,8 +340,24 @@ class ModelRepository:
             self.on_refused(entry.name, version, exc.reason)
 
     def _load_model(self, model_dir: Path) -> ModelEntry:
-        name = model_dir.name
-        entry = ModelEntry(name, None)
+        entry = ModelEntry(model_dir.name, None)
+        for mv in self.load_new(entry, model_dir):
+            entry.versions[mv.version] = mv
+        self._log_outcome(entry)
+        return entry
+
+    def load_new(self, entry: ModelEntry, model_dir: Path | None = None,
+                 accept: Callable[[ModelVersion], None] | None = None,
+                 retry: bool = False) -> list[ModelVersion]:
+        """Read the model's config and load every version directory of ``entry`` that is
+        not loaded yet, oldest first; returns them without publishing them.
+
+        A version refused before is tried again only when its files changed (or with
+        ``retry``, for an explicit load). ``accept(mv)``
+        may refuse a loaded version by raising ``ModelLoadError`` (e.g. an incompatible
+        signature). Refusals are recorded in ``entry`` and reported like at start-up.
+        """
+        model_dir = model_dir or self.root / entry.name
         config_path = model_dir / CONFIG_FILE
         try:
             config = config_path.read_bytes()
@@ -337,31 +366,50 @@ class ModelRepository:
         except OSError:
             config = b""  # from_toml says why
         try:
-            entry.spec = spec = (ModelSpec(name) if config is None else
-                                 ModelSpec.from_toml(config_path, name, config or None))
+            spec = (ModelSpec(entry.name) if config is None else
+                    ModelSpec.from_toml(config_path, entry.name, config or None))
         except ModelLoadError as exc:
-            self._refuse(entry, "", exc)
-            return entry
-        version_dirs = sorted(
-            (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-            key=lambda p: int(p.name),
-        )
-        if not version_dirs:
+            if retry or entry.fingerprints.get("") != config:
+                entry.fingerprints[""] = config
+                self.refuse(entry, "", exc)
+            return []
+        entry.failures.pop("", None)
+        entry.reasons.pop("", None)
+        entry.spec = spec
+        try:
+            version_dirs = sorted(
+                (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+                key=lambda p: int(p.name),
+            )
+        except OSError:
+            version_dirs = []
+        if not version_dirs and not entry.versions:
             entry.failures[""] = f"{model_dir}: no numeric version directories"
+        loaded = []
         for vdir in version_dirs:
+            if vdir.name in entry.versions:
+                continue
+            fingerprint = (config, _files_state(vdir))
+            if not retry and entry.fingerprints.get(vdir.name) == fingerprint:
+                continue  # refused before, and nothing changed since
+            entry.fingerprints[vdir.name] = fingerprint
             try:
-                mv = entry.versions[vdir.name] = load_version(spec, vdir, self.policy, config,
-                                                                   self.delegate)
-                signature = (f" (signed by key {mv.signed_by})" if mv.signed_by
-                             else " (unsigned)" if self.policy.trust.keys else "")
-                batching = (f"batches up to {mv.max_batch_size}" if mv.signature.batched
-                            else "one item per call (its batch cannot be resized)")
-                log.info("loaded %s version %s from %s: task %s, %s, on %s%s", name,
-                         vdir.name, vdir, mv.task.kind, batching, mv.runs_on, signature)
+                mv = load_version(spec, vdir, self.policy, config, self.delegate)
+                if accept is not None:
+                    accept(mv)
             except ModelLoadError as exc:
-                self._refuse(entry, vdir.name, exc)
-        self._log_outcome(entry)
-        return entry
+                self.refuse(entry, vdir.name, exc)
+                continue
+            entry.failures.pop(vdir.name, None)
+            entry.reasons.pop(vdir.name, None)
+            signature = (f" (signed by key {mv.signed_by})" if mv.signed_by
+                         else " (unsigned)" if self.policy.trust.keys else "")
+            batching = (f"batches up to {mv.max_batch_size}" if mv.signature.batched
+                        else "one item per call (its batch cannot be resized)")
+            log.info("loaded %s version %s from %s: task %s, %s, on %s%s", entry.name,
+                     vdir.name, vdir, mv.task.kind, batching, mv.runs_on, signature)
+            loaded.append(mv)
+        return loaded
 
     @staticmethod
     def _log_outcome(entry: ModelEntry) -> None:
@@ -380,7 +428,7 @@ class ModelRepository:
 
     def ready_versions(self) -> list[ModelVersion]:
         """Every version that loaded, over all models."""
-        return [v for e in self.models.values() for v in e.versions.values()]
+        return [v for e in list(self.models.values()) for v in list(e.versions.values())]
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """The version to serve for a request; raises NotFound/Unavailable with the reason."""

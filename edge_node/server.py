@@ -21,6 +21,7 @@ from edge_node.clients import CoordinatorLink, LoadReport, close_links
 from edge_node.config import NodeConfig
 from edge_node.engine import InferenceEngine
 from edge_node.errors import ModelLoadError
+from edge_node.hotswap import ModelManager
 from edge_node.metrics import NodeMetrics
 from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
@@ -47,6 +48,7 @@ class EdgeNodeServer:
                                           on_refused=self.metrics.version_refused,
                                           delegate=config.delegate_spec)
         self.engine: InferenceEngine | None = None
+        self.models: ModelManager | None = None
         self.servicer: NodeServicer | None = None
         self.health = health.HealthServicer()
         self.port = 0
@@ -90,12 +92,14 @@ class EdgeNodeServer:
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}", server_tls)
         self.node_id = cfg.resolved_node_id(self.port)
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)
-        self.servicer = NodeServicer(self.engine, self.node_id)
+        self.models = ModelManager(self.repository, self.engine, cfg.keep_versions)
+        self.servicer = NodeServicer(self.engine, self.node_id, self.models)
         add_inference_servicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server)
         self._server.start()  # answers live/health (NOT_SERVING) while warming up
         self.engine.start()
+        self.models.start(cfg.model_poll_s)
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         self.servicer.ready.set()
@@ -110,8 +114,9 @@ class EdgeNodeServer:
 
     def models_served(self) -> dict[str, list[str]]:
         """Sorted version names of each model with at least one loaded version."""
-        return {name: sorted(e.versions, key=int)
-                for name, e in self.repository.models.items() if e.versions}
+        # list() copies: a hot swap may change these dicts from another thread.
+        served = ((name, list(e.versions)) for name, e in list(self.repository.models.items()))
+        return {name: sorted(versions, key=int) for name, versions in served if versions}
 
     def load_report(self) -> LoadReport:
         """The node's current load, for heartbeats to the coordinator."""
@@ -189,6 +194,8 @@ class EdgeNodeServer:
         if self._advertiser is not None:
             self._advertiser.close()
         close_links(self._links)
+        if self.models is not None:
+            self.models.close()
         drained = True
         if self._server is not None:
             self._server.stop(grace).wait()

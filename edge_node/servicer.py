@@ -12,6 +12,7 @@ import threading
 
 from edge_node import errors, topk
 from edge_node.engine import InferenceEngine
+from edge_node.hotswap import ModelManager
 from edge_node.repository import ModelVersion
 from edge_node.stats import Duration
 from edgeshard import VERSION
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgeshard-edge-node"
 EXTENSIONS = [
-    "model_configuration", "statistics", "binary_tensor_data", "classification"]
+    "model_configuration", "statistics", "binary_tensor_data", "classification",
+    "model_repository"]
 
 
 
@@ -36,12 +38,14 @@ class NodeServicer(InferenceServicer):
     """The edge node's Open Inference Protocol servicer over one ``InferenceEngine``.
 
     ``node_id`` names this node in responses; ``ready`` is set once the node is warm and
-    cleared when it drains.
+    cleared when it drains; ``models`` serves Triton's repository extension (hot swap).
     """
 
-    def __init__(self, engine: InferenceEngine, node_id: str):
+    def __init__(self, engine: InferenceEngine, node_id: str,
+                 models: ModelManager | None = None):
         self.engine = engine
         self.node_id = node_id
+        self.models = models
         self.ready = threading.Event()  # set once warm, cleared when draining
 
     @_guard
@@ -194,6 +198,44 @@ class NodeServicer(InferenceServicer):
         parameters.set_param(response.parameters, "node", self.node_id)
         parameters.set_param(response.parameters, "batch_size", result.request.timings.batch_size)
         return response
+
+
+    @_guard
+    def RepositoryIndex(self, request, context):
+        response = oip_pb2.RepositoryIndexResponse()
+        for row in self._manager().index(ready_only=request.ready):
+            response.models.add(name=row.name, version=row.version, state=row.state,
+                                reason=row.reason)
+        return response
+
+    @_guard
+    def RepositoryModelLoad(self, request, context):
+        force = parameters.get_param(request.parameters, "force", False)
+        if not isinstance(force, bool):
+            raise errors.InvalidInputError("parameters.force", f"must be a bool, got {force!r}")
+        if not request.model_name:
+            raise errors.InvalidInputError("model_name", "empty: name the model to load")
+        _, refused = self._manager().reload(request.model_name, force=force)
+        entry = self.engine.repository.models.get(request.model_name)
+        if refused or entry is None or entry.latest is None:
+            serving = (f"version {entry.latest.version} still serves" if entry is not None
+                       and entry.latest is not None else "no version serves")
+            raise errors.ModelRefusedError(
+                f"model_name: {request.model_name}: {serving}; refused: "
+                + ("; ".join(refused) or "; ".join(entry.failures.values() if entry else [])))
+        return oip_pb2.RepositoryModelLoadResponse()
+
+    @_guard
+    def RepositoryModelUnload(self, request, context):
+        if not request.model_name:
+            raise errors.InvalidInputError("model_name", "empty: name the model to unload")
+        self._manager().unload(request.model_name)
+        return oip_pb2.RepositoryModelUnloadResponse()
+
+    def _manager(self) -> ModelManager:
+        if self.models is None:
+            raise errors.ModelUnavailableError("the model repository is not managed here")
+        return self.models
 
 
 def _data_type(datatype: str) -> int:

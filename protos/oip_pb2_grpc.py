@@ -81,6 +81,21 @@ class GRPCInferenceServiceStub:
                 request_serializer=protos_dot_oip__pb2.ModelStatisticsRequest.SerializeToString,
                 response_deserializer=protos_dot_oip__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/edgeshard.oip.GRPCInferenceService/RepositoryIndex',
+                request_serializer=protos_dot_oip__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=protos_dot_oip__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/edgeshard.oip.GRPCInferenceService/RepositoryModelLoad',
+                request_serializer=protos_dot_oip__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=protos_dot_oip__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/edgeshard.oip.GRPCInferenceService/RepositoryModelUnload',
+                request_serializer=protos_dot_oip__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=protos_dot_oip__pb2.RepositoryModelUnloadResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -151,6 +166,27 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryIndex(self, request, context):
+        """Triton's model repository extension: every model version and its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """Triton's model repository extension: load (or reload) a model from the repository.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """Triton's model repository extension: unload a model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +234,21 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStatistics,
                     request_deserializer=protos_dot_oip__pb2.ModelStatisticsRequest.FromString,
                     response_serializer=protos_dot_oip__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=protos_dot_oip__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=protos_dot_oip__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=protos_dot_oip__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=protos_dot_oip__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=protos_dot_oip__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=protos_dot_oip__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +496,87 @@ class GRPCInferenceService:
             '/edgeshard.oip.GRPCInferenceService/ModelStatistics',
             protos_dot_oip__pb2.ModelStatisticsRequest.SerializeToString,
             protos_dot_oip__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeshard.oip.GRPCInferenceService/RepositoryIndex',
+            protos_dot_oip__pb2.RepositoryIndexRequest.SerializeToString,
+            protos_dot_oip__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeshard.oip.GRPCInferenceService/RepositoryModelLoad',
+            protos_dot_oip__pb2.RepositoryModelLoadRequest.SerializeToString,
+            protos_dot_oip__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeshard.oip.GRPCInferenceService/RepositoryModelUnload',
+            protos_dot_oip__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            protos_dot_oip__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

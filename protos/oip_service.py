@@ -54,6 +54,11 @@ METHODS: tuple[Method, ...] = (
     ),
     Method("ModelConfig", oip_pb2.ModelConfigRequest, oip_pb2.ModelConfigResponse),
     Method("ModelStatistics", oip_pb2.ModelStatisticsRequest, oip_pb2.ModelStatisticsResponse),
+    Method("RepositoryIndex", oip_pb2.RepositoryIndexRequest, oip_pb2.RepositoryIndexResponse),
+    Method("RepositoryModelLoad", oip_pb2.RepositoryModelLoadRequest,
+           oip_pb2.RepositoryModelLoadResponse),
+    Method("RepositoryModelUnload", oip_pb2.RepositoryModelUnloadRequest,
+           oip_pb2.RepositoryModelUnloadResponse),
 )
 """Every RPC this module knows, in oip.proto's order."""
 
@@ -98,6 +103,15 @@ class InferenceServicer:
         _unimplemented(context)
 
     def ModelStatistics(self, request, context):
+        _unimplemented(context)
+
+    def RepositoryIndex(self, request, context):
+        _unimplemented(context)
+
+    def RepositoryModelLoad(self, request, context):
+        _unimplemented(context)
+
+    def RepositoryModelUnload(self, request, context):
         _unimplemented(context)
 
 

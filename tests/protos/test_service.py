@@ -86,6 +86,7 @@ def test_service_name_is_the_stock_one():
     assert oip_service.METHOD_NAMES == (
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
         "ModelInfer", "ModelStreamInfer", "ModelConfig", "ModelStatistics",
+        "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
     )  # fmt: skip
 
 

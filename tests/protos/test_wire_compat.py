@@ -104,7 +104,7 @@ def test_service_methods_match_triton():
         assert triton_name(method.output_type.full_name) == other.output_type.full_name
         assert method.client_streaming == other.client_streaming
         assert method.server_streaming == other.server_streaming
-    assert len(ours.methods) == 9
+    assert len(ours.methods) == 12
 
 
 # --- byte-level round trips with all fields set ------------------------------------------------
