@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+from prometheus_client import Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from edgeshard.errors import BindError
-
-log = logging.getLogger(__name__)
+from edgeshard.prometheus import MetricsEndpoint
 
 
-class CoordinatorMetrics:
+class CoordinatorMetrics(MetricsEndpoint):
     """The coordinator's Prometheus metrics in a registry of its own, and their HTTP endpoint."""
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.forwarded = Counter(
             "edgeshard_coordinator_forwarded", "Online requests forwarded, by node and status",
             ["node", "code"], registry=r)
@@ -60,11 +57,26 @@ class CoordinatorMetrics:
         self.followers = Gauge(
             "edgeshard_coordinator_job_followers",
             "Open Watch and FetchResults(follow) streams (they hold no thread)", registry=r)
+        self.node_in_flight = Gauge(
+            "edgeshard_coordinator_node_in_flight",
+            "Requests and shards the coordinator has outstanding at each node", ["node"],
+            registry=r)
+        self.node_queue_depth = Gauge(
+            "edgeshard_coordinator_node_queue_depth",
+            "Each node's queue depth as its last heartbeat reported", ["node"], registry=r)
+        self.node_latency = Gauge(
+            "edgeshard_coordinator_node_latency_seconds",
+            "Smoothed (EWMA) latency of each node as the coordinator measures it", ["node"],
+            registry=r)
+        self.node_weight = Gauge(
+            "edgeshard_coordinator_node_weight",
+            "Routing weight of each node (1: full share; slow nodes get less)", ["node"],
+            registry=r)
+        self._reported: set[str] = set()  # nodes with per-node series
         self.auth_denied = Counter(
             "edgeshard_coordinator_auth_denied",
             "Calls refused for their credentials, by gRPC code (UNAUTHENTICATED, "
             "PERMISSION_DENIED) and method", ["code", "method"], registry=r)
-        self._server = None
 
     def denied(self, method: str, code: str) -> None:
         """Count a call to ``method`` refused with ``code`` for its credentials."""
@@ -93,21 +105,19 @@ class CoordinatorMetrics:
         if duplicates:
             self.duplicates.inc(duplicates)
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` over HTTP on ``host:port`` (0: a free port); returns the port.
-
-        Raises ``BindError`` (an ``OSError`` naming ``metrics_port``) when it cannot bind.
-        """
-        try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise BindError("metrics_port", f"{host}:{port}", exc.strerror or str(exc)) from None
-        log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
-        return self._server.server_port
-
-    def close(self) -> None:
-        """Stop the HTTP endpoint, if serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def fleet_load(self, nodes) -> None:
+        """Set the per-node gauges from a registry snapshot (``NodeRecord``s); nodes no
+        longer known lose their series."""
+        gauges = (self.node_in_flight, self.node_queue_depth, self.node_latency,
+                  self.node_weight)
+        known = set()
+        for rec in nodes:
+            known.add(rec.node_id)
+            self.node_in_flight.labels(rec.node_id).set(rec.outstanding)
+            self.node_queue_depth.labels(rec.node_id).set(rec.queue_depth)
+            self.node_latency.labels(rec.node_id).set(rec.latency_ms / 1000.0)
+            self.node_weight.labels(rec.node_id).set(rec.weight)
+        for node in self._reported - known:
+            for gauge in gauges:
+                gauge.remove(node)
+        self._reported = known

@@ -275,7 +275,9 @@ class CoordinatorServer:
 
     def _gauges(self) -> None:
         while not self.stopping.wait(1.0):
-            states = Counter(r.display_state for r in self.registry.snapshot())
+            nodes = self.registry.snapshot()
+            states = Counter(r.display_state for r in nodes)
+            self.metrics.fleet_load(nodes)
             for state in ("candidate", "live", "suspect", "dead", "draining"):
                 self.metrics.nodes.labels(state).set(states.get(state, 0))
             self.metrics.requeued.set(self.dispatcher.requeued)

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import logging
+from prometheus_client import Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from edgeshard.errors import BindError
-
-log = logging.getLogger(__name__)
+from edgeshard.prometheus import MetricsEndpoint
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 )
 
 
-class NodeMetrics:
+class NodeMetrics(MetricsEndpoint):
     """Request counts by model and outcome, latency split by phase, queue gauges, and the
     model versions refused at load by reason."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         r = self.registry
         self.requests = Counter(
             "edgeshard_node_requests", "Inference requests by model and outcome",
@@ -60,30 +56,9 @@ class NodeMetrics:
             "delegate's library; fallback=\"1\" when a configured delegate could not be used",
             ["model", "version", "delegate", "fallback"], registry=r,
         )
-        self._server = None
 
     def version_refused(self, model: str, version: str, reason: str) -> None:
         """Count a refused version (``version`` "": the whole model) and mark it not ready."""
         self.refused.labels(model, version, reason).inc()
         if version:
             self.ready.labels(model, version).set(0)
-
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port.
-
-        Raises ``BindError`` (an ``OSError`` naming ``metrics_port``) when it cannot bind.
-        """
-        try:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise BindError("metrics_port", f"{host}:{port}", exc.strerror or str(exc)) from None
-        bound = self._server.server_port
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
-
-    def close(self) -> None:
-        """Stop the /metrics HTTP endpoint, if serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

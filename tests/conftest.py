@@ -50,6 +50,21 @@ def mediapipe_models() -> Path:
     return THIRD_PARTY_MODELS
 
 
+PROMTOOL = Path(__file__).resolve().parent.parent / ".tools" / "promtool"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """Prometheus's promtool, extracted from Debian's package by scripts/setup_promtool.sh
+    (run by .ci/run). Skips when missing outside CI; in CI that is a failure."""
+    if not PROMTOOL.is_file():
+        message = f"{PROMTOOL} missing: run bash scripts/setup_promtool.sh"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message + " (CI is set: the setup script must have run)")
+        pytest.skip(message)
+    return PROMTOOL
+
+
 @pytest.fixture
 def repo_copy(tmp_path, shipped_repository) -> Path:
     """A writable copy of the shipped repository, for tests that break models."""
