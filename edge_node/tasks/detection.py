@@ -42,7 +42,7 @@ import numpy as np
 
 import ext
 from edge_node.tasks.base import Task, TaskContext, TensorInfo, load_error
-from edge_node.tasks.tensor import model_inputs
+from edge_node.tasks.tensor import convertible, model_inputs
 
 FP32 = np.dtype(np.float32)
 INT32 = np.dtype(np.int32)
@@ -169,9 +169,9 @@ class DetectionTask(Task):
 
     def accepted_dtypes(self, name: str) -> tuple[np.dtype, ...]:
         """The model input's own dtype (and FP32 for an int8/uint8 quantized input)."""
-        spec = next(s for s in self.signature.inputs if s.name == self.input_info(name).name)
-        return (spec.dtype, FP32) if spec.quantized and spec.dtype.kind in "iu" else (
-            spec.dtype,)
+        self.input_info(name)  # KeyError for an unknown input
+        spec = next(s for s in self.signature.inputs if s.name == name)
+        return (spec.dtype, FP32) if convertible(spec) else (spec.dtype,)
 
     def parameters(self) -> dict[str, str]:
         """The thresholds in use."""
