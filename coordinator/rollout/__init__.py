@@ -1,0 +1,1 @@
+"""Version rollouts at the coordinator: labels, canary traffic, shadowing, the verdict."""
