@@ -8,11 +8,15 @@ layer supplies, so the message is forwarded without decoding unless the cascade 
 ``infer``: the forwarder routes the call (admission, waiting for room, one retry on
 another node); without a cascade rule for the model the node's answer is final. With one,
 the cascade decides per item within what is left of the caller's deadline; a cloud
-refusal of the items as malformed is the caller's error (``PeerStatusError``).
+refusal of the items as malformed is the caller's error (``PeerStatusError``). The cascade
+needs class probabilities: a rule for a model whose nodes serve it as another task
+(``task_of``) is refused, FAILED_PRECONDITION naming the model and its task (logged once
+per model), before anything is forwarded; any other model is forwarded as it is.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +26,12 @@ import numpy as np
 
 from coordinator import errors
 from coordinator.cascade.decision import Cascade, Decision
+from coordinator.fleet.catalog import CLASSIFICATION
 from coordinator.fleet.forwarder import Forwarder, NodeCall
 from coordinator.fleet.registry import NodeRecord
 from edgeshard.errors import PeerStatusError
+
+log = logging.getLogger(__name__)
 
 MIN_CLOUD_S = 0.001  # the cascade always gets this much time, even past the deadline
 
@@ -43,15 +50,32 @@ class OnlineAnswer:
 
 
 class DataPlane:
-    """Online inference and the node choice for control calls, over one ``Forwarder``."""
+    """Online inference and the node choice for control calls, over one ``Forwarder``.
+    ``task_of(model)`` is the model's task at the nodes (``classification`` when unknown)."""
 
-    def __init__(self, forwarder: Forwarder, cascade: Cascade | None = None):
+    def __init__(self, forwarder: Forwarder, cascade: Cascade | None = None,
+                 task_of: Callable[[str], str] = lambda model: CLASSIFICATION):
         self.forwarder = forwarder
         self.cascade = cascade
+        self.task_of = task_of
+        self._refused: set[str] = set()  # models whose refusal was logged
 
     def cascaded(self, model: str) -> bool:
-        """True when ``model`` has a cascade rule (its answers may go to the cloud)."""
-        return self.cascade is not None and self.cascade.rule(model) is not None
+        """True when ``model`` has a cascade rule (its answers may go to the cloud);
+        ``CascadeUnsupportedError`` when it has one but is not a classifier."""
+        if self.cascade is None or self.cascade.rule(model) is None:
+            return False
+        task = self.task_of(model)
+        if task != CLASSIFICATION:
+            message = (f"model {model!r} has a cascade rule (--cascade/--escalation) but its "
+                       f"nodes serve it as task {task!r}; the cascade needs a classification "
+                       "model's probabilities: remove the rule for it, or serve it with "
+                       "task = \"classification\"")
+            if model not in self._refused:
+                self._refused.add(model)
+                log.error("%s (refusing its requests)", message)
+            raise errors.CascadeUnsupportedError(message)
+        return True
 
     def infer(self, model: str, version: str, routing_key: str, timeout: float,
               call: NodeCall, probabilities_of: Callable[[Any], np.ndarray],
@@ -65,8 +89,9 @@ class DataPlane:
         refuses the escalated items as malformed.
         """
         deadline = time.monotonic() + timeout
+        cascaded = self.cascaded(model)
         done = self.forwarder.forward(model, version, routing_key, timeout, call)
-        rule = self.cascade.rule(model) if self.cascade is not None else None
+        rule = self.cascade.rule(model) if cascaded else None
         if rule is None:
             return OnlineAnswer(done.answer, done.node, done.retried)
         probabilities = probabilities_of(done.answer)

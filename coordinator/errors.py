@@ -25,6 +25,11 @@ class InvalidJobError(CoordinatorError, kinds.InvalidArgumentError):
     """A job request's own arguments (model, shard size, params, job id) are invalid."""
 
 
+class CascadeUnsupportedError(CoordinatorError, kinds.FailedPreconditionError):
+    """A cascade rule names a model whose nodes serve it as another task than
+    classification: the cascade needs class probabilities."""
+
+
 class JobConflictError(CoordinatorError, kinds.AlreadyExistsError):
     """A caller-supplied job id already names a job with different content."""
 

@@ -27,6 +27,7 @@ from coordinator.api.clients import (
     facts_asker,
     item_trier,
     node_classifier,
+    node_tensors,
 )
 from coordinator.api.fleet_servicer import FleetServicer
 from coordinator.api.inference_servicer import InferenceServicer
@@ -138,14 +139,16 @@ class CoordinatorServer:
         self.dispatcher = Dispatcher(
             self.store, self.registry,
             ShardRunner(self.forwarder, node_classifier(self.clients), cfg.shard_deadline_s,
-                        self.cascade, cfg.cloud_timeout_s),
+                        self.cascade, cfg.cloud_timeout_s, node_tensors(self.clients),
+                        self.catalog.task),
             cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed,
             spool_limits=SpoolLimits(cfg.spool_max_items, cfg.spool_max_bytes, cfg.spool_ttl_s),
             replica_timeout_s=cfg.replica_timeout_s, on_job_change=self.signals.notify)
         if self.cascade is not None:
             self.replayer = SpoolReplayer(spool, self.cascade, cfg.cloud_timeout_s,
                                           on_change=self.dispatcher.notify)
-        self.front = InferenceServicer(self.registry, DataPlane(self.forwarder, self.cascade),
+        self.front = InferenceServicer(self.registry, DataPlane(self.forwarder, self.cascade,
+                                                                self.catalog.task),
                                        self.clients, cfg.request_timeout_s)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # An asyncio server: Watch and FetchResults wait on its loop and hold no thread;
@@ -157,7 +160,9 @@ class CoordinatorServer:
         jobs = JobService(self.store, self.catalog, cfg.shard_size, self.dispatcher.notify,
                           self.stopping, pending=spool.pending, signals=self.signals,
                           run_blocking=self._server.run_blocking,
-                          max_shard_bytes=cfg.max_message_bytes - MESSAGE_HEADROOM)
+                          max_shard_bytes=cfg.max_message_bytes - MESSAGE_HEADROOM,
+                          cascaded=lambda model: (self.cascade is not None
+                                                  and self.cascade.rule(model) is not None))
         self.port = self._server.add_port(f"{cfg.host}:{cfg.port}", self._server_tls)
         self.dispatcher.address = f"{cfg.host}:{self.port}"
         self.membership.own = own_addresses(cfg.host, self.port)

@@ -25,6 +25,11 @@ class InvalidArgumentError(EdgeshardError):
     """The caller sent something malformed; the message names the field (INVALID_ARGUMENT)."""
 
 
+class FailedPreconditionError(EdgeshardError):
+    """The request is well-formed but the system is not in a state to run it, e.g. a
+    cascade configured for a model that is not a classifier (FAILED_PRECONDITION)."""
+
+
 class NotFoundError(EdgeshardError):
     """The named model, version, node or job does not exist (NOT_FOUND)."""
 

@@ -20,6 +20,7 @@ STATUS: dict[type[BaseException], grpc.StatusCode] = {
     errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     TensorError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,

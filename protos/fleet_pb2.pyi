@@ -129,7 +129,7 @@ class DrainRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class JobHeader(_message.Message):
-    __slots__ = ("job_id", "model", "model_version", "shard_size", "total_items", "params")
+    __slots__ = ("job_id", "model", "model_version", "shard_size", "total_items", "params", "outputs")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,13 +143,15 @@ class JobHeader(_message.Message):
     SHARD_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: str
     model_version: str
     shard_size: int
     total_items: int
     params: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., shard_size: _Optional[int] = ..., total_items: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., shard_size: _Optional[int] = ..., total_items: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ItemBatch(_message.Message):
     __slots__ = ("ids", "datatype", "shape", "data")
@@ -243,8 +245,20 @@ class FetchResultsRequest(_message.Message):
     include_pending: bool
     def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ..., include_pending: _Optional[bool] = ...) -> None: ...
 
+class ResultTensor(_message.Message):
+    __slots__ = ("name", "datatype", "shape", "raw")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    raw: bytes
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., raw: _Optional[bytes] = ...) -> None: ...
+
 class ResultRecord(_message.Message):
-    __slots__ = ("seq", "id", "label", "confidence", "tier", "node", "model_version", "extra_json", "provisional")
+    __slots__ = ("seq", "id", "label", "confidence", "tier", "node", "model_version", "extra_json", "provisional", "outputs")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +268,7 @@ class ResultRecord(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     id: str
     label: int
@@ -263,7 +278,8 @@ class ResultRecord(_message.Message):
     model_version: str
     extra_json: str
     provisional: bool
-    def __init__(self, seq: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., tier: _Optional[str] = ..., node: _Optional[str] = ..., model_version: _Optional[str] = ..., extra_json: _Optional[str] = ..., provisional: _Optional[bool] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[ResultTensor]
+    def __init__(self, seq: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., tier: _Optional[str] = ..., node: _Optional[str] = ..., model_version: _Optional[str] = ..., extra_json: _Optional[str] = ..., provisional: _Optional[bool] = ..., outputs: _Optional[_Iterable[_Union[ResultTensor, _Mapping]]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

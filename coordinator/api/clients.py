@@ -14,10 +14,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.fleet.catalog import AskFacts, ModelFacts, TryItem
+from coordinator.fleet.catalog import CLASSIFICATION, AskFacts, ModelFacts, TensorSpec, TryItem
 from coordinator.fleet.forwarder import NodeCall
 from coordinator.fleet.registry import NodeRecord
-from coordinator.jobs.runner import Classification, Classify
+from coordinator.jobs.runner import Classification, Classify, InferTensors, TensorAnswer
 from edgeshard.rpc import peer_error
 from edgeshard.transport import message_options, open_channel
 from protos import codec, oip_pb2, parameters
@@ -82,6 +82,14 @@ class OIPClient:
         except grpc.RpcError:
             return None
 
+    def model_metadata(self, model: str, timeout: float = 5.0):
+        """The model's ``ModelMetadataResponse``, or None when the server cannot give it."""
+        try:
+            return self.stub.ModelMetadata(oip_pb2.ModelMetadataRequest(name=model),
+                                           timeout=timeout)
+        except grpc.RpcError:
+            return None
+
     def model_parameter(self, model: str, key: str, default: str = "",
                         timeout: float = 5.0) -> str:
         """A string parameter of the model's config (e.g. ``temperature``), or ``default``
@@ -100,6 +108,14 @@ class OIPClient:
                      for n in outputs],
         )
         return self.stub.ModelInfer(request, timeout=max(0.001, deadline - time.monotonic()))
+
+    def infer_tensors(self, model: str, items: np.ndarray, outputs: list[str],
+                      version: str = "", timeout: float = 10.0) -> TensorAnswer:
+        """Run ``items`` [N, ...] as the model's single input; the ``outputs`` asked for
+        (every output when empty), decoded. Raises ``grpc.RpcError``."""
+        response = self.infer_raw(model, items, outputs, timeout, version)
+        return TensorAnswer(codec.decode_outputs(response), response.model_version,
+                            str(parameters.get_param(response.parameters, "node", "")))
 
     def classify(self, model: str, images: np.ndarray, version: str = "",
                  timeout: float = 10.0, with_probabilities: bool = False) -> Classification:
@@ -234,30 +250,57 @@ def node_classifier(clients: ClientPool) -> Classify:
     return classify
 
 
+def node_tensors(clients: ClientPool) -> InferTensors:
+    """A ``jobs.runner.InferTensors`` over ``clients``: one batched ModelInfer at the node,
+    a node's error status raised as ``PeerStatusError``."""
+
+    def infer(node: NodeRecord, model: str, items: np.ndarray, version: str,
+              outputs: list[str], timeout: float) -> TensorAnswer:
+        try:
+            return clients.get(node.address).infer_tensors(model, items, outputs, version,
+                                                           timeout)
+        except grpc.RpcError as exc:
+            raise peer_error(exc, f"node {node.node_id} failed") from None
+
+    return infer
+
+
 def facts_asker(clients: ClientPool, timeout: float = 5.0) -> AskFacts:
     """A ``fleet.catalog.AskFacts`` over ``clients``: the node's ModelConfig
-    ``max_batch_size`` and its ``labels`` parameter (comma-separated), or None when the
-    node cannot answer."""
+    (``max_batch_size``, 0 meaning no batching; its ``task`` and ``labels`` parameters)
+    and ModelMetadata (inputs, outputs), or None when the node cannot answer."""
 
     def ask(address: str, model: str) -> ModelFacts | None:
-        config = clients.get(address).model_config(model, timeout)
+        client = clients.get(address)
+        config = client.model_config(model, timeout)
         if config is None:
             return None
+        meta = client.model_metadata(model, timeout)
         labels = string_parameter(config, "labels")
+
+        def specs(tensors) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors)
+
         return ModelFacts(config.max_batch_size or None,
-                          tuple(labels.split(",")) if labels else ())
+                          tuple(labels.split(",")) if labels else (),
+                          task=string_parameter(config, "task", CLASSIFICATION),
+                          inputs=specs(meta.inputs) if meta is not None else (),
+                          outputs=specs(meta.outputs) if meta is not None else (),
+                          batched=config.max_batch_size > 0)
 
     return ask
 
 
 def item_trier(clients: ClientPool) -> TryItem:
     """A ``fleet.catalog.TryItem`` over ``clients``: one ModelInfer of the item at the
-    node (every output), a node's error status raised as ``PeerStatusError``."""
+    node (every output), the answer's size in bytes; a node's error status raised as
+    ``PeerStatusError``."""
 
     def try_item(address: str, model: str, version: str, items: np.ndarray,
-                 timeout: float) -> None:
+                 timeout: float) -> int:
         try:
-            clients.get(address).infer_raw(model, items, [], timeout, version)
+            return clients.get(address).infer_raw(model, items, [], timeout,
+                                                  version).ByteSize()
         except grpc.RpcError as exc:
             raise peer_error(exc, f"node {address} failed") from None
 

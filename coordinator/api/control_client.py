@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
 import grpc
@@ -47,25 +47,58 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Record:
     """One job result as FetchResults streams it; ``provisional`` marks a degraded edge
-    answer still waiting for the cloud."""
+    answer still waiting for the cloud. ``label`` and ``confidence`` are None for a model
+    that is not a classifier; ``outputs`` are the job's requested output tensors."""
 
     seq: int
     id: str
-    label: int
-    confidence: float
+    label: int | None
+    confidence: float | None
     tier: str
     node: str
     model_version: str
     extra: dict
     provisional: bool = False
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def fields(self) -> dict:
+        """The record's JSON fields but its outputs: id, label and confidence (a
+        classifier's), tier, node, model_version, and the cascade fields in ``extra``."""
+        out: dict = {"id": self.id}
+        if self.label is not None:
+            out["label"] = self.label
+        if self.confidence is not None:
+            out["confidence"] = round(self.confidence, 6)
+        out.update(tier=self.tier, node=self.node, model_version=self.model_version)
+        out.update(self.extra)
+        return out
 
     def as_json(self) -> str:
-        """The record as one JSON line of the results file (id, label, confidence, tier,
-        node, model_version, and the cascade fields in ``extra``)."""
-        out = {"id": self.id, "label": self.label, "confidence": round(self.confidence, 6),
-               "tier": self.tier, "node": self.node, "model_version": self.model_version}
-        out.update(self.extra)
+        """The record as one JSON line, every output inline (``inline_output``)."""
+        out = self.fields()
+        if self.outputs:
+            out["outputs"] = {name: inline_output(a) for name, a in self.outputs.items()}
         return json.dumps(out)
+
+
+def inline_output(array: np.ndarray) -> dict:
+    """An output tensor as JSON: its OIP datatype, shape and values (row-major, flat).
+    Float values are the float32/64 values exactly (JSON numbers read back bit-exact)."""
+    return {"datatype": codec.datatype_of(array.dtype), "shape": list(array.shape),
+            "data": array.reshape(-1).tolist()}
+
+
+def _record(r) -> Record:
+    """A ``ResultRecord`` message as a ``Record``."""
+    outputs = {t.name: codec.decode_array(f"outputs[{t.name!r}]", t.datatype, list(t.shape),
+                                          t.raw) for t in r.outputs}
+    # A coordinator without outputs never sets label's presence: a classifier's label 0
+    # arrives unset. Only a result with outputs and no label is not a classifier's.
+    labelled = r.HasField("label") or not outputs
+    return Record(r.seq, r.id, r.label if labelled else None,
+                  r.confidence if r.HasField("confidence") or not outputs else None,
+                  r.tier, r.node, r.model_version,
+                  json.loads(r.extra_json) if r.extra_json else {}, r.provisional, outputs)
 
 
 class StreamCutError(grpc.RpcError):
@@ -275,10 +308,11 @@ class CoordinatorClient:
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, model: str, items: ItemSource, shard_size: int = 0, job_id: str = "",
                model_version: str = "", params: dict[str, str] | None = None,
-               timeout: float = 600.0):
+               timeout: float = 600.0, outputs: Sequence[str] = ()):
         """Stream the items to the coordinator; returns the JobStatus. Safe to retry with
         the same ``job_id`` (one is generated when empty), which is what a move to the
-        next coordinator does: the stream is made again from the start."""
+        next coordinator does: the stream is made again from the start. ``outputs``: the
+        output names each result keeps (empty: the model's task decides)."""
         job_id = job_id or uuid.uuid4().hex
         per_item = max(1, int(np.prod(items.item_shape)) * items.dtype.itemsize)
         rows = max(1, CHUNK_BYTES // per_item)
@@ -286,7 +320,8 @@ class CoordinatorClient:
         def messages() -> Iterator[fleet_pb2.SubmitRequest]:
             yield fleet_pb2.SubmitRequest(header=fleet_pb2.JobHeader(
                 job_id=job_id, model=model, model_version=model_version,
-                shard_size=shard_size, total_items=len(items), params=params or {}))
+                shard_size=shard_size, total_items=len(items), params=params or {},
+                outputs=list(outputs)))
             for ids, array in items.batches(rows):
                 datatype, shape, raw = codec.encode_array(array)
                 yield fleet_pb2.SubmitRequest(items=fleet_pb2.ItemBatch(
@@ -366,10 +401,7 @@ class CoordinatorClient:
                         provisional.add(r.id)
                     else:
                         last = r.seq
-                    yield Record(r.seq, r.id, r.label, r.confidence, r.tier, r.node,
-                                 r.model_version,
-                                 json.loads(r.extra_json) if r.extra_json else {},
-                                 r.provisional)
+                    yield _record(r)
             finally:
                 stream.close()
 

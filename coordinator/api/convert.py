@@ -169,7 +169,8 @@ def job_request(header: fleet_pb2.JobHeader) -> JobRequest:
     """A Submit header as a ``JobRequest``."""
     return JobRequest(model=header.model, model_version=header.model_version,
                       shard_size=header.shard_size, total_items=header.total_items,
-                      job_id=header.job_id, params=dict(header.params))
+                      job_id=header.job_id, params=dict(header.params),
+                      outputs=tuple(header.outputs))
 
 
 def job_status(p: JobProgress, shares: dict[str, int]) -> fleet_pb2.JobStatus:
@@ -187,8 +188,15 @@ def job_status(p: JobProgress, shares: dict[str, int]) -> fleet_pb2.JobStatus:
 
 
 def result_record(r: ResultRow, provisional: bool = False) -> fleet_pb2.ResultRecord:
-    """A stored result as ``ResultRecord`` (``extra`` as JSON)."""
+    """A stored result as ``ResultRecord`` (``extra`` as JSON; label and confidence unset
+    for a model that is not a classifier; each output as a ``ResultTensor``)."""
+    outputs = []
+    for name, array in r.outputs.items():
+        datatype, shape, raw = codec.encode_array(array, f"outputs[{name!r}]")
+        outputs.append(fleet_pb2.ResultTensor(name=name, datatype=datatype, shape=shape,
+                                              raw=raw))
     return fleet_pb2.ResultRecord(
         seq=r.seq, id=r.item_id, label=r.label, confidence=r.confidence, tier=r.tier,
         node=r.node, model_version=r.model_version,
-        extra_json=json.dumps(r.extra) if r.extra else "", provisional=provisional)
+        extra_json=json.dumps(r.extra) if r.extra else "", provisional=provisional,
+        outputs=outputs)

@@ -68,8 +68,10 @@ def parser() -> argparse.ArgumentParser:
     submit = with_target(sub.add_parser(
         "submit", help="run a batch job and write its results as JSON lines",
         description="Submit a sharded batch job and stream its results into a JSONL file "
-        "(one line per item: id, label, confidence, tier, node, model_version). Re-running "
-        "the same command after an interruption resumes without repeating results."))
+        "(one line per item: id, label, confidence, tier, node, model_version for a "
+        "classifier; the model's outputs for other tasks, large ones in OUTPUT.npz). "
+        "Re-running the same command after an interruption resumes without repeating "
+        "results."))
     submit.add_argument("--model", required=True, help="model name, e.g. mnist_edge")
     submit.add_argument("--input", required=True, type=Path,
                         help=".npy / .npz arrays or a .msgpack stream of items")
@@ -77,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--shard-size", type=int, default=0,
                         help="items per shard (default: the coordinator's)")
     submit.add_argument("--model-version", default="", help="pin a model version")
+    submit.add_argument("--outputs", default="", metavar="NAME[,NAME...]",
+                        help="outputs each result keeps (default: label and confidence of a "
+                        "classifier, every output of other models)")
     submit.add_argument("--job-id", default="", help="job id (for idempotent retries)")
     submit.add_argument("--retry-for", type=float, default=120.0,
                         help="seconds to keep retrying while the coordinator is away")
@@ -227,7 +232,8 @@ def submit(args) -> int:
         outcome = run_submit(args.coordinator, args.model, args.input, args.output,
                              args.shard_size, args.job_id, args.model_version, args.retry_for,
                              progress=not args.no_progress, credentials=args.credentials,
-                             token=args.token)
+                             token=args.token,
+                             outputs=[n for n in args.outputs.split(",") if n])
     except (JobInputError, ValueError, OSError) as exc:
         print(f"edge-coordinator submit: {exc}", file=sys.stderr)
         return 2

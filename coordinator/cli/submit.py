@@ -1,11 +1,12 @@
 """Client side of a batch job: submit, follow results into a JSONL file, survive restarts.
 
-Results are appended to the output file as they are committed, one JSON line per item.
-A sidecar ``<output>.progress.json`` remembers the job id, the last result sequence
-number written and the file length at that point (saved after a flush, atomically). Re-run
-after an interruption (of itself or of the coordinator), the command cuts the file back
-to that length, dropping lines written after the last save, and fetches from that
-sequence number on: no result is written twice or lost.
+Results are appended to the output file as they are committed, one JSON line per item
+(large output tensors in ``<output>.npz``: ``coordinator.cli.results_file``). A sidecar
+``<output>.progress.json`` remembers the job id, the last result sequence number written
+and the files' lengths at that point (saved after a flush, atomically). Re-run after an
+interruption (of itself or of the coordinator), the command cuts the files back to those
+lengths, dropping what was written after the last save, and fetches from that sequence
+number on: no result is written twice or lost.
 
 The sidecar exists whenever the coordinator may hold a job for this output file: it is
 written once the coordinator is reachable, just before Submit (a Submit cut off may still
@@ -33,6 +34,7 @@ from coordinator.cli.admin import described
 from coordinator.cli.interrupt import Interrupted, close_client
 from coordinator.cli.job_monitor import AWAY, JobMonitor
 from coordinator.cli.progress import ProgressBar
+from coordinator.cli.results_file import ResultsFile
 from coordinator.jobs.items import load_items
 from coordinator.jobs.model import JobState
 from edgeshard.errors import UnavailableError
@@ -69,12 +71,12 @@ def sidecar(output: Path) -> Path:
     return output.with_name(output.name + ".progress.json")
 
 
-def _save(output: Path, job_id: str, seq: int, written: int, offset: int,
+def _save(output: Path, job_id: str, seq: int, written: int, files: dict,
           source: dict) -> None:
     tmp = sidecar(output).with_suffix(".tmp")
     try:
         tmp.write_text(json.dumps({"job_id": job_id, "last_seq": seq, "written": written,
-                                   "offset": offset, **source}))
+                                   **files, **source}))
         os.replace(tmp, sidecar(output))
     finally:
         tmp.unlink(missing_ok=True)  # only left over when interrupted before the replace
@@ -150,11 +152,13 @@ def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, o
                shard_size: int = 0, job_id: str = "", model_version: str = "",
                retry_for: float = 120.0, progress: bool = True,
                credentials: grpc.ChannelCredentials | None = None,
-               token: str | None = None) -> SubmitOutcome:
+               token: str | None = None, outputs: Sequence[str] = ()) -> SubmitOutcome:
     """Submit (or resume) a job and write its results; returns when it is finished.
 
     ``coordinator``: one address or several (see ``CoordinatorClient``); ``credentials``
-    make every channel TLS; ``token`` is sent as a bearer token. A TLS handshake that
+    make every channel TLS; ``token`` is sent as a bearer token; ``outputs`` names the
+    outputs each result keeps (empty: the model's task decides; large ones go to the
+    sidecar ``<output>.npz``, see ``coordinator.cli.results_file``). A TLS handshake that
     fails is not waited out.
 
     Raises ``JobInputError``/``ValueError``/``OSError`` for bad input or a sidecar of
@@ -176,7 +180,7 @@ def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, o
             f"choose another --output, or delete {output} and {side} to start over")
     job_id = job_id or state.get("job_id", "") or uuid.uuid4().hex
     last_seq, written = state.get("last_seq", 0), state.get("written", 0)
-    offset = state.get("offset", 0)
+    files = {k: state[k] for k in ("offset", "npz_dir_at") if k in state}
     items = None if state else load_items(input_path)  # bad input fails before any wait
     bar = ProgressBar(None, f"job {job_id[:8]}") if progress else None
     waiting = _Waiting(coordinator, retry_for, bar)
@@ -197,14 +201,16 @@ def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, o
                         if exc.code() != grpc.StatusCode.NOT_FOUND:
                             raise
                         # Submit never landed (or the coordinator lost the job): start over.
-                        last_seq = written = offset = 0
+                        last_seq = written = 0
+                        files = {}
                         state = {}
                         side.unlink()
                 items = items if items is not None else load_items(input_path)
-                _save(output, job_id, last_seq, written, offset, source)  # the job may exist now
+                _save(output, job_id, last_seq, written, files, source)  # the job may exist now
                 state = {"job_id": job_id}
                 try:
-                    status = client.submit(model, items, shard_size, job_id, model_version)
+                    status = client.submit(model, items, shard_size, job_id, model_version,
+                                           outputs=outputs)
                 except grpc.RpcError as exc:
                     if exc.code() not in SUBMIT_AGAIN and \
                             exc.code() != grpc.StatusCode.ALREADY_EXISTS:
@@ -218,24 +224,20 @@ def run_submit(coordinator: str | Sequence[str], model: str, input_path: Path, o
                     time.sleep(1.0)  # reachable but busy: ask again in a second
                 waiting.until_reachable(client, resume)
         waiting.answered()
-        if output.exists():
-            with open(output, "r+b") as fh:
-                fh.truncate(offset)  # drop lines written after the last save (or all: new job)
         if bar:
             bar.update(written, total=status.total_items, force=True)
         monitor = JobMonitor(client, job_id, bar, on_answer=waiting.answered)
         monitor.start()
 
         def checkpoint() -> None:
-            out.flush()
-            _save(output, job_id, last_seq, written, out.tell(), source)
+            _save(output, job_id, last_seq, written, out.checkpoint(), source)
 
-        out = open(output, "ab")  # noqa: SIM115 - closed in finally, also on Ctrl-C
+        # drops lines (and sidecar arrays) written after the last save, or all: new job
+        out = ResultsFile(output, files)
         while True:
             try:
                 for record in client.results(job_id, after_seq=last_seq, follow=True):
-                    out.write(record.as_json().encode() + b"\n")
-                    out.flush()  # the file holds what the progress line counts
+                    out.write(record)
                     last_seq, written = record.seq, written + 1
                     if written % 256 == 0:
                         checkpoint()

@@ -16,8 +16,10 @@ Formats:
   index), "data": bytes, "dtype": "uint8", "shape": [H, W(, C)]}``.
 
 Items of one job share dtype and shape, because the coordinator batches them. Supported dtypes
-are ``uint8`` (images) and ``float32``. Every error is a :class:`JobInputError` whose message
-names the file, the item and the field, and says how to fix it.
+are the Open Inference Protocol's numeric ones (``SUPPORTED_DTYPES``: ``bool``, ``uint8`` ..
+``uint64``, ``int8`` .. ``int64``, ``float16``, ``float32``, ``float64``); which one a job
+may use is the model's input's (Submit checks it). Every error is a :class:`JobInputError`
+whose message names the file, the item and the field, and says how to fix it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import numpy as np
 
 from coordinator.errors import JobInputError
 
-SUPPORTED_DTYPES = ("uint8", "float32")
+SUPPORTED_DTYPES = ("uint8", "float32", "int8", "int16", "int32", "int64", "uint16", "uint32",
+                    "uint64", "float16", "float64", "bool")
 MSGPACK_FIELDS = ("id", "data", "dtype", "shape")
 MSGPACK_EXTENSIONS = (".msgpack", ".mpk")
 # The largest single msgpack item accepted (the Unpacker's buffer limit).
@@ -168,8 +171,9 @@ def _check_array(array: np.ndarray, where: str, name: str) -> None:
                             "needs at least one item", path=where, field=name)
     if array.dtype.name not in SUPPORTED_DTYPES or not array.dtype.isnative:
         raise JobInputError(
-            f"{where}: {name}: dtype {array.dtype} is not supported; use uint8 images or "
-            "float32 (array.astype(numpy.float32))", path=where, field=name)
+            f"{where}: {name}: dtype {array.dtype} is not supported; use the dtype of the "
+            "model's input, one of " + ", ".join(SUPPORTED_DTYPES) + " in native byte order "
+            "(e.g. array.astype(numpy.float32))", path=where, field=name)
 
 
 def _check_ids(ids: Sequence[str], count: int, where: str) -> list[str]:

@@ -40,16 +40,21 @@ class ShardState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ResultRow:
-    """The answer for one item; ``seq`` is assigned by the store (0 before it is written)."""
+    """The answer for one item; ``seq`` is assigned by the store (0 before it is written).
+
+    ``label`` and ``confidence`` are None for a model that is not a classifier;
+    ``outputs`` holds the job's requested output tensors of this item (no batch dimension).
+    """
 
     item_id: str
-    label: int
-    confidence: float
+    label: int | None
+    confidence: float | None
     tier: str
     node: str
     model_version: str
     extra: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,18 +62,21 @@ class ResultBatch:
     """Final answers for some items of one shard, column by column (the job path's form:
     no object per item).
 
-    ``item_ids`` [N] str; ``labels`` integer [N]; ``confidences`` float [N], finite;
-    ``tiers`` one tier for all (``"edge"``) or one per item; ``extras`` None or one map per
-    item (the cascade's fields); every item answered by ``node`` with ``model_version``.
+    ``item_ids`` [N] str; ``labels`` integer [N] and ``confidences`` float [N], finite
+    (both None for a model that is not a classifier); ``tiers`` one tier for all
+    (``"edge"``) or one per item; ``extras`` None or one map per item (the cascade's
+    fields); ``outputs`` None or output tensors by name, each [N, ...]; every item answered
+    by ``node`` with ``model_version``.
     """
 
     item_ids: list[str]
-    labels: np.ndarray
-    confidences: np.ndarray
+    labels: np.ndarray | None
+    confidences: np.ndarray | None
     node: str
     model_version: str
     tiers: str | list[str] = "edge"
     extras: list[dict[str, Any]] | None = None
+    outputs: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -79,14 +87,18 @@ class ResultBatch:
 
     def rows(self, first_seq: int = 0) -> list[ResultRow]:
         """The batch as one ``ResultRow`` per item; seqs from ``first_seq`` (0: unassigned)."""
+        n = len(self)
         tiers = self.item_tiers()
-        extras = self.extras or [{}] * len(self)
+        extras = self.extras or [{}] * n
+        labels = [None] * n if self.labels is None else self.labels.tolist()
+        confidences = [None] * n if self.confidences is None else self.confidences.tolist()
+        outputs = self.outputs or {}
         step = 1 if first_seq else 0
-        return [ResultRow(i, int(label), float(conf), tier, self.node, self.model_version,
-                          dict(extra), first_seq + k * step)
+        return [ResultRow(i, label, conf, tier, self.node, self.model_version,
+                          dict(extra), first_seq + k * step,
+                          {name: array[k] for name, array in outputs.items()})
                 for k, (i, label, conf, tier, extra) in enumerate(zip(
-                    self.item_ids, self.labels.tolist(), self.confidences.tolist(), tiers,
-                    extras, strict=True))]
+                    self.item_ids, labels, confidences, tiers, extras, strict=True))]
 
 
 @dataclass(frozen=True)

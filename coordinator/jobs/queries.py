@@ -51,19 +51,25 @@ class JobQueries:
                                    "ORDER BY node", (job_id,)).fetchall())
         return self.database.read(read)
 
-    def results(self, job_id: str, after_seq: int = 0, limit: int | None = None
-                ) -> list[ResultRow]:
-        """The job's results with ``seq > after_seq``, in seq order (at most ``limit``)."""
+    def results(self, job_id: str, after_seq: int = 0, limit: int | None = None,
+                max_bytes: int | None = None) -> list[ResultRow]:
+        """The job's results with ``seq > after_seq``, in seq order (at most ``limit``);
+        with ``max_bytes``, no further block is read once the blocks read weigh that much
+        (results holding large outputs: fewer than ``limit`` does not mean the end)."""
         def read(db: Tx) -> list[ResultRow]:
             job_state(db, job_id)
             cur = db.execute("SELECT first_seq, node, model_version, body FROM result_blocks "
                              "WHERE job_id = ? AND last_seq > ? ORDER BY last_seq",
                              (job_id, after_seq))
             out: list[ResultRow] = []
+            weight = 0
             while limit is None or len(out) < limit:
+                if max_bytes is not None and weight >= max_bytes:
+                    break
                 block = cur.fetchone()
                 if block is None:
                     break
+                weight += len(block[3])
                 out.extend(r for r in decode_block(*block) if r.seq > after_seq)
             return out if limit is None else out[:limit]
         return self.database.read(read)

@@ -28,20 +28,42 @@ INSERT_BLOCK = ("INSERT INTO result_blocks (job_id, last_seq, first_seq, shard_i
 
 
 def check_batch(b: ResultBatch) -> ResultBatch:
-    """``b`` with its arrays as int64 / float64 [N]; InvalidResultError naming what is wrong."""
+    """``b`` with its arrays as int64 / float64 [N] and its outputs as [N, ...] arrays of an
+    OIP numeric dtype; InvalidResultError naming what is wrong."""
     n = len(b.item_ids)
-    labels, confidences = np.asarray(b.labels), np.asarray(b.confidences)
-    if labels.shape != (n,) or confidences.shape != (n,):
-        raise InvalidResultError(f"results: {n} item ids but labels of shape "
-                                 f"{labels.shape} and confidences of shape {confidences.shape}")
     if not all(type(i) is str for i in b.item_ids):
         raise InvalidResultError("results: every item_id must be a string")
-    if labels.dtype.kind not in "iu":
-        raise InvalidResultError(f"results: labels must be integers, got {labels.dtype}")
-    if confidences.dtype.kind not in "fiu" or not np.isfinite(confidences).all():
-        bad = [c for c in confidences.tolist() if not isinstance(c, int | float)
-               or not math.isfinite(c)][:1]
-        raise InvalidResultError(f"results: confidence must be a finite number, got {bad}")
+    if (b.labels is None) != (b.confidences is None):
+        raise InvalidResultError("results: labels and confidences come together (or neither)")
+    labels = confidences = None
+    if b.labels is not None:
+        labels, confidences = np.asarray(b.labels), np.asarray(b.confidences)
+        if labels.shape != (n,) or confidences.shape != (n,):
+            raise InvalidResultError(f"results: {n} item ids but labels of shape "
+                                     f"{labels.shape} and confidences of shape "
+                                     f"{confidences.shape}")
+        if labels.dtype.kind not in "iu":
+            raise InvalidResultError(f"results: labels must be integers, got {labels.dtype}")
+        if confidences.dtype.kind not in "fiu" or not np.isfinite(confidences).all():
+            bad = [c for c in confidences.tolist() if not isinstance(c, int | float)
+                   or not math.isfinite(c)][:1]
+            raise InvalidResultError(f"results: confidence must be a finite number, got {bad}")
+        labels = labels.astype(np.int64, copy=False)
+        confidences = confidences.astype(np.float64, copy=False)
+    outputs = None
+    if b.outputs is not None:
+        outputs = {}
+        for name, array in b.outputs.items():
+            array = np.asarray(array)
+            if not isinstance(name, str) or not name:
+                raise InvalidResultError("results: output names must be non-empty strings")
+            if array.ndim < 1 or array.shape[0] != n:
+                raise InvalidResultError(f"results: output {name!r} has shape "
+                                         f"{list(array.shape)}, expected [{n}, ...]")
+            if array.dtype.kind not in "biuf":
+                raise InvalidResultError(f"results: output {name!r} has dtype {array.dtype}; "
+                                         "a job keeps numeric outputs only")
+            outputs[name] = array
     for name in ("node", "model_version"):
         if not isinstance(getattr(b, name), str):
             raise InvalidResultError(f"results: {name} must be a string")
@@ -51,10 +73,9 @@ def check_batch(b: ResultBatch) -> ResultBatch:
     if b.extras is not None and (len(b.extras) != n
                                  or not all(isinstance(e, dict) for e in b.extras)):
         raise InvalidResultError("results: extras must be one map per item")
-    return ResultBatch(list(b.item_ids), labels.astype(np.int64, copy=False),
-                       confidences.astype(np.float64, copy=False), b.node, b.model_version,
+    return ResultBatch(list(b.item_ids), labels, confidences, b.node, b.model_version,
                        b.tiers if isinstance(b.tiers, str) else list(b.tiers),
-                       None if b.extras is None else list(b.extras))
+                       None if b.extras is None else list(b.extras), outputs)
 
 
 def batches_from_rows(rows: Sequence[ResultRow]) -> list[ResultBatch]:
@@ -67,6 +88,7 @@ def batches_from_rows(rows: Sequence[ResultRow]) -> list[ResultBatch]:
                         np.array([float(r.confidence) for r in g], np.float64), node, version,
                         [r.tier for r in g], [dict(r.extra) for r in g])
             for (node, version), g in groups.items()]
+# (Rows come from the spool: cascaded classifiers only, so every row has a label.)
 
 
 def _check_row(r: ResultRow) -> None:
@@ -91,27 +113,46 @@ def subset(b: ResultBatch, keep: Sequence[int]) -> ResultBatch:
     if len(keep) == len(b):
         return b
     idx = np.asarray(keep, np.int64)
-    return ResultBatch([b.item_ids[k] for k in keep], b.labels[idx], b.confidences[idx],
+    return ResultBatch([b.item_ids[k] for k in keep],
+                       None if b.labels is None else b.labels[idx],
+                       None if b.confidences is None else b.confidences[idx],
                        b.node, b.model_version,
                        b.tiers if isinstance(b.tiers, str) else [b.tiers[k] for k in keep],
-                       None if b.extras is None else [b.extras[k] for k in keep])
+                       None if b.extras is None else [b.extras[k] for k in keep],
+                       None if b.outputs is None else {name: a[idx]
+                                                       for name, a in b.outputs.items()})
 
 
 def encode_body(b: ResultBatch) -> bytes:
-    """The block body: msgpack of ids, labels (<i8 bytes), confidences (<f8 bytes), tiers,
-    extras. InvalidResultError when an extra holds a value msgpack cannot store."""
+    """The block body: msgpack of ids, labels (<i8 bytes, or nil), confidences (<f8 bytes,
+    or nil), tiers, extras and, when the batch has outputs, a sixth column: one
+    ``[name, dtype str, item shape, raw bytes of [N, ...item shape]]`` per output.
+    InvalidResultError when an extra holds a value msgpack cannot store."""
+    columns = [b.item_ids,
+               None if b.labels is None else b.labels.astype("<i8").tobytes(),
+               None if b.confidences is None else b.confidences.astype("<f8").tobytes(),
+               b.tiers, b.extras]
+    if b.outputs:
+        columns.append([[name, a.dtype.newbyteorder("<").str, list(a.shape[1:]),
+                         np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()]
+                        for name, a in b.outputs.items()])
     try:
-        return msgpack.packb([b.item_ids, b.labels.astype("<i8").tobytes(),
-                              b.confidences.astype("<f8").tobytes(), b.tiers, b.extras])
+        return msgpack.packb(columns)
     except (TypeError, ValueError, OverflowError) as e:
         raise InvalidResultError(f"results: extra is not serializable ({e})") from e
 
 
 def decode_block(first_seq: int, node: str, version: str, body: bytes) -> list[ResultRow]:
-    """A stored block's results, one ``ResultRow`` per item, with their seqs."""
-    ids, labels, confidences, tiers, extras = msgpack.unpackb(body)
-    return ResultBatch(ids, np.frombuffer(labels, "<i8"), np.frombuffer(confidences, "<f8"),
-                       node, version, tiers, extras).rows(first_seq)
+    """A stored block's results, one ``ResultRow`` per item, with their seqs (blocks of
+    any version: those written before outputs existed have five columns)."""
+    ids, labels, confidences, tiers, extras, *rest = msgpack.unpackb(body)
+    outputs = None
+    if rest:
+        outputs = {name: np.frombuffer(raw, np.dtype(dtype)).reshape(len(ids), *shape)
+                   for name, dtype, shape, raw in rest[0]}
+    return ResultBatch(ids, None if labels is None else np.frombuffer(labels, "<i8"),
+                       None if confidences is None else np.frombuffer(confidences, "<f8"),
+                       node, version, tiers, extras, outputs).rows(first_seq)
 
 
 def write_blocks(tx: Tx, job_id: str, shard_id: int, attempt: int,

@@ -1,7 +1,10 @@
 """Run one leased shard on its node, and turn the answers into the shard's results.
 
-A shard is one batched classification request to the node that leased it, with a
-deadline (``ShardRunner``). Without a cascade rule for the model every item's edge answer
+A shard is one batched request to the node that leased it, with a deadline
+(``ShardRunner``). For a classification model the results are each item's label and
+confidence (plus any outputs the job asked for); for any other task (``tensor``,
+``detection``...) the job's requested outputs, every output when it named none
+(``tensor_output``). Without a cascade rule for the model every item's edge answer
 is final. With one, the cascade decides per item; items the cloud answered get the
 cloud's answer (``tier`` = ``cloud``), items it could not answer become escalations for
 the spool, carrying the edge answer to fall back on (``shard_results``); items it refused
@@ -13,12 +16,16 @@ dispatcher decides whether the node or the shard is at fault).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from coordinator.cascade.decision import Cascade, Decision
+from coordinator.errors import InvalidResultError
+from coordinator.fleet.catalog import CLASSIFICATION
 from coordinator.fleet.forwarder import Forwarder
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.model import Lease, ResultBatch, ResultRow
@@ -44,6 +51,33 @@ class Classification:
 # classify(node, model, items, version, with_probabilities, timeout_s) -> Classification;
 # raises edgeshard.errors.PeerStatusError when the node answers with an error status.
 Classify = Callable[[NodeRecord, str, np.ndarray, str, bool, float], Classification]
+
+
+@dataclass(frozen=True)
+class TensorAnswer:
+    """A batch of answers from one server: output arrays by name, each ``[N, ...]``; the
+    model version and the node id the server reported ("" if none)."""
+
+    outputs: dict[str, np.ndarray]
+    model_version: str
+    node: str
+
+
+# infer(node, model, items, version, outputs, timeout_s) -> TensorAnswer (every output when
+# ``outputs`` is empty); raises edgeshard.errors.PeerStatusError like Classify.
+InferTensors = Callable[[NodeRecord, str, np.ndarray, str, list[str], float], TensorAnswer]
+
+# Lease params set at Submit (coordinator.jobs.service): the model's task and the outputs
+# the job keeps (a JSON list). Jobs stored before they existed are classification jobs.
+TASK_PARAM = "task"
+OUTPUTS_PARAM = "outputs"
+CLASSIFIER_OUTPUTS = ("label", "confidence")
+
+
+def job_outputs(params: Mapping[str, Any]) -> list[str]:
+    """The output names a job keeps, from its lease params (empty: the task's default)."""
+    raw = params.get(OUTPUTS_PARAM)
+    return list(json.loads(raw)) if raw else []
 
 
 @dataclass(frozen=True)
@@ -94,17 +128,25 @@ class ShardRunner:
     """
 
     def __init__(self, forwarder: Forwarder, classify: Classify, deadline_s: float,
-                 cascade: Cascade | None = None, cloud_timeout_s: float = 5.0):
+                 cascade: Cascade | None = None, cloud_timeout_s: float = 5.0,
+                 infer_tensors: InferTensors | None = None,
+                 task_of: Callable[[str], str] = lambda model: CLASSIFICATION):
         self.forwarder = forwarder
         self.classify = classify
         self.deadline_s = deadline_s
         self.cascade = cascade
         self.cloud_timeout_s = cloud_timeout_s
+        self.infer_tensors = infer_tensors
+        self.task_of = task_of  # a job submitted while no node could say: ask now
 
     def __call__(self, node: NodeRecord, lease: Lease) -> ShardOutput:
         """Run ``lease`` on ``node``; raises ``PeerStatusError`` from the node."""
-        rule = self.cascade.rule(lease.model) if self.cascade is not None else None
         version = str(lease.params.get("model_version", ""))
+        task = str(lease.params.get(TASK_PARAM) or self.task_of(lease.model))
+        wanted = job_outputs(lease.params)
+        if task != CLASSIFICATION or wanted:
+            return self._tensors(node, lease, version, task, wanted)
+        rule = self.cascade.rule(lease.model) if self.cascade is not None else None
 
         def call(target: NodeRecord, timeout: float) -> Classification:
             return self.classify(target, lease.model, lease.array, version, rule is not None,
@@ -120,6 +162,22 @@ class ShardRunner:
                                  out.model_version)
         return edge_output(lease.ids, out.label, out.confidence, node_name, out.model_version)
 
+    def _tensors(self, node: NodeRecord, lease: Lease, version: str, task: str,
+                 wanted: list[str]) -> ShardOutput:
+        """The shard as one request for its outputs (Submit refused a cascaded model's job
+        that names outputs, and any job of a cascaded model that is not a classifier)."""
+        if self.infer_tensors is None:
+            raise InvalidResultError(f"job of {lease.model} ({task}): this coordinator "
+                                     "cannot run jobs of models that are not classifiers")
+        ask = sorted({*CLASSIFIER_OUTPUTS, *wanted}) if task == CLASSIFICATION else wanted
+
+        def call(target: NodeRecord, timeout: float) -> TensorAnswer:
+            return self.infer_tensors(target, lease.model, lease.array, version, ask, timeout)
+
+        out = self.forwarder.call(node, call, self.deadline_s, items=len(lease.ids),
+                                  shard=True)
+        return tensor_output(lease.ids, out, out.node or node.node_id, task, wanted)
+
 
 def edge_output(ids: Sequence[str], labels: np.ndarray, confidences: np.ndarray, node: str,
                 version: str) -> ShardOutput:
@@ -129,3 +187,25 @@ def edge_output(ids: Sequence[str], labels: np.ndarray, confidences: np.ndarray,
     model ``version``.
     """
     return ShardOutput(ResultBatch(list(ids), labels, confidences, node, version))
+
+
+def tensor_output(ids: Sequence[str], answer: TensorAnswer, node: str, task: str,
+                  wanted: Sequence[str]) -> ShardOutput:
+    """A shard's results from a node's tensors: ``wanted`` outputs (every output when
+    empty), and for a classifier its label and confidence too. ``InvalidResultError`` when
+    an output asked for is missing."""
+    outputs = dict(answer.outputs)
+    labels = confidences = None
+    if task == CLASSIFICATION:
+        missing = [n for n in CLASSIFIER_OUTPUTS if n not in outputs]
+        if missing:
+            raise InvalidResultError(f"results: the node's answer lacks {missing}")
+        labels = outputs["label"].reshape(-1)
+        confidences = outputs["confidence"].reshape(-1)
+    if wanted:
+        missing = [n for n in wanted if n not in outputs]
+        if missing:
+            raise InvalidResultError(f"results: the node's answer lacks outputs {missing}")
+        outputs = {n: outputs[n] for n in wanted}
+    return ShardOutput(ResultBatch(list(ids), labels, confidences, node, answer.model_version,
+                                   outputs=outputs))

@@ -15,6 +15,7 @@ coordinator without authentication). A job outside the scope raises ``JobAccessE
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import threading
@@ -31,13 +32,16 @@ from coordinator.errors import (
 )
 from coordinator.fleet.catalog import ModelCatalog
 from coordinator.jobs.model import JobProgress, ResultRow
+from coordinator.jobs.runner import OUTPUTS_PARAM, TASK_PARAM
 from coordinator.jobs.signals import JobSignals
+from coordinator.jobs.signature import plan_job
 from coordinator.jobs.store import JobStore
 from coordinator.jobs.submission import Submission
 
 log = logging.getLogger(__name__)
 
 RESULT_PAGE = 512  # results read from the store per query
+RESULT_PAGE_BYTES = 32 * 1024 * 1024  # ... or fewer, when their outputs weigh this much
 WATCH_KEEPALIVE_S = 2.0  # Watch repeats an unchanged status this often
 FOLLOW_POLL_S = 0.5  # a following stream looks for unsignalled results (other replicas)
 MAX_WATCH_INTERVAL_S = 60.0  # the longest poll interval a Watch caller may ask for
@@ -52,14 +56,16 @@ class JobService:
     """Jobs over one store. ``on_submit`` wakes the dispatcher; ``stopping`` is set when
     the coordinator drains (streams end); ``pending(job_id)`` lists the degraded edge
     answers still waiting in the spool; ``max_shard_bytes`` is what one shard's items
-    may weigh (the message limit to nodes less headroom)."""
+    (and its answer) may weigh (the message limit to nodes less headroom);
+    ``cascaded(model)`` says whether a model has a cascade rule."""
 
     def __init__(self, store: JobStore, catalog: ModelCatalog, default_shard_size: int,
                  on_submit: Callable[[], None], stopping: threading.Event,
                  pending: Callable[[str], list[ResultRow]] = lambda job_id: [],
                  signals: JobSignals | None = None,
                  run_blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread,
-                 max_shard_bytes: int = 64 * 1024 * 1024 - MESSAGE_HEADROOM):
+                 max_shard_bytes: int = 64 * 1024 * 1024 - MESSAGE_HEADROOM,
+                 cascaded: Callable[[str], bool] = lambda model: False):
         self.store = store
         self.catalog = catalog
         self.default_shard_size = default_shard_size
@@ -72,17 +78,23 @@ class JobService:
         # How the followers (coroutines) run store reads: off the event loop.
         self.run_blocking = run_blocking
         self.max_shard_bytes = max_shard_bytes  # item bytes one shard's request may carry
+        self.cascaded = cascaded
 
     def submit(self, submission: Submission, owner: str = "",
                scope: str | None = None) -> JobProgress:
         """Store a streamed job of ``owner`` (idempotent for a repeated ``job_id``, which
         must be in ``scope``) and wake the pullers.
 
-        The shard size is capped at the model's max batch size at the nodes, since one
-        shard is one batched request. The first item is run on a live node first, so items
-        the model cannot take are refused now, not after every shard failed. Raises
+        The items and requested outputs are checked against the model's metadata
+        (``coordinator.jobs.signature``). The shard size is capped at the model's max batch
+        size at the nodes, since one shard is one batched request (1 for a model that
+        cannot batch), and lowered until a shard's items and its answer each fit in one
+        message. The first item is run on a live node first, so items the model cannot
+        take are refused now, not after every shard failed. Raises
         ``ModelNotServedError`` when no known node serves the model, ``JobInputError``
-        when the model refuses the items, and the submission's own validation errors.
+        when the model refuses the items, ``InvalidJobError`` for outputs it does not
+        have or a model with several inputs, ``CascadeUnsupportedError`` for a cascaded
+        model that is not a classifier, and the submission's own validation errors.
         """
         header = submission.header()
         if not header.model:
@@ -95,16 +107,24 @@ class JobService:
             raise ModelNotServedError(f"model_version: no node serves {header.model!r} "
                                       f"version {header.model_version!r}")
         request, items = submission.finish()
+        plan = plan_job(request.model, self.catalog.facts(request.model), items.dtype,
+                        items.item_shape, request.outputs, self.cascaded(request.model))
         first_ids, first = next(items.batches(1))
-        self.catalog.check_item(request.model, request.model_version, first_ids[0], first)
+        answer_bytes = self.catalog.check_item(request.model, request.model_version,
+                                               first_ids[0], first) or 0
         shard_size = request.shard_size or self.default_shard_size
-        limit = self.catalog.max_batch_size(request.model)
+        limit = self.catalog.max_batch_size(request.model) if plan.batched else 1
         if limit is not None and shard_size > limit:
             shard_size = limit
-        shard_size = self._fit_message(shard_size, items)
+        shard_size = self._fit_message(shard_size, items, max(answer_bytes,
+                                                              plan.answer_bytes))
         params = dict(request.params)
         if request.model_version:
             params["model_version"] = request.model_version
+        if plan.task is not None:
+            params[TASK_PARAM] = plan.task
+        if plan.outputs:
+            params[OUTPUTS_PARAM] = json.dumps(list(plan.outputs))
         info = self.store.create_job(request.model, items, shard_size, params,
                                      job_id=request.job_id or None, owner=owner)
         if info.existing:
@@ -115,19 +135,24 @@ class JobService:
         self.on_submit()
         return self.store.progress(info.job_id)
 
-    def _fit_message(self, shard_size: int, items) -> int:
+    def _fit_message(self, shard_size: int, items, answer_bytes: int = 0) -> int:
         """``shard_size``, lowered so that a shard's items fit in one gRPC message to a
-        node (``max_shard_bytes``); ``InvalidJobError`` when one item alone does not."""
+        node (``max_shard_bytes``), and so does the node's answer (``answer_bytes`` per
+        item: outputs can be larger than inputs); ``InvalidJobError`` when one item alone
+        does not."""
         item_bytes = items.dtype.itemsize * math.prod(items.item_shape)
-        if item_bytes > self.max_shard_bytes:
-            raise InvalidJobError(
-                f"items: one item is {item_bytes} bytes, more than a shard may carry "
-                f"({self.max_shard_bytes} bytes: the coordinator's max_message_bytes less "
-                "room for the request); send smaller items or raise --max-message-bytes")
-        fitting = max(1, self.max_shard_bytes // max(1, item_bytes))
+        for what, size in (("item", item_bytes), ("item's answer", answer_bytes)):
+            if size > self.max_shard_bytes:
+                raise InvalidJobError(
+                    f"items: one {what} is {size} bytes, more than a shard may carry "
+                    f"({self.max_shard_bytes} bytes: the coordinator's max_message_bytes less "
+                    "room for the request); send smaller items or raise --max-message-bytes")
+        per_item = max(1, item_bytes, answer_bytes)
+        fitting = max(1, self.max_shard_bytes // per_item)
         if shard_size > fitting:
-            log.info("shard size %d lowered to %d: %d-byte items in one message of at most "
-                     "%d bytes", shard_size, fitting, item_bytes, self.max_shard_bytes)
+            log.info("shard size %d lowered to %d: %d bytes per item (request or answer) in "
+                     "one message of at most %d bytes", shard_size, fitting, per_item,
+                     self.max_shard_bytes)
             return fitting
         return shard_size
 
@@ -225,7 +250,8 @@ class JobService:
         p, _ = self.snapshot(job_id)
         if p.done_items == seen:
             return p, None, ()
-        return (p, self.store.results(job_id, after_seq=after, limit=RESULT_PAGE),
+        return (p, self.store.results(job_id, after_seq=after, limit=RESULT_PAGE,
+                                      max_bytes=RESULT_PAGE_BYTES),
                 self.catalog.labels(model))
 
     async def results(self, job_id: str, after_seq: int, follow: bool, include_pending: bool,
@@ -248,8 +274,8 @@ class JobService:
                 for r in rows or ():
                     yield _named(r, labels), False
                     after = r.seq
-                if rows is not None and len(rows) == RESULT_PAGE:
-                    continue  # more to read now; the count is not caught up yet
+                if rows and (len(rows) == RESULT_PAGE or rows[-1].outputs):
+                    continue  # more to read now (a page of outputs may stop at its bytes)
                 seen = p.done_items  # every result it counts is now delivered
                 if not follow or p.state.finished or self.stopping.is_set():
                     if include_pending and not follow:
@@ -262,7 +288,7 @@ class JobService:
 
 def _named(row: ResultRow, labels: tuple[str, ...]) -> ResultRow:
     """``row`` with ``extra["label_name"]``: the model's name for its label, if it has one."""
-    if not 0 <= row.label < len(labels):
+    if row.label is None or not 0 <= row.label < len(labels):
         return row
     return replace(row, extra={**row.extra, "label_name": labels[row.label]})
 

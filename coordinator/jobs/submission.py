@@ -21,8 +21,9 @@ from coordinator.jobs.items import ItemSource
 @dataclass(frozen=True)
 class JobRequest:
     """A job's header: model (and optional version), shard size (0: the default),
-    the item count the client announced (0: unknown), params, and an optional
-    caller-chosen ``job_id`` that makes a retried Submit idempotent."""
+    the item count the client announced (0: unknown), params, an optional
+    caller-chosen ``job_id`` that makes a retried Submit idempotent, and the outputs each
+    result keeps (empty: label and confidence of a classifier, every output otherwise)."""
 
     model: str
     model_version: str = ""
@@ -30,6 +31,7 @@ class JobRequest:
     total_items: int = 0
     job_id: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
 
 
 MAX_ITEM_ID_CHARS = 256  # an item id is a key in results files and FetchResults records

@@ -37,7 +37,8 @@ def image_item(i: int, shape=(4, 5), dtype="uint8", **overrides) -> dict:
 
 
 @pytest.mark.parametrize("shape,dtype", [
-    ((7, 4, 5), np.uint8), ((7, 4, 5, 3), np.uint8), ((7, 10), np.float32)])
+    ((7, 4, 5), np.uint8), ((7, 4, 5, 3), np.uint8), ((7, 10), np.float32),
+    ((7, 3), np.int64), ((7, 2, 2), np.float16), ((7, 5), np.int8), ((7, 4), np.bool_)])
 def test_npy_items_are_rows_with_index_ids(tmp_path, shape, dtype):
     array = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
     np.save(tmp_path / "x.npy", array)
@@ -152,15 +153,15 @@ def test_msgpack_items_must_share_dtype(tmp_path):
 
 
 def test_msgpack_bad_dtype(tmp_path):
-    items = [image_item(0), image_item(1, dtype="int16")]
+    items = [image_item(0), image_item(1, dtype="complex64")]
     err = input_error(write_msgpack(tmp_path / "x.msgpack", items))
-    assert "item 1: dtype 'int16' is not supported; use one of uint8, float32" in str(err)
+    assert "item 1: dtype 'complex64' is not supported; use one of uint8, float32, int8" in str(err)
 
 
 def test_npy_bad_dtype(tmp_path):
-    np.save(tmp_path / "x.npy", np.zeros((2, 3, 3), np.float64))
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 3), np.complex64))
     err = input_error(tmp_path / "x.npy")
-    assert "dtype float64 is not supported" in str(err) and "astype" in str(err)
+    assert "dtype complex64 is not supported" in str(err) and "astype" in str(err)
 
 
 def test_npy_without_item_dimensions(tmp_path):
