@@ -233,7 +233,8 @@ class OipHttpServer:
             header, binary = rest.split_body(await request.read(),
                                              request.headers.get(rest.HEADER_LENGTH))
             message, binary_outputs = rest.infer_request(header, binary, name, version)
-            answer = await self._blocking(self._infer_pool, self.front.model_infer, message)
+            answer = await self._blocking(self._infer_pool, self.front.model_infer, message,
+                                          rest.timeout_of(message))
             body, header_length = rest.infer_response(answer, binary_outputs)
         finally:
             self._in_flight -= 1
@@ -244,8 +245,8 @@ class OipHttpServer:
 
     # -- plumbing --------------------------------------------------------------------------
     async def _blocking(self, pool: futures.Executor, fn: Callable[..., Any],
-                        message) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, message)
+                        *args) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def _authorize(self, rpc: str, request: web.Request) -> None:
         if self.authenticator is not None:

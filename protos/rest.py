@@ -107,6 +107,19 @@ def infer_request(header: Any, binary: bytes, model: str,
     return request, binary_outputs
 
 
+def timeout_of(request: oip_pb2.ModelInferRequest) -> float | None:
+    """The seconds a REST caller gives its request: Triton's ``timeout`` request parameter
+    (microseconds; tritonclient.http's ``infer(timeout=...)``), None when unset.
+    HTTP has no deadline of its own, so this is the deadline the servicer sees."""
+    micros = parameters.get_param(request.parameters, "timeout")
+    if micros is None:
+        return None
+    if isinstance(micros, bool) or not isinstance(micros, int) or micros < 0:
+        raise codec.TensorError("parameters.timeout",
+                                f"microseconds as an integer >= 0, got {micros!r}")
+    return micros / 1e6
+
+
 def _add_input(request: oip_pb2.ModelInferRequest, item: dict, field: str, binary: bytes,
                offset: int) -> int:
     """Append one input (as raw contents); returns the new offset into ``binary``."""

@@ -236,3 +236,10 @@ def test_a_body_over_the_message_limit_is_a_413(http_node):
     status, answer = curl(http_node, f"/v2/models/{EDGE}/infer", body)
     assert status == 413
     assert str(MAX_BODY) in answer["error"]
+
+
+def test_an_expired_timeout_parameter_is_a_504(client, sample):
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(EDGE, [image_input(sample[0][:1], True)], timeout=1)  # 1 microsecond
+    assert info.value.status() == "504"
+    assert "deadline" in info.value.message()

@@ -30,6 +30,7 @@ class ScriptedFront:
         self.behaviour = "echo"
         self.release = threading.Event()
         self.seen: list[oip_pb2.ModelInferRequest] = []
+        self.timeouts: list[float | None] = []
 
     def server_live(self, request, timeout=None):
         return oip_pb2.ServerLiveResponse(live=True)
@@ -39,6 +40,7 @@ class ScriptedFront:
 
     def model_infer(self, request, timeout=None):
         self.seen.append(request)
+        self.timeouts.append(timeout)
         if self.behaviour == "block":
             self.release.wait(10)
         elif self.behaviour == "draining":
@@ -146,3 +148,15 @@ def test_stop_lets_a_request_in_flight_finish_then_closes_the_port(served):
     assert stopped.wait(10)
     t.join(10)
     assert results == [200]
+
+
+def test_tritons_timeout_parameter_is_the_deadline(served):
+    front, _, url = served
+    body = json.loads(BODY)
+    assert post(f"{url}/v2/models/m/infer")[0] == 200
+    body["parameters"] = {"timeout": 250_000}
+    assert post(f"{url}/v2/models/m/infer", json.dumps(body).encode())[0] == 200
+    body["parameters"] = {"timeout": -1}
+    status, answer = post(f"{url}/v2/models/m/infer", json.dumps(body).encode())
+    assert status == 400 and answer["error"].startswith("parameters.timeout")
+    assert front.timeouts == [None, 0.25]
