@@ -67,6 +67,12 @@ class CoordinatorConfig:
     metrics_host: str | None = field(default=None, metadata=_help("metrics address"))
     """Address the metrics endpoint binds; defaults to ``host``."""
 
+    http_port: int | None = field(
+        default=None, metadata=_help("Open Inference Protocol HTTP/REST port on --host "
+                                     "(0 picks one; unset: off)"))
+    """Port of the KServe v2 / Triton HTTP/REST binding (same host, TLS, bearer tokens and
+    message limit as gRPC); None disables it, 0 picks a free port (in the ready file)."""
+
     grace_seconds: float = field(default=10.0, metadata=_help("SIGTERM drain time (s)"))
     """On SIGTERM: NOT_SERVING, then in-flight requests get this long to finish."""
 
@@ -243,8 +249,9 @@ class CoordinatorConfig:
             object.__setattr__(self, name, Path(value) if value else None)
         check_server_settings(self.host, self.tls_files, self.insecure)
         check_port("port", self.port)
-        if self.metrics_port is not None:
-            check_port("metrics_port", self.metrics_port)
+        for name in ("metrics_port", "http_port"):
+            if getattr(self, name) is not None:
+                check_port(name, getattr(self, name))
         for address in self.node:
             host, _, port = address.rpartition(":")
             check(bool(host) and port.isdigit(), "node",

@@ -56,6 +56,7 @@ from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
 from edgeshard.aio_server import AioServer
 from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
+from edgeshard.oip_http import OipHttpServer
 from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import message_options
 from protos import fleet_pb2, fleet_pb2_grpc
@@ -111,7 +112,9 @@ class CoordinatorServer:
         self.discovery = None
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self._server: AioServer | None = None
+        self._http: OipHttpServer | None = None  # the REST binding, with --http-port
         self.signals = JobSignals()  # wakes the Watch/FetchResults streams of a job
         self._lock_file = None
         self.cascade: Cascade | None = None
@@ -179,6 +182,8 @@ class CoordinatorServer:
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
         self._server.start()
+        if cfg.http_port is not None:
+            self._start_http()
         if self.cloud is not None:
             self._check_cloud()
         self.membership.run_round()  # admit reachable seeds before taking work
@@ -211,9 +216,21 @@ class CoordinatorServer:
             log.info("nodes must prove who they are with %s", " and ".join(proofs))
         if cfg.ready_file:
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"grpc_port": self.port,
+            tmp.write_text(json.dumps({"grpc_port": self.port, "http_port": self.http_port,
                                        "metrics_port": self.metrics_port, "pid": os.getpid()}))
             os.replace(tmp, cfg.ready_file)
+
+    def _start_http(self) -> None:
+        """Serve the REST binding over the inference servicer, with the gRPC server's
+        host, TLS files, bearer tokens and message limit."""
+        cfg = self.config
+        self._http = OipHttpServer(
+            self.front, "coordinator", max_body=cfg.max_message_bytes, workers=32,
+            max_in_flight=cfg.max_in_flight, authenticator=self.authenticator,
+            tls=cfg.tls_files, name="coord-http")
+        self.http_port = self._http.start(cfg.host, cfg.http_port)
+        log.info("Open Inference Protocol HTTP/REST on %s://%s:%d", self._http.scheme,
+                 cfg.host, self.http_port)
 
     def _build_cascade(self) -> Cascade | None:
         cfg = self.config
@@ -314,8 +331,11 @@ class CoordinatorServer:
         self.signals.notify_all()  # following streams look, see the stop and end
         if self.discovery is not None:
             self.discovery.close()
+        http = self._http.stop(grace) if self._http is not None else None
         if self._server is not None:
             self._server.stop(grace).wait()
+        if http is not None:
+            http.wait()
         if self.dispatcher is not None:
             self.dispatcher.close(timeout=grace)
         if self.replayer is not None:

@@ -42,6 +42,13 @@ class NodeConfig:
     )
     """Address the metrics endpoint binds; defaults to ``host``."""
 
+    http_port: int | None = field(
+        default=None, metadata={"help": "Open Inference Protocol HTTP/REST port on --host "
+                                        "(0 picks one; unset: off)"}
+    )
+    """Port of the KServe v2 / Triton HTTP/REST binding (same host, TLS and message limit
+    as gRPC); None disables it, 0 picks a free port (reported in the ready file)."""
+
     node_id: str = field(default="", metadata={"help": (
         "node name reported in responses and registered with coordinators (default: the "
         "--tls-cert's common name, else HOST:PORT); a join token's name must match it")})
@@ -74,7 +81,8 @@ class NodeConfig:
     """gRPC max send/receive message size; larger requests get RESOURCE_EXHAUSTED."""
 
     ready_file: Path | None = field(
-        default=None, metadata={"help": "write {grpc_port, metrics_port, pid} JSON when ready"}
+        default=None,
+        metadata={"help": "write {grpc_port, http_port, metrics_port, pid} JSON when ready"}
     )
     """When set, a JSON file with the bound ports is written once the node is SERVING."""
 
@@ -189,8 +197,9 @@ class NodeConfig:
             object.__setattr__(self, "ready_file", Path(self.ready_file))
         for name in ("port",):
             check_port(name, getattr(self, name))
-        if self.metrics_port is not None:
-            check_port("metrics_port", self.metrics_port)
+        for name in ("metrics_port", "http_port"):
+            if getattr(self, name) is not None:
+                check_port(name, getattr(self, name))
         check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
         check(
             self.interpreter_threads >= 1,

@@ -28,6 +28,7 @@ from edge_node.runtime import RUNTIME
 from edge_node.servicer import NodeServicer
 from edgeshard import VERSION
 from edgeshard.keys import load_trust_keys
+from edgeshard.oip_http import OipHttpServer
 from edgeshard.signing import SigningPolicy, TrustStore
 from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import add_port, create_server, message_options
@@ -53,8 +54,10 @@ class EdgeNodeServer:
         self.health = health.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self.node_id = ""
         self._server: grpc.Server | None = None
+        self._http: OipHttpServer | None = None  # the REST binding, with --http-port
         self._links: list[CoordinatorLink] = []  # one per --coordinator
         self._advertiser = None  # Advertiser when --advertise is set
         self._link_credentials = None  # TLS to coordinators, when configured
@@ -100,6 +103,8 @@ class EdgeNodeServer:
         self._server.start()  # answers live/health (NOT_SERVING) while warming up
         self.engine.start()
         self.models.start(cfg.model_poll_s)
+        if cfg.http_port is not None:
+            self._start_http()
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         self.servicer.ready.set()
@@ -111,6 +116,19 @@ class EdgeNodeServer:
         self._announce()
         if cfg.ready_file:
             self._write_ready_file()
+
+    def _start_http(self) -> None:
+        """Serve the REST binding over the gRPC servicer, on the gRPC server's host, TLS
+        files and message limit, with as many handler threads and requests in flight."""
+        cfg = self.config
+        self._http = OipHttpServer(
+            self.servicer, "node", max_body=cfg.max_message_bytes,
+            workers=max(8, 2 * cfg.workers + 4),
+            max_in_flight=cfg.max_queue_size + 4 * cfg.workers, tls=cfg.tls_files,
+            name="edge-http")
+        self.http_port = self._http.start(cfg.host, cfg.http_port)
+        log.info("Open Inference Protocol HTTP/REST on %s://%s:%d", self._http.scheme,
+                 cfg.host, self.http_port)
 
     def models_served(self) -> dict[str, list[str]]:
         """Sorted version names of each model with at least one loaded version."""
@@ -177,7 +195,8 @@ class EdgeNodeServer:
         path = self.config.ready_file
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({
-            "grpc_port": self.port, "metrics_port": self.metrics_port,
+            "grpc_port": self.port, "http_port": self.http_port,
+            "metrics_port": self.metrics_port,
             "pid": os.getpid(), "node_id": self.node_id,
         }))
         os.replace(tmp, path)  # readers never see a half-written file
@@ -197,8 +216,11 @@ class EdgeNodeServer:
         if self.models is not None:
             self.models.close()
         drained = True
+        http = self._http.stop(grace) if self._http is not None else None
         if self._server is not None:
             self._server.stop(grace).wait()
+        if http is not None:
+            http.wait()
         if self.engine is not None:
             drained = self.engine.stop(grace)
         self.metrics.close()

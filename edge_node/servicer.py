@@ -48,30 +48,33 @@ class NodeServicer(InferenceServicer):
         self.models = models
         self.ready = threading.Event()  # set once warm, cleared when draining
 
-    @_guard
-    def ServerLive(self, request, context):
+    # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
+    # Each takes the RPC's request message and the seconds left of the caller's deadline
+    # (None: no deadline) and returns the response message or raises edge_node.errors.
+    def server_live(self, request, timeout=None) -> oip_pb2.ServerLiveResponse:
+        """ServerLive: the process answers."""
         return oip_pb2.ServerLiveResponse(live=True)
 
-    @_guard
-    def ServerReady(self, request, context):
+    def server_ready(self, request, timeout=None) -> oip_pb2.ServerReadyResponse:
+        """ServerReady: warm and not draining."""
         return oip_pb2.ServerReadyResponse(ready=self.ready.is_set())
 
-    @_guard
-    def ModelReady(self, request, context):
+    def model_ready(self, request, timeout=None) -> oip_pb2.ModelReadyResponse:
+        """ModelReady: the version is loaded and the node ready (unknown: not ready)."""
         try:
             self.engine.resolve(request.name, request.version)
         except (errors.ModelNotFoundError, errors.ModelUnavailableError):
             return oip_pb2.ModelReadyResponse(ready=False)
         return oip_pb2.ModelReadyResponse(ready=self.ready.is_set())
 
-    @_guard
-    def ServerMetadata(self, request, context):
+    def server_metadata(self, request, timeout=None) -> oip_pb2.ServerMetadataResponse:
+        """ServerMetadata: name, version and the protocol extensions served."""
         return oip_pb2.ServerMetadataResponse(
             name=SERVER_NAME, version=VERSION, extensions=EXTENSIONS
         )
 
-    @_guard
-    def ModelMetadata(self, request, context):
+    def model_metadata(self, request, timeout=None) -> oip_pb2.ModelMetadataResponse:
+        """ModelMetadata: the task's input and output tensors."""
         mv = self.engine.resolve(request.name, request.version)
         entry = self.engine.repository.models[mv.spec.name]
         tensor = oip_pb2.ModelMetadataResponse.TensorMetadata
@@ -85,8 +88,8 @@ class NodeServicer(InferenceServicer):
                      for t in mv.task.outputs],
         )
 
-    @_guard
-    def ModelConfig(self, request, context):
+    def model_config(self, request, timeout=None) -> oip_pb2.ModelConfigResponse:
+        """ModelConfig: Triton's model configuration of the version."""
         mv = self.engine.resolve(request.name, request.version)
         return oip_pb2.ModelConfigResponse(config=self._model_config(mv))
 
@@ -128,8 +131,8 @@ class NodeServicer(InferenceServicer):
             parameters={k: mc.ModelParameter(string_value=v) for k, v in parameters.items()},
         )
 
-    @_guard
-    def ModelStatistics(self, request, context):
+    def model_statistics(self, request, timeout=None) -> oip_pb2.ModelStatisticsResponse:
+        """ModelStatistics: Triton's per-version counters and durations."""
         response = oip_pb2.ModelStatisticsResponse()
         if request.name:
             self.engine.repository.resolve(request.name, request.version)
@@ -149,8 +152,9 @@ class NodeServicer(InferenceServicer):
                 _duration(bs.compute_output, b.compute_output)
         return response
 
-    @_guard
-    def ModelInfer(self, request, context):
+    def model_infer(self, request: oip_pb2.ModelInferRequest,
+                    timeout: float | None = None) -> oip_pb2.ModelInferResponse:
+        """ModelInfer: validate, run through the engine, apply ``classification``."""
         if not self.ready.is_set():
             raise errors.ShuttingDownError("node is not ready (starting or draining)")
         # Refuse what the request declares before decoding its data (a huge BYTES tensor
@@ -181,7 +185,7 @@ class NodeServicer(InferenceServicer):
                 "parameters.dequantize", f"must be a bool, got {dequantize!r}")
         arrays = codec.decode_inputs(request)
         result = self.engine.infer(
-            request.model_name, request.model_version, arrays, timeout=time_left(context),
+            request.model_name, request.model_version, arrays, timeout=timeout,
             parameters={"dequantize": bool(dequantize)},
         )
         outputs = result.outputs
@@ -200,16 +204,19 @@ class NodeServicer(InferenceServicer):
         return response
 
 
-    @_guard
-    def RepositoryIndex(self, request, context):
+    def repository_index(self, request, timeout=None) -> oip_pb2.RepositoryIndexResponse:
+        """RepositoryIndex: every model version with its state (READY, UNLOADING,
+        UNAVAILABLE and why)."""
         response = oip_pb2.RepositoryIndexResponse()
         for row in self._manager().index(ready_only=request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state,
                                 reason=row.reason)
         return response
 
-    @_guard
-    def RepositoryModelLoad(self, request, context):
+    def repository_model_load(self, request,
+                              timeout=None) -> oip_pb2.RepositoryModelLoadResponse:
+        """RepositoryModelLoad: load what is new for the model (``force``: even when its
+        inputs or outputs change); refused versions make it fail, naming each and why."""
         force = parameters.get_param(request.parameters, "force", False)
         if not isinstance(force, bool):
             raise errors.InvalidInputError("parameters.force", f"must be a bool, got {force!r}")
@@ -225,8 +232,9 @@ class NodeServicer(InferenceServicer):
                 + ("; ".join(refused) or "; ".join(entry.failures.values() if entry else [])))
         return oip_pb2.RepositoryModelLoadResponse()
 
-    @_guard
-    def RepositoryModelUnload(self, request, context):
+    def repository_model_unload(self, request,
+                                timeout=None) -> oip_pb2.RepositoryModelUnloadResponse:
+        """RepositoryModelUnload: unload every version of the model until loaded again."""
         if not request.model_name:
             raise errors.InvalidInputError("model_name", "empty: name the model to unload")
         self._manager().unload(request.model_name)
@@ -236,6 +244,51 @@ class NodeServicer(InferenceServicer):
         if self.models is None:
             raise errors.ModelUnavailableError("the model repository is not managed here")
         return self.models
+
+    # -- gRPC ------------------------------------------------------------------------------
+    @_guard
+    def ServerLive(self, request, context):
+        return self.server_live(request)
+
+    @_guard
+    def ServerReady(self, request, context):
+        return self.server_ready(request)
+
+    @_guard
+    def ModelReady(self, request, context):
+        return self.model_ready(request)
+
+    @_guard
+    def ServerMetadata(self, request, context):
+        return self.server_metadata(request)
+
+    @_guard
+    def ModelMetadata(self, request, context):
+        return self.model_metadata(request)
+
+    @_guard
+    def ModelConfig(self, request, context):
+        return self.model_config(request)
+
+    @_guard
+    def ModelStatistics(self, request, context):
+        return self.model_statistics(request)
+
+    @_guard
+    def ModelInfer(self, request, context):
+        return self.model_infer(request, time_left(context))
+
+    @_guard
+    def RepositoryIndex(self, request, context):
+        return self.repository_index(request)
+
+    @_guard
+    def RepositoryModelLoad(self, request, context):
+        return self.repository_model_load(request)
+
+    @_guard
+    def RepositoryModelUnload(self, request, context):
+        return self.repository_model_unload(request)
 
 
 def _data_type(datatype: str) -> int:

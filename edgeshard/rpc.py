@@ -29,6 +29,22 @@ STATUS: dict[type[BaseException], grpc.StatusCode] = {
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
+# The HTTP status of each gRPC status, for the Open Inference Protocol's REST binding
+# (what Triton and KServe answer); a status not listed is 500.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
 # Status codes worth retrying on another server (clients, the coordinator's forwarder).
 RETRYABLE: frozenset[grpc.StatusCode] = frozenset(
     grpc.StatusCode[name] for name in errors.RETRYABLE_STATUSES)
@@ -61,6 +77,13 @@ def status_for(exc: BaseException, process: str) -> tuple[grpc.StatusCode, str]:
         if isinstance(exc, kind):
             return code, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error (see the {process}'s log)"
+
+
+def http_status_for(exc: BaseException, process: str) -> tuple[int, str]:
+    """The HTTP status and message a REST caller gets for ``exc``: ``status_for``'s
+    status through ``HTTP_STATUS``."""
+    code, message = status_for(exc, process)
+    return HTTP_STATUS.get(code, 500), message
 
 
 def guarded(process: str, log: logging.Logger) -> Callable[[Callable], Callable]:

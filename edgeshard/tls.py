@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,18 @@ def channel_credentials(files: TLSFiles) -> grpc.ChannelCredentials | None:
                                         certificate_chain=chain)
 
 
+def _file_stamps(files: TLSFiles) -> tuple:
+    """What tells a replaced file: modification time, size and inode of each path."""
+    out = []
+    for path in (files.cert, files.key, files.ca):
+        try:
+            st = os.stat(path) if path else None
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino) if st else None)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 class _Watcher:
     """Re-reads the server's files when their modification times change (gRPC asks on
     every new handshake); a pair that does not load keeps the previous one."""
@@ -167,14 +180,7 @@ class _Watcher:
         self.reloads = 0
 
     def _stamps(self) -> tuple:
-        out = []
-        for path in (self.files.cert, self.files.key, self.files.ca):
-            try:
-                st = os.stat(path) if path else None
-                out.append((st.st_mtime_ns, st.st_size, st.st_ino) if st else None)
-            except OSError:
-                out.append(None)
-        return tuple(out)
+        return _file_stamps(self.files)
 
     def _load(self):
         key, chain = read_pair(self.files.cert, self.files.key)
@@ -218,6 +224,63 @@ def server_credentials(files: TLSFiles) -> grpc.ServerCredentials | None:
     watcher = _Watcher(files)
     return grpc.dynamic_ssl_server_credentials(
         watcher.config, watcher.fetch, require_client_authentication=files.ca is not None)
+
+
+def server_ssl_context(files: TLSFiles) -> ssl.SSLContext | None:
+    """An ``ssl`` server context for ``files`` (the HTTP/REST listener's), or None
+    (plaintext) without a certificate; with ``files.ca`` clients must present a
+    certificate it signed, as ``server_credentials`` requires of gRPC clients. Replaced
+    files are picked up on the next handshake after their modification times change.
+    Raises ``TLSError`` naming the flag and file at fault."""
+    files.check()
+    if not files.cert:
+        if files.ca:
+            raise TLSError("--tls-ca: a server that verifies clients needs its own "
+                           "--tls-cert and --tls-key")
+        return None
+    read_pair(files.cert, files.key)  # names the flag and file of a bad one
+    if files.ca:
+        read_ca(files.ca)
+    watcher = _ContextWatcher(files)
+    return watcher.context
+
+
+class _ContextWatcher:
+    """Keeps an ``ssl.SSLContext`` built from ``files``; its SNI callback (called on each
+    handshake) swaps in a fresh context when the files changed and still load."""
+
+    def __init__(self, files: TLSFiles):
+        self.files = files
+        self._lock = threading.Lock()
+        self._stamp = _file_stamps(files)
+        self.context = self._build()
+        self._current = self.context
+
+    def _build(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.files.cert, self.files.key)
+        if self.files.ca:
+            context.load_verify_locations(cafile=str(self.files.ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        context.sni_callback = self._handshake
+        return context
+
+    def _handshake(self, sock: ssl.SSLObject, _name, _context) -> None:
+        try:
+            with self._lock:
+                stamp = _file_stamps(self.files)
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        self._current = self._build()
+                        log.info("TLS certificate reloaded from %s (HTTP)", self.files.cert)
+                    except (OSError, ssl.SSLError) as exc:
+                        log.warning("TLS files changed but cannot be used (%s); still "
+                                    "serving the previous certificate (HTTP)", exc)
+                if self._current is not self.context:
+                    sock.context = self._current
+        except Exception:  # noqa: BLE001 - an error here must not break the handshake
+            log.exception("checking the TLS files failed; keeping the current certificate")
 
 
 def handshake_failed(details: str) -> bool:

@@ -108,7 +108,8 @@ def dtype_of(datatype: str) -> np.dtype:
 # --- decoding ---------------------------------------------------------------------------
 
 
-def _lookup(datatype: str, field: str) -> Datatype:
+def lookup(datatype: str, field: str) -> Datatype:
+    """The ``Datatype`` of a wire name; TensorError naming ``field`` when it is unsupported."""
     found = DATATYPES.get(datatype)
     if found is None:
         raise TensorError(
@@ -190,7 +191,7 @@ def decode_array(field: str, datatype: str, shape: Sequence[int], raw: bytes) ->
     ``field`` on an unknown datatype, a negative dimension or a byte count that does not
     match the shape.
     """
-    spec = _lookup(datatype, f"{field}.datatype")
+    spec = lookup(datatype, f"{field}.datatype")
     return _decode_raw(raw, spec, _shape(shape, f"{field}.shape", spec), f"{field}.data")
 
 
@@ -238,7 +239,7 @@ def _check_raw_count(
 
 def _decode_one(tensor: Any, raw: bytes | None, i: int, kind: str, raw_kind: str) -> np.ndarray:
     field = f"{kind}[{i}]"
-    spec = _lookup(tensor.datatype, f"{field}.datatype")
+    spec = lookup(tensor.datatype, f"{field}.datatype")
     shape = _shape(tensor.shape, f"{field}.shape", spec)
     if raw is None:
         return _decode_typed(tensor, spec, shape, field)

@@ -39,50 +39,52 @@ class InferenceServicer(InferenceServicerBase):
         self.request_timeout = request_timeout
         self.ready = threading.Event()
 
-    # -- health and metadata ---------------------------------------------------------------
-    @guard
-    def ServerLive(self, request, context):
+    # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
+    # Each takes the RPC's request message and the seconds left of the caller's deadline
+    # (None: none set, ``request_timeout`` applies) and returns the response message.
+    def server_live(self, request, timeout=None) -> oip_pb2.ServerLiveResponse:
+        """ServerLive: the process answers."""
         return oip_pb2.ServerLiveResponse(live=True)
 
-    @guard
-    def ServerReady(self, request, context):
+    def server_ready(self, request, timeout=None) -> oip_pb2.ServerReadyResponse:
+        """ServerReady: serving, not draining, and some node is routable."""
         ready = self.ready.is_set() and any(n.routable for n in self.registry.snapshot())
         return oip_pb2.ServerReadyResponse(ready=ready)
 
-    @guard
-    def ServerMetadata(self, request, context):
+    def server_metadata(self, request, timeout=None) -> oip_pb2.ServerMetadataResponse:
+        """ServerMetadata: name, version and the protocol extensions served."""
         return oip_pb2.ServerMetadataResponse(
             name="edgeshard-coordinator", version=VERSION,
             extensions=["model_configuration", "statistics", "binary_tensor_data"],
         )
 
-    @guard
-    def ModelReady(self, request, context):
+    def model_ready(self, request, timeout=None) -> oip_pb2.ModelReadyResponse:
+        """ModelReady: some routable node serves the model (version)."""
         ready = self.ready.is_set() and bool(self.registry.routable(request.name, request.version))
         return oip_pb2.ModelReadyResponse(ready=ready)
 
-    def _ask_a_node(self, method: str, request, context):
+    def _ask_a_node(self, method: str, request, timeout: float | None):
         node = self.plane.node_for(request.name, request.version)
-        timeout = min(time_left(context, self.request_timeout), self.request_timeout)
+        timeout = self.request_timeout if timeout is None else min(timeout, self.request_timeout)
         return node_call(self.clients, method, request)(node, timeout)
 
-    @guard
-    def ModelMetadata(self, request, context):
-        return self._ask_a_node("ModelMetadata", request, context)
+    def model_metadata(self, request, timeout=None) -> oip_pb2.ModelMetadataResponse:
+        """ModelMetadata of a live node serving the model, whatever its load."""
+        return self._ask_a_node("ModelMetadata", request, timeout)
 
-    @guard
-    def ModelConfig(self, request, context):
-        return self._ask_a_node("ModelConfig", request, context)
+    def model_config(self, request, timeout=None) -> oip_pb2.ModelConfigResponse:
+        """ModelConfig of a live node serving the model, whatever its load."""
+        return self._ask_a_node("ModelConfig", request, timeout)
 
-    @guard
-    def ModelStatistics(self, request, context):
+    def model_statistics(self, request, timeout=None) -> oip_pb2.ModelStatisticsResponse:
+        """ModelStatistics summed over the live nodes."""
         nodes = self.plane.live_nodes(request.name, request.version)
-        timeout = min(time_left(context, STATISTICS_TIMEOUT_S), STATISTICS_TIMEOUT_S)
+        timeout = STATISTICS_TIMEOUT_S if timeout is None else min(timeout, STATISTICS_TIMEOUT_S)
         return convert.merge_statistics(fleet_statistics(self.clients, nodes, request, timeout))
 
-    # -- inference -------------------------------------------------------------------------
-    @guard
-    def ModelInfer(self, request, context):
+    def model_infer(self, request: oip_pb2.ModelInferRequest,
+                    timeout: float | None = None) -> oip_pb2.ModelInferResponse:
+        """ModelInfer through the data plane: routing, retries, the cascade."""
         if not self.ready.is_set():
             raise errors.ShuttingDownError("coordinator is not ready (starting or draining)")
         requested = codec.requested_outputs(request)
@@ -91,9 +93,42 @@ class InferenceServicer(InferenceServicerBase):
                      if self.plane.cascaded(request.model_name) else request)
         answer = self.plane.infer(
             request.model_name, request.model_version, convert.routing_key(request),
-            time_left(context, self.request_timeout),
+            self.request_timeout if timeout is None else timeout,
             node_call(self.clients, "ModelInfer", forwarded),
             probabilities_of=lambda response: codec.decode_output(response, "probabilities"),
             items=lambda: convert.only_input(forwarded),
             item_ids=lambda n: convert.online_ids(request, n))
         return convert.infer_response(answer, requested)
+
+    # -- gRPC ------------------------------------------------------------------------------
+    @guard
+    def ServerLive(self, request, context):
+        return self.server_live(request)
+
+    @guard
+    def ServerReady(self, request, context):
+        return self.server_ready(request)
+
+    @guard
+    def ServerMetadata(self, request, context):
+        return self.server_metadata(request)
+
+    @guard
+    def ModelReady(self, request, context):
+        return self.model_ready(request)
+
+    @guard
+    def ModelMetadata(self, request, context):
+        return self.model_metadata(request, time_left(context))
+
+    @guard
+    def ModelConfig(self, request, context):
+        return self.model_config(request, time_left(context))
+
+    @guard
+    def ModelStatistics(self, request, context):
+        return self.model_statistics(request, time_left(context))
+
+    @guard
+    def ModelInfer(self, request, context):
+        return self.model_infer(request, time_left(context))

@@ -197,3 +197,31 @@ def test_a_removed_version_is_unloaded_and_the_coordinator_learns_the_change(fle
     finally:
         coordinator.close()
         direct.close()
+
+
+def test_repository_extension_over_http_with_tritonclient_and_curl(repo_copy, start):
+    import subprocess
+
+    import tritonclient.http as th
+
+    node = start(repo_copy, "--http-port", "0", name="repo-http")
+    base = f"127.0.0.1:{node.info['http_port']}"
+    client = th.InferenceServerClient(base)
+    try:
+        assert {"name": EDGE, "version": "1", "state": "READY", "reason": ""} in \
+            client.get_model_repository_index()
+        shutil.copytree(repo_copy / EDGE / "1", repo_copy / EDGE / "2")
+        client.load_model(EDGE)
+        assert client.get_model_metadata(EDGE)["versions"] == ["1", "2"]
+        out = subprocess.run(["curl", "-sS", "-X", "POST", "-d", '{"ready": true}',
+                              f"http://{base}/v2/repository/index"],
+                             capture_output=True, text=True, timeout=30)
+        assert '"version": "2", "state": "READY"' in out.stdout, out.stdout + out.stderr
+        client.unload_model(EDGE)
+        assert not client.is_model_ready(EDGE)
+        out = subprocess.run(["curl", "-sS", "-w", "%{http_code}", "-X", "POST",
+                              f"http://{base}/v2/repository/models/nope/load"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.endswith("404") and "no directory 'nope'" in out.stdout
+    finally:
+        client.close()
