@@ -211,15 +211,23 @@ class _Watcher:
             return None
 
 
-def server_credentials(files: TLSFiles) -> grpc.ServerCredentials | None:
-    """Server credentials for ``files`` that pick up replaced files without a restart, or
-    None (plaintext) without a certificate. With ``files.ca`` clients must present a
-    certificate it signed. Raises ``TLSError`` naming the flag and file at fault."""
+def _serves_tls(files: TLSFiles) -> bool:
+    """Check ``files`` for a server; False for plaintext (no certificate). Raises
+    ``TLSError`` for a CA to verify clients with but no certificate of its own."""
     files.check()
     if not files.cert:
         if files.ca:
             raise TLSError("--tls-ca: a server that verifies clients needs its own "
                            "--tls-cert and --tls-key")
+        return False
+    return True
+
+
+def server_credentials(files: TLSFiles) -> grpc.ServerCredentials | None:
+    """Server credentials for ``files`` that pick up replaced files without a restart, or
+    None (plaintext) without a certificate. With ``files.ca`` clients must present a
+    certificate it signed. Raises ``TLSError`` naming the flag and file at fault."""
+    if not _serves_tls(files):
         return None
     watcher = _Watcher(files)
     return grpc.dynamic_ssl_server_credentials(
@@ -232,11 +240,7 @@ def server_ssl_context(files: TLSFiles) -> ssl.SSLContext | None:
     certificate it signed, as ``server_credentials`` requires of gRPC clients. Replaced
     files are picked up on the next handshake after their modification times change.
     Raises ``TLSError`` naming the flag and file at fault."""
-    files.check()
-    if not files.cert:
-        if files.ca:
-            raise TLSError("--tls-ca: a server that verifies clients needs its own "
-                           "--tls-cert and --tls-key")
+    if not _serves_tls(files):
         return None
     read_pair(files.cert, files.key)  # names the flag and file of a bad one
     if files.ca:
