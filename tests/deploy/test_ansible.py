@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
+from coordinator.cli.launcher import start_node
+from edgeshard.certs import write_fleet_pki
 from tests.deploy.fleet import (
     ANSIBLE_DIR,
     COORDINATOR,
@@ -246,6 +252,16 @@ def test_second_converge_changes_nothing(fleet):
     assert {host: fleet.pid(host) for host in pids} == pids
 
 
+def test_check_mode_on_a_converged_fleet_reports_no_changes(fleet):
+    """--check --diff on a converged fleet is an operator's dry run: it must not claim
+    changes it would not make (the release install did, through pip's check mode)."""
+    needs(fleet, "converge")
+    result = fleet.playbook("--check", "--diff", "site.yml")
+    assert result.rc == 0, result.output[-5000:]
+    assert result.changed() == dict.fromkeys((*NODES, COORDINATOR), 0), (
+        result.recap, [line for line in result.output.splitlines() if line.startswith("changed")])
+
+
 def test_systemd_units_render_hardened_and_verify(fleet, tmp_path):
     """The systemd path cannot run here (systemd is not PID 1): render each role's unit
     with the inventory's values (and the default service user) and have systemd-analyze
@@ -438,3 +454,166 @@ def test_rollback_returns_the_fleet_to_a_named_release(fleet, holdout):
 
 def _json(value) -> str:
     return json.dumps(value)
+
+
+# -- a secured fleet: API and join tokens, mutual TLS, signed models --------------------------
+
+
+def secure_infer(address: str, holdout, pki: Path, token: str | None, count: int = 32) -> dict:
+    """A real inference over mutual TLS, with ``token`` as the bearer token (None: none)."""
+    images, labels = holdout
+    pick = np.random.default_rng(2).permutation(len(images))[:count]
+    client = tc.InferenceServerClient(
+        address, ssl=True, root_certificates=str(pki / "ca.pem"),
+        private_key=str(pki / "client.key"), certificate_chain=str(pki / "client.pem"))
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    try:
+        image = tc.InferInput("image", [count, 28, 28], "UINT8")
+        image.set_data_from_numpy(images[pick])
+        result = client.infer("mnist_edge", [image], headers=headers, client_timeout=30)
+        response = result.get_response()
+        return {"accuracy": float(np.mean(result.as_numpy("label") == labels[pick])),
+                "model_version": response.model_version,
+                "node": response.parameters["node"].string_param}
+    finally:
+        client.close()
+
+
+def sign_models(fleet, models: list[dict]) -> tuple[Path, list[dict]]:
+    """What an operator does on the control node: a signing key, each shipped version
+    signed in a repository laid out as the node's; returns the public key and
+    edge_node_models naming each version's signed manifest."""
+    keys, repo = fleet.root / "signing", fleet.root / "signed-models"
+    subprocess.run([tool("edge-coordinator"), "signing-key", "--out", keys], check=True,
+                   capture_output=True, env=clean_env(), timeout=60)
+    signed = []
+    for model in models:
+        (repo / model["name"]).mkdir(parents=True)
+        shutil.copy(model["config"].replace("{{ local_fleet_models }}", str(
+            REPO / "models" / "repository")), repo / model["name"] / "config.toml")
+        versions = []
+        for version in model["versions"]:
+            where = repo / model["name"] / str(version["version"])
+            where.mkdir()
+            src = version["src"].replace("{{ local_fleet_models }}",
+                                         str(REPO / "models" / "repository"))
+            shutil.copy(src, where / "model.tflite")
+            versions.append(dict(version, src=str(where / "model.tflite"),
+                                 manifest=str(where / "manifest.json")))
+        subprocess.run([tool("edge-coordinator"), "sign-model", "--key",
+                        keys / "model-signing.key",
+                        *(repo / model["name"] / str(v["version"]) for v in versions)],
+                       check=True, capture_output=True, env=clean_env(), timeout=60)
+        signed.append(dict(model, config=str(repo / model["name"] / "config.toml"),
+                           versions=versions))
+    return keys / "model-signing.pub", signed
+
+
+def test_a_secured_fleet_converges_and_rolls_out(fleet, holdout):
+    """Tokens, mutual TLS and signed models turned on for a serving fleet with site.yml,
+    then a rollout through the secured coordinator: drain, gates and the fleet's check
+    all carry the admin token over mutual TLS, and no secret reaches the run's output,
+    a command line or a world-readable file. A node without its join token is refused."""
+    needs(fleet, "rollout")
+    pki = fleet.root / "pki"
+    write_fleet_pki(pki, [*NODES, "node-x"])
+    admin_token = secrets.token_urlsafe(32)
+    join_tokens = {node: secrets.token_urlsafe(32) for node in NODES}
+    public_key, models = sign_models(
+        fleet, fleet._load("group_vars/edge_nodes.yml")["edge_node_models"])
+    tls = "{{ local_fleet_root }}/{{ inventory_hostname }}/etc/tls/"
+    fleet.set_vars(
+        "group_vars/all.yml", local_fleet_pki=str(pki), local_fleet_admin_token=admin_token,
+        local_fleet_join_tokens=join_tokens)
+    fleet.set_vars(
+        "group_vars/coordinators.yml",
+        coordinator_tls_cert=tls + "coordinator.pem", coordinator_tls_key=tls + "coordinator.key",
+        coordinator_tls_ca=tls + "ca.pem",
+        coordinator_tls_cert_src=str(pki / "coordinator.pem"),
+        coordinator_tls_key_src=str(pki / "coordinator.key"),
+        coordinator_tls_ca_src=str(pki / "ca.pem"),
+        # The admin command and the gate present the coordinator's own certificate.
+        coordinator_admin_tls_cert=tls + "coordinator.pem",
+        coordinator_admin_tls_key=tls + "coordinator.key", coordinator_admin_tls_ca=tls + "ca.pem",
+        coordinator_auth_tokens=[{"name": "ops", "roles": ["admin"],
+                                  "secret": "{{ local_fleet_admin_token }}"}] + [
+            {"name": node, "roles": "node",
+             "secret": f"{{{{ local_fleet_join_tokens['{node}'] }}}}"} for node in NODES],
+        coordinator_admin_token="{{ local_fleet_admin_token }}",
+        coordinator_max_followers=64)
+    fleet.set_vars(
+        "group_vars/edge_nodes.yml",
+        edge_node_tls_cert=tls + "node.pem", edge_node_tls_key=tls + "node.key",
+        edge_node_tls_ca=tls + "ca.pem",
+        edge_node_tls_cert_src="{{ local_fleet_pki }}/{{ inventory_hostname }}.pem",
+        edge_node_tls_key_src="{{ local_fleet_pki }}/{{ inventory_hostname }}.key",
+        edge_node_tls_ca_src="{{ local_fleet_pki }}/ca.pem",
+        edge_node_join_token="{{ local_fleet_join_tokens[inventory_hostname] }}",
+        edge_node_coordinator_token="{{ local_fleet_admin_token }}",
+        edge_node_require_signed=True, edge_node_trust_keys=[str(public_key)],
+        edge_node_models=models)
+    before = {host: fleet.pid(host) for host in (*NODES, COORDINATOR)}
+    result = fleet.playbook("site.yml")
+    assert result.rc == 0, result.output[-5000:]
+    secrets_given = [admin_token, *join_tokens.values()]
+    assert not [t for t in secrets_given if t in fleet.log.read_text()]
+    for host in (*NODES, COORDINATOR):
+        assert fleet.pid(host) != before[host]  # restarted with the new settings
+
+    # The token file: digests only, 0600, the service user's (nobody).
+    tokens_file = fleet.host_dir(COORDINATOR) / "etc" / "edge-coordinator.tokens.toml"
+    info = tokens_file.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 65534)
+    assert not [t for t in secrets_given if t in tokens_file.read_text()]
+    # The join token reaches the node's environment, not its argv or a readable file.
+    node_a = fleet.pid("node-a")
+    assert join_tokens["node-a"].encode() not in Path(f"/proc/{node_a}/cmdline").read_bytes()
+    assert (f"EDGESHARD_JOIN_TOKEN={join_tokens['node-a']}".encode()
+            in Path(f"/proc/{node_a}/environ").read_bytes())
+    env_file = fleet.host_dir("node-a") / "etc" / "edge-node.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    for host in NODES:
+        for path in (fleet.host_dir(host) / "etc").glob("*.*"):
+            if path.stat().st_mode & 0o004:
+                assert join_tokens[host] not in path.read_text(errors="replace"), path
+    # The nodes serve the signed versions (the per-node gates checked the newest).
+    manifest = json.loads((fleet.host_dir("node-b") / "opt" / "models" / "current" / "mnist_edge"
+                           / fleet.model_version / "manifest.json").read_text())
+    assert manifest["signature"] and manifest["version"] == fleet.model_version
+
+    coordinator = f"127.0.0.1:{fleet.coordinator_port}"
+    assert fleet.wait_nodes_live() == dict.fromkeys(NODES, "live")  # admin: token + mTLS
+    answer = secure_infer(coordinator, holdout, pki, admin_token)
+    assert answer["accuracy"] >= 0.9 and answer["node"] in NODES, answer
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        secure_infer(coordinator, holdout, pki, None)
+
+    # A node with a certificate from the fleet's CA but no join token is refused.
+    intruder = start_node(
+        "node-x", REPO / "models" / "repository",
+        fleet.root / "node-x", extra_args=[
+            "--coordinator", coordinator, "--metrics-port", "0", "--workers", "1",
+            "--tls-cert", str(pki / "node-x.pem"), "--tls-key", str(pki / "node-x.key"),
+            "--tls-ca", str(pki / "ca.pem")])
+    try:
+        log = fleet.host_dir(COORDINATOR) / "log" / "edge-coordinator.log"
+        deadline = time.monotonic() + 20
+        while "refused Register of node 'node-x'" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert "node-x" not in fleet.node_states()
+    finally:
+        intruder.stop(grace=5)
+
+    # A rollout through the secured coordinator: drain and undrain (admin token over
+    # mutual TLS), the gates, the fleet's check. Nothing changed, so nothing restarts.
+    pids = {node: fleet.pid(node) for node in NODES}
+    result = fleet.playbook("rollout.yml", "-e", _json({"rollout_batches": ["100%"]}))
+    assert result.rc == 0, result.output[-5000:]
+    assert "Drain or undrain the node at its coordinators, drain=True" in result.output
+    assert all(result.changed()[node] == 2 for node in NODES), result.recap  # drain, undrain
+    assert {node: fleet.pid(node) for node in NODES} == pids
+    assert not [t for t in secrets_given if t in result.output]
+    assert fleet.wait_nodes_live() == dict.fromkeys(NODES, "live")
+    answer = secure_infer(coordinator, holdout, pki, admin_token)
+    assert answer["accuracy"] >= 0.9 and answer["model_version"] == fleet.model_version

@@ -208,3 +208,29 @@ def test_the_daemon_runs_as_the_service_user_with_a_clean_environment(make, monk
         svc("stop")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_environment_file_reaches_the_daemon_but_not_its_argv(make, tmp_path):
+    """environment_file is systemd's EnvironmentFile=: a secret (a join token) goes from a
+    root-only file into the daemon's environment, not into the service file or argv."""
+    env_file = tmp_path / "svc.env"
+    env_file.write_text("# the join token\nEDGESHARD_JOIN_TOKEN=s3cret-token\n\nQUOTED='a b'\n")
+    env_file.chmod(0o600)
+    svc = make("serve", environment={"PLAIN": "1"}, environment_file=str(env_file))
+    assert svc("start").returncode == 0
+    assert wait_until(lambda: svc.child() is not None and alive(svc.child()))
+    pid = svc.child()
+    environ = dict(entry.split("=", 1) for entry in
+                   Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in entry)
+    assert (environ["EDGESHARD_JOIN_TOKEN"], environ["QUOTED"], environ["PLAIN"]) == (
+        "s3cret-token", "a b", "1")
+    assert b"s3cret-token" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert "s3cret-token" not in svc.file.read_text() + svc.log()
+
+
+def test_a_missing_environment_file_adds_nothing(make, tmp_path):
+    svc = make("serve", environment_file=str(tmp_path / "absent.env"))
+    assert svc("start").returncode == 0
+    assert wait_until(lambda: svc.child() is not None and alive(svc.child()))
+    environ = Path(f"/proc/{svc.child()}/environ").read_text()
+    assert "EDGESHARD_JOIN_TOKEN" not in environ
