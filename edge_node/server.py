@@ -28,7 +28,6 @@ from edge_node.runtime import RUNTIME
 from edge_node.servicer import NodeServicer
 from edgeshard import VERSION
 from edgeshard.keys import load_trust_keys
-from edgeshard.oip_http import OipHttpServer
 from edgeshard.signing import SigningPolicy, TrustStore
 from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import add_port, create_server, message_options
@@ -57,7 +56,7 @@ class EdgeNodeServer:
         self.http_port: int | None = None
         self.node_id = ""
         self._server: grpc.Server | None = None
-        self._http: OipHttpServer | None = None  # the REST binding, with --http-port
+        self._http = None  # the REST binding (an OipHttpServer), with --http-port
         self._links: list[CoordinatorLink] = []  # one per --coordinator
         self._advertiser = None  # Advertiser when --advertise is set
         self._link_credentials = None  # TLS to coordinators, when configured
@@ -121,6 +120,8 @@ class EdgeNodeServer:
         """Serve the REST binding over the gRPC servicer, on the gRPC server's host, TLS
         files and message limit, with as many handler threads and requests in flight."""
         cfg = self.config
+        from edgeshard.oip_http import OipHttpServer  # aiohttp (~10 MB) only when asked for
+
         self._http = OipHttpServer(
             self.servicer, "node", max_body=cfg.max_message_bytes,
             workers=max(8, 2 * cfg.workers + 4),
