@@ -12,7 +12,7 @@ import glob
 import os
 
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 DEBUG = os.environ.get("EDGESHARD_CYTHON_DEBUG") == "1"
 
@@ -40,11 +40,11 @@ directives = {
 }
 
 setup(
-    packages=[
-        "edgeshard", "edge_node", "protos", "ext", "edgeshard_models",
-        "coordinator", "coordinator.api", "coordinator.cascade", "coordinator.cli",
-        "coordinator.fleet", "coordinator.jobs",
-    ],
+    # Every package and subpackage (a hand-kept list once missed new subpackages, and the
+    # installed daemons failed to start); the shipped models are the edgeshard_models one.
+    packages=[*find_packages(include=["edgeshard", "edgeshard.*", "edge_node", "edge_node.*",
+                                      "protos", "ext", "coordinator", "coordinator.*"]),
+              "edgeshard_models"],
     package_dir={"edgeshard_models": "models"},
     package_data={
         "ext": ["*.pyi", "*.pyx", "*.pxd", "py.typed"],

@@ -3,6 +3,7 @@
 Usage::
 
     python bench/bench_serving.py [--markdown] [--seconds S] [--model NAME]
+    python bench/bench_serving.py --repository bench/models --model mobilenet_v2_035
 
 1. Anchor: the raw ai-edge-litert ``Interpreter`` on the model, one interpreter per
    thread (1 and 2 threads), batch 1 and 32, inputs already quantized (pure ``invoke``).
@@ -130,11 +131,22 @@ class Result:
 
 
 # -- anchor: raw interpreter ---------------------------------------------------------------
-def model_file(model: str) -> Path:
-    root = edgeshard_models.repository_path() / model
+def model_file(repository: Path, model: str) -> Path:
+    root = repository / model
     versions = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()),
                       key=lambda p: int(p.name))
     return versions[-1] / "model.tflite"
+
+
+def model_images(path: Path, count: int = 1000) -> np.ndarray:
+    """UINT8 images for the served cases: the MNIST hold-out for a 28x28x1 model, else
+    seeded random images of the model's input size (the node resizes nothing then)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    shape = tuple(Interpreter(model_path=str(path)).get_input_details()[0]["shape"][1:])
+    if shape == (28, 28, 1):
+        return edgeshard_models.load_holdout()[0]
+    return np.random.default_rng(0).integers(0, 256, (count, *shape), dtype=np.uint8)
 
 
 def raw_invoke(path: Path, batch: int, threads: int, seconds: float) -> Result:
@@ -343,6 +355,9 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per case (1)")
     p.add_argument("--model", default=edgeshard_models.EDGE_MODEL,
                    help=f"model to serve ({edgeshard_models.EDGE_MODEL})")
+    p.add_argument("--repository", type=Path, default=edgeshard_models.repository_path(),
+                   help="model repository (default: the shipped models; the benchmark "
+                   "MobileNetV2 is in bench/models, made by scripts/make_bench_model.py)")
     p.add_argument("--threads", default="1,4,8", help="client thread counts (1,4,8)")
     p.add_argument("--batches", default="1,32", help="batch sizes (1,32)")
     p.add_argument("--no-triton", action="store_true", help="skip the tritonclient case")
@@ -356,9 +371,9 @@ def main() -> int:
 
     for line in machine_info():
         print(line)
-    path = model_file(args.model)
-    print(f"model       {args.model} ({path.relative_to(edgeshard_models.repository_path())}, "
-          f"{path.stat().st_size} bytes)")
+    repository = args.repository.resolve()
+    path = model_file(repository, args.model)
+    print(f"model       {args.model} ({path}, {path.stat().st_size} bytes)")
     print(f"per case    {warmup:g} s warm-up + {seconds:g} s measured")
     print()
 
@@ -367,9 +382,9 @@ def main() -> int:
         for threads in (1, 2):
             raw[(batch, threads)] = raw_invoke(path, batch, threads, min(seconds, 3.0))
 
-    images, _ = edgeshard_models.load_holdout()
+    images = model_images(path)
     workdir = Path(tempfile.mkdtemp(prefix="edgeshard-bench-"))
-    node = start_node("bench-node", edgeshard_models.repository_path(), workdir,
+    node = start_node("bench-node", repository, workdir,
                       extra_args=["--workers", "2", "--log-level", "WARNING"])
     served: list[Result] = []
     try:
