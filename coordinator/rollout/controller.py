@@ -60,18 +60,21 @@ class Rollouts:
 
     ``on_change(rollout)`` is told of every record that changed (metrics);
     ``on_request(model, version, arm, outcome)`` of every request or shard counted in
-    an arm (outcome ``ok`` or ``error``).
+    an arm (outcome ``ok`` or ``error``); ``on_decision(rollout)`` of each decision made
+    here.
     """
 
     def __init__(self, load: Callable[[], list[dict]], save: Callable[[dict], None],
                  interval_s: float = 1.0, clock: Callable[[], float] = time.time,
                  on_change: Callable[[Rollout], None] = lambda r: None,
-                 on_request: Callable[[str, str, str, str], None] = lambda *a: None):
+                 on_request: Callable[[str, str, str, str], None] = lambda *a: None,
+                 on_decision: Callable[[Rollout], None] = lambda r: None):
         self._load, self._save = load, save
         self.interval_s = interval_s
         self.clock = clock
         self.on_change = on_change
         self.on_request = on_request
+        self.on_decision = on_decision
         self.tallies = Tallies()
         self._records: dict[str, Rollout] = {}
         self._unsaved: set[str] = set()  # decided here, not in the store yet
@@ -191,6 +194,7 @@ class Rollouts:
                                         "already; start a new one")
             verdict = verdict or self.verdict(current)
             record = current.decided(state, reason, self.clock(), verdict.stats)
+            self.on_decision(record)
             if state == ROLLED_BACK:
                 log.warning("rollout of %s: canary %s rolled back: %s", model,
                             current.canary, reason)
