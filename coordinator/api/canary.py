@@ -119,9 +119,10 @@ class CanaryFront:
             self._count(model, route, answer, seconds)
         if route.shadow_version:
             stable_labels = top1_labels(answer.response)
-            mirrored = convert.without_outputs(request)
-            mirrored.model_version = route.shadow_version
-            self.shadow.mirror(model, lambda: self._shadow(mirrored, stable_labels))
+            # The copy is made in the background (and not at all when the mirror is
+            # dropped): nothing changes ``request`` once this call has returned.
+            self.shadow.mirror(model, lambda: self._shadow(request, route.shadow_version,
+                                                           stable_labels))
         return answer
 
     def _count(self, model: str, route: Route, answer: OnlineAnswer, seconds: float) -> None:
@@ -133,11 +134,13 @@ class CanaryFront:
             confidences = answer.decision.edge_confidences
         self.rollouts.answered(model, route, seconds, confidences, items, escalated)
 
-    def _shadow(self, request: oip_pb2.ModelInferRequest,
+    def _shadow(self, original: oip_pb2.ModelInferRequest, version: str,
                 stable_labels: np.ndarray | None) -> None:
-        """The mirrored request on a canary node: counted in the canary's arm, its top-1
-        labels compared with stable's."""
-        model, version = request.model_name, request.model_version
+        """A copy of ``original`` on a node serving the canary ``version``: counted in
+        the canary's arm, its top-1 labels compared with stable's."""
+        request = convert.without_outputs(original)
+        request.model_version = version
+        model = request.model_name
         route = Route(version, "canary")
         started = time.monotonic()
         try:
