@@ -110,6 +110,15 @@ class CoordinatorConfig:
     capacity; one more is refused with RESOURCE_EXHAUSTED at once. Waiting requests hold a
     handler thread, so this stays well below the server's 32 + max_streams threads."""
 
+    rollout_interval_s: float = field(default=1.0,
+                                      metadata=_help("how often canaries are judged (s)"))
+    """Period of the canary comparison (and of reading other replicas' rollout decisions);
+    a canary is also judged as soon as its sample reaches the minimum."""
+
+    shadow_concurrency: int = field(default=4,
+                                    metadata=_help("shadow requests in flight to canaries"))
+    """Requests mirrored to canaries at once; a mirror beyond it is dropped, never queued."""
+
     max_streams: int = field(default=16, metadata=_help("concurrent Submit uploads"))
     """Concurrent Submit streams; one more is answered RESOURCE_EXHAUSTED. Each holds a
     handler thread while it uploads (the server has 32 + this many), so unary calls,
@@ -265,7 +274,7 @@ class CoordinatorConfig:
               f"must be >= 2 (replicas heartbeat every second), got {self.replica_timeout_s}")
         for name in ("heartbeat_interval_s", "probe_interval_s", "probe_timeout_s",
                      "suspect_after_s", "dead_after_s", "request_timeout_s",
-                     "shard_deadline_s", "lease_s"):
+                     "shard_deadline_s", "lease_s", "rollout_interval_s"):
             check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         check(self.dead_after_s >= self.suspect_after_s, "dead_after_s",
               "must be >= suspect_after_s")
@@ -276,6 +285,7 @@ class CoordinatorConfig:
         check(1 <= self.max_streams <= 1024, "max_streams", "must be in 1..1024")
         check(1 <= self.max_followers <= 100_000, "max_followers", "must be in 1..100000")
         check(0 <= self.max_queued <= 1024, "max_queued", "must be in 0..1024")
+        check(1 <= self.shadow_concurrency <= 256, "shadow_concurrency", "must be in 1..256")
         check(0 < self.epsilon <= 10, "epsilon", f"must be in (0, 10], got {self.epsilon}")
         check(1 <= self.shard_size <= 4096, "shard_size", "must be in 1..4096")
         check(self.shards_per_node >= 1, "shards_per_node", "must be >= 1")

@@ -89,3 +89,11 @@ class NodeIdentityError(CoordinatorError, kinds.PermissionDeniedError):
 
 class JobAccessError(CoordinatorError, kinds.PermissionDeniedError):
     """A job belongs to another token's holder (only it, or an admin, may see or cancel it)."""
+
+
+class RolloutNotFoundError(CoordinatorError, kinds.NotFoundError):
+    """The model has no rollout (start one with ``edge-coordinator rollout start``)."""
+
+
+class RolloutStateError(CoordinatorError, kinds.FailedPreconditionError):
+    """The rollout is not in a state that allows the action (e.g. promoting a rolled back one)."""

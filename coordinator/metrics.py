@@ -78,6 +78,46 @@ class CoordinatorMetrics(MetricsEndpoint):
             "Calls refused for their credentials, by gRPC code (UNAUTHENTICATED, "
             "PERMISSION_DENIED) and method", ["code", "method"], registry=r)
 
+        self.rollout_state = Gauge(
+            "edgeshard_coordinator_rollout_state",
+            "1 for each model's rollout state (running, promoted, rolled_back), 0 for the "
+            "others", ["model", "state"], registry=r)
+        self.rollout_share = Gauge(
+            "edgeshard_coordinator_rollout_canary_share",
+            "Share of unpinned traffic sent to each model's canary (0 once decided)",
+            ["model"], registry=r)
+        self.rollout_requests = Counter(
+            "edgeshard_coordinator_rollout_requests",
+            "Online requests and job shards counted in a rollout, by model, version, arm "
+            "(stable, canary) and outcome (ok, error)", ["model", "version", "arm", "outcome"],
+            registry=r)
+        self.shadow_requests = Counter(
+            "edgeshard_coordinator_rollout_shadow_requests",
+            "Requests mirrored to a canary, by outcome: agreed or disagreed with stable's "
+            "top-1 label, failed, dropped (no free slot)", ["model", "outcome"], registry=r)
+        self.rollout_decisions = Counter(
+            "edgeshard_coordinator_rollout_decisions",
+            "Rollouts decided on this coordinator, by decision (promoted, rolled_back)",
+            ["model", "decision"], registry=r)
+
+    def rollout_changed(self, rollout) -> None:
+        """Set a model's rollout gauges from its record (``coordinator.rollout`` Rollout)."""
+        for state in ("running", "promoted", "rolled_back"):
+            self.rollout_state.labels(rollout.model, state).set(int(rollout.state == state))
+        self.rollout_share.labels(rollout.model).set(rollout.share if rollout.running else 0)
+
+    def rollout_decided(self, rollout) -> None:
+        """Count a decision (promoted, rolled_back) made on this coordinator."""
+        self.rollout_decisions.labels(rollout.model, rollout.state).inc()
+
+    def rollout_request(self, model: str, version: str, arm: str, outcome: str) -> None:
+        """Count a request or shard of ``model`` at ``version`` in ``arm``."""
+        self.rollout_requests.labels(model, version, arm, outcome).inc()
+
+    def shadow_outcome(self, model: str, outcome: str) -> None:
+        """Count a mirrored request by ``outcome``."""
+        self.shadow_requests.labels(model, outcome).inc()
+
     def denied(self, method: str, code: str) -> None:
         """Count a call to ``method`` refused with ``code`` for its credentials."""
         self.auth_denied.labels(code, method.rsplit("/", 1)[-1]).inc()

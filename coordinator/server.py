@@ -20,6 +20,7 @@ from collections import Counter
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.api.access import required_role
+from coordinator.api.canary import CanaryFront, Shadow
 from coordinator.api.clients import (
     ClientPool,
     check_cloud,
@@ -32,6 +33,7 @@ from coordinator.api.clients import (
 from coordinator.api.fleet_servicer import FleetServicer
 from coordinator.api.inference_servicer import InferenceServicer
 from coordinator.api.jobs_servicer import JobsServicer
+from coordinator.api.rollouts_servicer import RolloutsServicer
 from coordinator.cascade.breaker import BreakerState, CircuitBreaker
 from coordinator.cascade.budget import CostMeter, TokenBucket
 from coordinator.cascade.cloud import CloudTier, CloudTierStatus
@@ -47,6 +49,7 @@ from coordinator.fleet.router import Router
 from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.jobs.drains import DrainBook
 from coordinator.jobs.replayer import SpoolReplayer
+from coordinator.jobs.rollouts import RolloutBook
 from coordinator.jobs.runner import ShardRunner
 from coordinator.jobs.service import MESSAGE_HEADROOM, JobService
 from coordinator.jobs.signals import JobSignals
@@ -54,6 +57,7 @@ from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.rollout.controller import Rollouts
 from edgeshard.aio_server import AioServer
 from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
 from edgeshard.oip_http import OipHttpServer
@@ -65,7 +69,7 @@ from protos.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
-FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs")
+FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "edgeshard.v1.Rollouts")
 
 
 class CoordinatorServer:
@@ -121,6 +125,8 @@ class CoordinatorServer:
         self.cloud: CloudTier | None = None
         self.cost: CostMeter | None = None
         self.replayer: SpoolReplayer | None = None
+        self.rollouts: Rollouts | None = None
+        self.shadow: Shadow | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +141,12 @@ class CoordinatorServer:
         drains = DrainBook(self.store.database)
         self.membership.record_drain, self.membership.recorded_drains = (drains.record,
                                                                           drains.drained)
+        book = RolloutBook(self.store.database)
+        self.rollouts = Rollouts(book.load, book.save, cfg.rollout_interval_s,
+                                 on_change=self.metrics.rollout_changed,
+                                 on_request=self.metrics.rollout_request,
+                                 on_decision=self.metrics.rollout_decided)
+        self.rollouts.refresh()  # decisions of earlier runs hold from the first request
         for address in cfg.node:
             self.registry.add_candidate(address, "seed")
         self.cascade = self._build_cascade()
@@ -143,16 +155,18 @@ class CoordinatorServer:
             self.store, self.registry,
             ShardRunner(self.forwarder, node_classifier(self.clients), cfg.shard_deadline_s,
                         self.cascade, cfg.cloud_timeout_s, node_tensors(self.clients),
-                        self.catalog.task),
+                        self.catalog.task, labels=self.rollouts),
             cfg.shards_per_node, cfg.lease_s, on_commit=self.metrics.committed,
             spool_limits=SpoolLimits(cfg.spool_max_items, cfg.spool_max_bytes, cfg.spool_ttl_s),
             replica_timeout_s=cfg.replica_timeout_s, on_job_change=self.signals.notify)
         if self.cascade is not None:
             self.replayer = SpoolReplayer(spool, self.cascade, cfg.cloud_timeout_s,
                                           on_change=self.dispatcher.notify)
-        self.front = InferenceServicer(self.registry, DataPlane(self.forwarder, self.cascade,
-                                                                self.catalog.task),
-                                       self.clients, cfg.request_timeout_s)
+        plane = DataPlane(self.forwarder, self.cascade, self.catalog.task)
+        self.shadow = Shadow(cfg.shadow_concurrency, on_outcome=self.metrics.shadow_outcome)
+        self.front = InferenceServicer(
+            self.registry, plane, self.clients, cfg.request_timeout_s,
+            CanaryFront(self.rollouts, plane, self.clients, self.shadow, cfg.request_timeout_s))
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # An asyncio server: Watch and FetchResults wait on its loop and hold no thread;
         # unary calls and Submit uploads (at most max_streams) run on 32 + max_streams
@@ -178,6 +192,8 @@ class CoordinatorServer:
         fleet_pb2_grpc.add_JobsServicer_to_server(
             JobsServicer(jobs, cfg.max_streams, self.authenticator, cfg.max_followers),
             self._server)
+        fleet_pb2_grpc.add_RolloutsServicer_to_server(
+            RolloutsServicer(self.rollouts, self.registry), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
                           extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
@@ -189,6 +205,7 @@ class CoordinatorServer:
         self.membership.run_round()  # admit reachable seeds before taking work
         self.membership.start()
         self.dispatcher.start()
+        self.rollouts.start()
         if self.replayer is not None:
             self.replayer.start()
         if cfg.discover:
@@ -340,6 +357,10 @@ class CoordinatorServer:
             self.dispatcher.close(timeout=grace)
         if self.replayer is not None:
             self.replayer.close()
+        if self.rollouts is not None:
+            self.rollouts.close()
+        if self.shadow is not None:
+            self.shadow.close()
         self.membership.close()
         self.clients.close()
         self.metrics.close()

@@ -296,3 +296,90 @@ class ListJobsResponse(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
     next_page_token: str
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RolloutRef(_message.Message):
+    __slots__ = ("model", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RolloutMargins(_message.Message):
+    __slots__ = ("min_requests", "error_rate", "latency_p95_ratio", "confidence_ks", "escalation_rate", "min_agreement", "min_shadowed", "promote_after")
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_RATIO_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_KS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_RATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SHADOWED_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    min_requests: int
+    error_rate: float
+    latency_p95_ratio: float
+    confidence_ks: float
+    escalation_rate: float
+    min_agreement: float
+    min_shadowed: int
+    promote_after: int
+    def __init__(self, min_requests: _Optional[int] = ..., error_rate: _Optional[float] = ..., latency_p95_ratio: _Optional[float] = ..., confidence_ks: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., min_agreement: _Optional[float] = ..., min_shadowed: _Optional[int] = ..., promote_after: _Optional[int] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model", "canary", "stable", "share", "shadow", "margins")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    MARGINS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    canary: str
+    stable: str
+    share: float
+    shadow: float
+    margins: RolloutMargins
+    def __init__(self, model: _Optional[str] = ..., canary: _Optional[str] = ..., stable: _Optional[str] = ..., share: _Optional[float] = ..., shadow: _Optional[float] = ..., margins: _Optional[_Union[RolloutMargins, _Mapping]] = ...) -> None: ...
+
+class RolloutInfo(_message.Message):
+    __slots__ = ("model", "stable", "canary", "share", "shadow", "state", "reason", "started_at", "decided_at", "margins", "verdict", "reasons", "stats")
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    MARGINS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    stable: str
+    canary: str
+    share: float
+    shadow: float
+    state: str
+    reason: str
+    started_at: float
+    decided_at: float
+    margins: RolloutMargins
+    verdict: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    stats: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., stable: _Optional[str] = ..., canary: _Optional[str] = ..., share: _Optional[float] = ..., shadow: _Optional[float] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., started_at: _Optional[float] = ..., decided_at: _Optional[float] = ..., margins: _Optional[_Union[RolloutMargins, _Mapping]] = ..., verdict: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RolloutList(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[RolloutInfo]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[RolloutInfo, _Mapping]]] = ...) -> None: ...

@@ -580,3 +580,220 @@ class Jobs:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RolloutsStub:
+    """------------------------------------------------------------- Rollouts ----
+
+    Version labels per model (stable, canary) and the canary's comparison with
+    stable. Admin role when tokens are on.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/edgeshard.v1.Rollouts/Status',
+                request_serializer=protos_dot_fleet__pb2.RolloutRef.SerializeToString,
+                response_deserializer=protos_dot_fleet__pb2.RolloutList.FromString,
+                _registered_method=True)
+        self.Start = channel.unary_unary(
+                '/edgeshard.v1.Rollouts/Start',
+                request_serializer=protos_dot_fleet__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=protos_dot_fleet__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/edgeshard.v1.Rollouts/Promote',
+                request_serializer=protos_dot_fleet__pb2.RolloutRef.SerializeToString,
+                response_deserializer=protos_dot_fleet__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/edgeshard.v1.Rollouts/Rollback',
+                request_serializer=protos_dot_fleet__pb2.RolloutRef.SerializeToString,
+                response_deserializer=protos_dot_fleet__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+
+
+class RolloutsServicer:
+    """------------------------------------------------------------- Rollouts ----
+
+    Version labels per model (stable, canary) and the canary's comparison with
+    stable. Admin role when tokens are on.
+    """
+
+    def Status(self, request, context):
+        """Every model's rollout, or one model's (RolloutRef.model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Start(self, request, context):
+        """Send a share of the model's unpinned traffic (and shadow copies) to a canary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """Make the running canary the stable version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Stop sending traffic to the running canary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RolloutsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=protos_dot_fleet__pb2.RolloutRef.FromString,
+                    response_serializer=protos_dot_fleet__pb2.RolloutList.SerializeToString,
+            ),
+            'Start': grpc.unary_unary_rpc_method_handler(
+                    servicer.Start,
+                    request_deserializer=protos_dot_fleet__pb2.StartRolloutRequest.FromString,
+                    response_serializer=protos_dot_fleet__pb2.RolloutInfo.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=protos_dot_fleet__pb2.RolloutRef.FromString,
+                    response_serializer=protos_dot_fleet__pb2.RolloutInfo.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=protos_dot_fleet__pb2.RolloutRef.FromString,
+                    response_serializer=protos_dot_fleet__pb2.RolloutInfo.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgeshard.v1.Rollouts', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgeshard.v1.Rollouts', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Rollouts:
+    """------------------------------------------------------------- Rollouts ----
+
+    Version labels per model (stable, canary) and the canary's comparison with
+    stable. Admin role when tokens are on.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeshard.v1.Rollouts/Status',
+            protos_dot_fleet__pb2.RolloutRef.SerializeToString,
+            protos_dot_fleet__pb2.RolloutList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Start(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeshard.v1.Rollouts/Start',
+            protos_dot_fleet__pb2.StartRolloutRequest.SerializeToString,
+            protos_dot_fleet__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeshard.v1.Rollouts/Promote',
+            protos_dot_fleet__pb2.RolloutRef.SerializeToString,
+            protos_dot_fleet__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeshard.v1.Rollouts/Rollback',
+            protos_dot_fleet__pb2.RolloutRef.SerializeToString,
+            protos_dot_fleet__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

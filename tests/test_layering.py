@@ -22,8 +22,9 @@ COORDINATOR_ALLOWED = {
     "fleet": {"fleet", "errors"},
     "cascade": {"cascade", "errors"},
     "jobs": {"jobs", "fleet", "cascade", "errors"},
-    "api": {"api", "dataplane", "fleet", "jobs", "cascade", "errors", "config"},
-    "cli": {"cli", "api", "fleet", "jobs", "cascade", "errors", "config", "server"},
+    "rollout": {"rollout", "errors"},
+    "api": {"api", "dataplane", "fleet", "jobs", "cascade", "rollout", "errors", "config"},
+    "cli": {"cli", "api", "fleet", "jobs", "cascade", "rollout", "errors", "config", "server"},
     # the top-level modules every package may use import (almost) nothing of ours
     "errors": {"errors"},
     "metrics": {"metrics"},

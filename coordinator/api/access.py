@@ -32,6 +32,7 @@ ACCESS: dict[str, str] = {
     "/edgeshard.v1.Fleet/Undrain": ADMIN,
     **{f"/edgeshard.v1.Jobs/{m}": JOBS for m in (
         "Submit", "Watch", "FetchResults", "Cancel", "GetJob", "ListJobs")},
+    **{f"/edgeshard.v1.Rollouts/{m}": ADMIN for m in ("Status", "Start", "Promote", "Rollback")},
 }
 
 

@@ -124,6 +124,7 @@ class StreamCutError(grpc.RpcError):
 class _Stubs(NamedTuple):
     fleet: fleet_pb2_grpc.FleetStub
     jobs: fleet_pb2_grpc.JobsStub
+    rollouts: fleet_pb2_grpc.RolloutsStub
 
 
 def _why(exc: grpc.RpcError | None) -> str:
@@ -153,8 +154,8 @@ class CoordinatorClient:
         options = message_options(max_message_bytes)
         self._channels = [open_channel(a, options=options, credentials=credentials, token=token)
                           for a in self.addresses]
-        self._stubs = [_Stubs(fleet_pb2_grpc.FleetStub(c), fleet_pb2_grpc.JobsStub(c))
-                       for c in self._channels]
+        self._stubs = [_Stubs(fleet_pb2_grpc.FleetStub(c), fleet_pb2_grpc.JobsStub(c),
+                              fleet_pb2_grpc.RolloutsStub(c)) for c in self._channels]
         self._current = 0
         self._lock = threading.Lock()
 
@@ -306,6 +307,10 @@ class CoordinatorClient:
             request, timeout=timeout), MOVE_ON_IDEMPOTENT)
 
     # -- jobs ------------------------------------------------------------------------------
+    def rollouts(self, method: str, request, timeout: float = 10.0):
+        """The Rollouts service's ``method`` (Status, Start, Promote, Rollback) answer."""
+        return self._call(lambda s: getattr(s.rollouts, method)(request, timeout=timeout))
+
     def submit(self, model: str, items: ItemSource, shard_size: int = 0, job_id: str = "",
                model_version: str = "", params: dict[str, str] | None = None,
                timeout: float = 600.0, outputs: Sequence[str] = ()):

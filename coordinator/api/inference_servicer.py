@@ -12,6 +12,7 @@ import threading
 
 from coordinator import errors
 from coordinator.api import convert
+from coordinator.api.canary import CanaryFront
 from coordinator.api.clients import ClientPool, fleet_statistics, node_call
 from coordinator.dataplane import DataPlane
 from coordinator.fleet.registry import Registry
@@ -29,14 +30,16 @@ STATISTICS_TIMEOUT_S = 5.0
 class InferenceServicer(InferenceServicerBase):
     """``inference.GRPCInferenceService`` for the fleet. ``ready`` is set once the
     coordinator serves and cleared when it drains; ``request_timeout`` (seconds) is the
-    deadline of a call whose client set none."""
+    deadline of a call whose client set none; ``canary`` routes and counts the requests
+    of models with a rollout."""
 
     def __init__(self, registry: Registry, plane: DataPlane, clients: ClientPool,
-                 request_timeout: float):
+                 request_timeout: float, canary: CanaryFront | None = None):
         self.registry = registry
         self.plane = plane
         self.clients = clients
         self.request_timeout = request_timeout
+        self.canary = canary
         self.ready = threading.Event()
 
     # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
@@ -88,16 +91,21 @@ class InferenceServicer(InferenceServicerBase):
         if not self.ready.is_set():
             raise errors.ShuttingDownError("coordinator is not ready (starting or draining)")
         requested = codec.requested_outputs(request)
-        # The cascade needs every edge output (probabilities above all): ask for them all.
-        forwarded = (convert.without_outputs(request)
-                     if self.plane.cascaded(request.model_name) else request)
-        answer = self.plane.infer(
-            request.model_name, request.model_version, convert.routing_key(request),
-            self.request_timeout if timeout is None else timeout,
-            node_call(self.clients, "ModelInfer", forwarded),
-            probabilities_of=lambda response: codec.decode_output(response, "probabilities"),
-            items=lambda: convert.only_input(forwarded),
-            item_ids=lambda n: convert.online_ids(request, n))
+        cascaded = self.plane.cascaded(request.model_name)
+
+        def run(request: oip_pb2.ModelInferRequest):
+            # The cascade needs every edge output (probabilities above all): ask for them all.
+            forwarded = convert.without_outputs(request) if cascaded else request
+            return self.plane.infer(
+                request.model_name, request.model_version, convert.routing_key(request),
+                self.request_timeout if timeout is None else timeout,
+                node_call(self.clients, "ModelInfer", forwarded),
+                probabilities_of=lambda response: codec.decode_output(response,
+                                                                      "probabilities"),
+                items=lambda: convert.only_input(forwarded),
+                item_ids=lambda n: convert.online_ids(request, n))
+
+        answer = run(request) if self.canary is None else self.canary.infer(request, run)
         return convert.infer_response(answer, requested)
 
     # -- gRPC ------------------------------------------------------------------------------

@@ -90,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     from coordinator.cli.admin import add_parsers as admin_parsers
 
     admin_parsers(sub, with_target)
+    from coordinator.cli.rollout import add_parser as rollout_parser
+
+    rollout_parser(sub, with_target)
 
     cal = sub.add_parser(
         "calibrate", help="fit temperature and pick the escalation threshold",
@@ -299,6 +302,10 @@ def run_command(args, argv: list[str] | None) -> int:
         from coordinator.cli.demo import main as demo_main
 
         return demo_main(args)
+    if args.command == "rollout":
+        from coordinator.cli.rollout import main as rollout_main
+
+        return rollout_main(args)
     if args.command == "calibrate":
         from coordinator.cli.calibrate import main as calibrate_main
 

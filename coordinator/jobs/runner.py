@@ -17,9 +17,10 @@ dispatcher decides whether the node or the shard is at fault).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from coordinator.fleet.forwarder import Forwarder
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.model import Lease, ResultBatch, ResultRow
 from coordinator.jobs.spool import Escalation
+from edgeshard.errors import PeerStatusError
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,20 @@ def job_outputs(params: Mapping[str, Any]) -> list[str]:
     return list(json.loads(raw)) if raw else []
 
 
+class VersionLabels(Protocol):
+    """The rollouts' side of the job path (``coordinator.rollout.controller.Rollouts``):
+    which version a shard of a job that pins ``pinned`` ("" for none) runs on a node
+    (``serves(version)``), and what came of it. A route is opaque here."""
+
+    def shard_route(self, model: str, pinned: str,  # noqa: D102
+                    serves: Callable[[str], bool]) -> Any: ...
+
+    def answered(self, model: str, route: Any, seconds: float,  # noqa: D102
+                 confidences: Any = (), items: int = 0, escalated: int = 0) -> None: ...
+
+    def failed(self, model: str, route: Any) -> None: ...  # noqa: D102
+
+
 @dataclass(frozen=True)
 class ShardOutput:
     """What running a shard produced: final results (a batch, or rows), and escalations
@@ -87,6 +103,21 @@ class ShardOutput:
 
     results: ResultBatch | list[ResultRow]
     escalations: list[Escalation] = field(default_factory=list)
+
+
+def _edge_confidences(out: ShardOutput) -> tuple[list[float], int]:
+    """The edge's top-1 confidences of a shard's final results and how many items the
+    cascade escalated (spooled ones included)."""
+    batches = [out.results] if isinstance(out.results, ResultBatch) else []
+    confidences: list[float] = []
+    escalated = len(out.escalations)
+    for batch in batches:
+        if batch.extras:
+            confidences.extend(float(e.get("edge_confidence", 0.0)) for e in batch.extras)
+            escalated += sum(bool(e.get("escalated")) for e in batch.extras)
+        elif batch.confidences is not None:
+            confidences.extend(np.asarray(batch.confidences, float).tolist())
+    return confidences, escalated
 
 
 def shard_results(decision: Decision, ids: Sequence[str], items: np.ndarray, node: str,
@@ -130,8 +161,10 @@ class ShardRunner:
     def __init__(self, forwarder: Forwarder, classify: Classify, deadline_s: float,
                  cascade: Cascade | None = None, cloud_timeout_s: float = 5.0,
                  infer_tensors: InferTensors | None = None,
-                 task_of: Callable[[str], str] = lambda model: CLASSIFICATION):
+                 task_of: Callable[[str], str] = lambda model: CLASSIFICATION,
+                 labels: VersionLabels | None = None):
         self.forwarder = forwarder
+        self.labels = labels  # canary rollouts: the version of an unpinned job's shard
         self.classify = classify
         self.deadline_s = deadline_s
         self.cascade = cascade
@@ -140,8 +173,25 @@ class ShardRunner:
         self.task_of = task_of  # a job submitted while no node could say: ask now
 
     def __call__(self, node: NodeRecord, lease: Lease) -> ShardOutput:
-        """Run ``lease`` on ``node``; raises ``PeerStatusError`` from the node."""
+        """Run ``lease`` on ``node`` (at the version the rollout labels say, for a job
+        that pins none); raises ``PeerStatusError`` from the node."""
         version = str(lease.params.get("model_version", ""))
+        if self.labels is None:
+            return self._run(node, lease, version)
+        route = self.labels.shard_route(lease.model, version,
+                                        lambda v: node.serves(lease.model, v))
+        started = time.monotonic()
+        try:
+            out = self._run(node, lease, route.version)
+        except PeerStatusError:
+            self.labels.failed(lease.model, route)
+            raise
+        confidences, escalated = _edge_confidences(out)
+        self.labels.answered(lease.model, route, time.monotonic() - started, confidences,
+                             len(lease.ids), escalated)
+        return out
+
+    def _run(self, node: NodeRecord, lease: Lease, version: str) -> ShardOutput:
         task = str(lease.params.get(TASK_PARAM) or self.task_of(lease.model))
         wanted = job_outputs(lease.params)
         if task != CLASSIFICATION or wanted:

@@ -19,6 +19,7 @@ from protos import fleet_pb2
     ("/edgeshard.v1.Fleet/Register", OPEN),  # the servicer checks the node's identity
     ("/edgeshard.v1.Fleet/ListNodes", INFER), ("/edgeshard.v1.Fleet/Drain", ADMIN),
     ("/edgeshard.v1.Jobs/Submit", JOBS), ("/edgeshard.v1.Jobs/Cancel", JOBS),
+    ("/edgeshard.v1.Rollouts/Status", ADMIN), ("/edgeshard.v1.Rollouts/Rollback", ADMIN),
     ("/edgeshard.v1.Fleet/SomethingNew", ADMIN), ("/x.Y/Z", ADMIN),
 ])
 def test_each_method_needs_its_role_and_anything_unlisted_needs_admin(method, role):
@@ -26,6 +27,6 @@ def test_each_method_needs_its_role_and_anything_unlisted_needs_admin(method, ro
 
 
 def test_every_control_rpc_is_in_the_table():
-    for service in ("Fleet", "Jobs"):
+    for service in ("Fleet", "Jobs", "Rollouts"):
         for method in fleet_pb2.DESCRIPTOR.services_by_name[service].methods:
             assert f"/edgeshard.v1.{service}/{method.name}" in ACCESS
