@@ -127,22 +127,16 @@ class ModelManager:
             for model in names:
                 if model in self._unloaded:
                     continue
-                entry = self.repository.models.get(model)
-                before = dict(entry.failures) if entry is not None else {}
-                new, removed = self._reload_model(model, force, explicit=name is not None)
+                new, removed = self._reload_model(model, force, name is not None, refused)
                 added += new
                 changed = changed or bool(new) or removed
-                entry = self.repository.models.get(model)
-                if entry is not None:
-                    refused += [f"{model}:{v or '(config)'}: {why}"
-                                for v, why in sorted(entry.failures.items())
-                                if before.get(v) != why]
             self._free_retired()
         if changed and self.on_change is not None:
             self.on_change()
         return added, refused
 
-    def _reload_model(self, name: str, force: bool, explicit: bool) -> tuple[list[str], bool]:
+    def _reload_model(self, name: str, force: bool, explicit: bool,
+                      refused: list[str]) -> tuple[list[str], bool]:
         model_dir = self.repository.root / name
         entry = self.repository.models.get(name)
         if not model_dir.is_dir():  # the directory went away: so does the model
@@ -157,12 +151,13 @@ class ModelManager:
             entry = self.repository.models[name] = ModelEntry(name, None)
         added = []
         for mv in self.repository.load_new(entry, model_dir, self._acceptor(entry, force),
-                                           retry=explicit):
+                                           retry=explicit, refused=refused):
             try:
                 self.engine.add_version(mv)
             except Exception as exc:  # noqa: BLE001 - any failure keeps it from serving
-                self.repository.refuse(entry, mv.version, ModelLoadError(
-                    f"{mv.path}: warm-up failed: {exc}", "warmup_failed"))
+                failure = ModelLoadError(f"{mv.path}: warm-up failed: {exc}", "warmup_failed")
+                self.repository.refuse(entry, mv.version, failure)
+                refused.append(f"{name}:{mv.version}: {failure}")
                 continue
             previous = entry.latest
             entry.versions[mv.version] = mv  # the switch: new requests resolve to it
@@ -194,8 +189,10 @@ class ModelManager:
                 return
             raise ModelLoadError(
                 f"{mv.path}: its task, inputs or outputs differ from version "
-                f"{current.version}, which clients use now ({_describe(current)} -> "
-                f"{_describe(mv)}); load it with the parameter force=true to switch anyway",
+                f"{current.version}, which clients use now (version {current.version}: "
+                f"{_describe(current)}; version {mv.version}: {_describe(mv)}); load it with "
+                "the parameter force=true to switch anyway (tritonclient's load_model cannot "
+                "send it: use HTTP or a raw RepositoryModelLoad)",
                 "incompatible")
         return accept
 
@@ -252,7 +249,7 @@ class ModelManager:
 def _describe(mv: ModelVersion) -> str:
     ins = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in mv.task.inputs)
     outs = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in mv.task.outputs)
-    return f"{mv.task.kind}: {ins} -> {outs}"
+    return f"task {mv.task.kind}, inputs {ins}, outputs {outs}"
 
 
 def _model_dirs(root: Path) -> list[Path]:

@@ -7,6 +7,7 @@ names the file and the key.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from edge_node.runtime import CPU, DelegateSpec
 CONFIG_FILE = "config.toml"
 
 
+TOP_KEYS = ("name", "platform", "task", "max_batch_size", "description", "labels",
+            "dequantize", "dynamic_batching", "delegate", "input", "output", "detection")
+TASK_TABLES = {"input": "classification", "output": "classification",
+               "detection": "detection"}  # a task's own tables
 DEFAULT_MAX_BATCH_SIZE = 32  # for a batchable model whose config does not say
 
 
@@ -76,6 +81,13 @@ class ModelSpec:
                 raise ModelLoadError(f"{where}: {prefix}{key} must be {name}, got {value!r}")
             return value
 
+        task_name = data.get("task", "classification" if "output" in data else "tensor")
+        check_keys(where, "", data, TOP_KEYS)
+        for table, owner in TASK_TABLES.items():
+            if table in data and task_name != owner:
+                raise ModelLoadError(f"{where}: [{table}] applies to task {owner!r}, and this "
+                                     f"model's task is {task_name!r}: remove it or set task = "
+                                     f"\"{owner}\"")
         name = data.get("name", dir_name)
         if name != dir_name:
             raise ModelLoadError(f"{where}: name {name!r} must match its directory {dir_name!r}")
@@ -89,9 +101,11 @@ class ModelSpec:
         if labels is None:
             labels = get(output, "labels", list, [], "output.")
         batching = get(data, "dynamic_batching", dict, {})
+        check_keys(where, "dynamic_batching.", batching, ("max_queue_delay_ms",))
         delay = get(batching, "max_queue_delay_ms", float, None, "dynamic_batching.")
         max_batch = get(data, "max_batch_size", int, None)
         delegate_table = get(data, "delegate", dict, {})
+        check_keys(where, "delegate.", delegate_table, ("library", "options"))
         library = get(delegate_table, "library", str, None, "delegate.")
         options = get(delegate_table, "options", dict, {}, "delegate.")
         if delegate_table and not library:
@@ -118,3 +132,17 @@ class ModelSpec:
                       if library and library != CPU else None),
             cpu_only=library == CPU,
         )
+
+
+def check_keys(where: str, prefix: str, table: dict, known) -> None:
+    """Refuse keys of ``table`` not in ``known`` (a misspelled key would otherwise be
+    ignored silently), naming the closest known key. Raises ``ModelLoadError``."""
+    unknown = [k for k in table if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)"
+                                              if close else ""))
+        raise ModelLoadError(f"{where}: unknown key(s) {', '.join(hints)}; known: "
+                             f"{', '.join(prefix + k for k in known)}")

@@ -243,14 +243,15 @@ class ModelRepository:
 
     def load_new(self, entry: ModelEntry, model_dir: Path | None = None,
                  accept: Callable[[ModelVersion], None] | None = None,
-                 retry: bool = False) -> list[ModelVersion]:
+                 retry: bool = False, refused: list[str] | None = None) -> list[ModelVersion]:
         """Read the model's config and load every version directory of ``entry`` that is
         not loaded yet, oldest first; returns them without publishing them.
 
         A version refused before is tried again only when its files changed (or with
         ``retry``, for an explicit load). ``accept(mv)``
         may refuse a loaded version by raising ``ModelLoadError`` (e.g. an incompatible
-        signature). Refusals are recorded in ``entry`` and reported like at start-up.
+        signature). Refusals are recorded in ``entry``, reported like at start-up, and
+        appended to ``refused`` (``"model:version: reason"``) when given.
         """
         model_dir = model_dir or self.root / entry.name
         config_path = model_dir / CONFIG_FILE
@@ -267,6 +268,8 @@ class ModelRepository:
             if retry or entry.fingerprints.get("") != config:
                 entry.fingerprints[""] = config
                 self.refuse(entry, "", exc)
+                if refused is not None:
+                    refused.append(f"{entry.name} (config): {exc}")
             return []
         entry.failures.pop("", None)
         entry.reasons.pop("", None)
@@ -294,12 +297,16 @@ class ModelRepository:
                     accept(mv)
             except ModelLoadError as exc:
                 self.refuse(entry, vdir.name, exc)
+                if refused is not None:
+                    refused.append(f"{entry.name}:{vdir.name}: {exc}")
                 continue
             entry.failures.pop(vdir.name, None)
             entry.reasons.pop(vdir.name, None)
             signature = (f" (signed by key {mv.signed_by})" if mv.signed_by
                          else " (unsigned)" if self.policy.trust.keys else "")
             batching = (f"batches up to {mv.max_batch_size}" if mv.signature.batched
+                        else "one item per call (max_batch_size = 0 in its config)"
+                        if spec.max_batch_size == 0
                         else "one item per call (its batch cannot be resized)")
             log.info("loaded %s version %s from %s: task %s, %s, on %s%s", entry.name,
                      vdir.name, vdir, mv.task.kind, batching, mv.runs_on, signature)

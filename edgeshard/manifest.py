@@ -165,8 +165,14 @@ class Manifest:
             raise bad("not a JSON object")
         legacy_digest = _digest(fields, "", bad) if "sha256" in fields else None
         if "format" not in fields and SIGNATURE_FIELD not in fields:
-            files = {MODEL_FILE: legacy_digest} if legacy_digest else {}
-            return cls(path, fields, files)
+            # A manifest from before signing: its top-level sha256 is all there is to check.
+            if "files" in fields:
+                raise bad(f"files needs format {MANIFEST_FORMAT!r} (a manifest that lists "
+                          "files must say which format it is)")
+            if legacy_digest is None:
+                raise bad("no sha256 of model.tflite and no files: nothing to check the "
+                          "version against")
+            return cls(path, fields, {MODEL_FILE: legacy_digest})
         if fields.get("format") != MANIFEST_FORMAT:
             raise bad(f"format {fields.get('format')!r} is not {MANIFEST_FORMAT!r}")
         for name in ("model", "version") + (("key_id",) if SIGNATURE_FIELD in fields else ()):

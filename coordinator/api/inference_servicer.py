@@ -58,7 +58,8 @@ class InferenceServicer(InferenceServicerBase):
         """ServerMetadata: name, version and the protocol extensions served."""
         return oip_pb2.ServerMetadataResponse(
             name="edgeshard-coordinator", version=VERSION,
-            extensions=["model_configuration", "statistics", "binary_tensor_data"],
+            extensions=["model_configuration", "statistics", "binary_tensor_data",
+                        "classification"],
         )
 
     def model_ready(self, request, timeout=None) -> oip_pb2.ModelReadyResponse:

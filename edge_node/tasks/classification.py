@@ -31,6 +31,7 @@ import numpy as np
 
 import ext
 from edge_node.errors import InvalidInputError
+from edge_node.model_config import check_keys
 from edge_node.tasks.base import Task, TaskContext, TensorInfo, load_error
 
 OUTPUT_NAMES = ("probabilities", "label", "confidence")
@@ -52,6 +53,9 @@ class ClassificationTask(Task):
         self.model_input, self.model_output = sig.inputs[0], sig.outputs[0]
         inp = _table(context, "input")
         out = _table(context, "output")
+        check_keys(context.where, "input.", inp,
+                   ("name", "layout", "height", "width", "channels", "mean", "std"))
+        check_keys(context.where, "output.", out, ("name", "kind", "labels"))
         shape = self.model_input.shape
         if len(shape) not in (3, 4) or self.model_input.dtype not in IMAGE_DTYPES:
             raise load_error(context, f"task 'classification' needs an image input [N,H,W,C] "
@@ -200,5 +204,6 @@ def _floats(context: TaskContext, table: dict, key: str, channels: int) -> np.nd
     values = table.get(key, default)
     if (not isinstance(values, list) or len(values) not in (1, channels)
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
-        raise load_error(context, f"input.{key} needs 1 or {channels} numbers, got {values!r}")
+        count = "1 number" if channels == 1 else f"1 or {channels} numbers (one per channel)"
+        raise load_error(context, f"input.{key} needs {count}, got {values!r}")
     return np.asarray(values, dtype=np.float32)

@@ -41,9 +41,13 @@ from collections.abc import Mapping
 import numpy as np
 
 import ext
+from edge_node.model_config import check_keys
 from edge_node.tasks.base import Task, TaskContext, TensorInfo, load_error
 from edge_node.tasks.tensor import convertible, model_inputs
 
+DETECTION_KEYS = ("boxes", "scores", "strides", "anchors_per_cell", "anchor_offset",
+                  "box_scale", "score_activation", "score_clip", "score_threshold",
+                  "iou_threshold", "max_detections")
 FP32 = np.dtype(np.float32)
 INT32 = np.dtype(np.int32)
 
@@ -78,6 +82,7 @@ class DetectionTask(Task):
         opts = context.options.get("detection", {})
         if not isinstance(opts, dict):
             raise load_error(context, f"[detection] must be a table, got {opts!r}")
+        check_keys(context.where, "detection.", opts, DETECTION_KEYS)
         self._opts, self._ctx = opts, context
         names = [o.name for o in sig.outputs]
         if len(names) < 2:

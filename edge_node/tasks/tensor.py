@@ -62,6 +62,13 @@ class TensorTask(Task):
         spec = self._specs[name]
         return (spec.dtype, FP32) if convertible(spec) else (spec.dtype,)
 
+    def check_declared(self, field: str, name: str, dtype: np.dtype | None,
+                       shape: tuple[int, ...]) -> None:
+        """The shape first (a missing batch dimension is named as such), then the rest."""
+        if name in self._specs:
+            check_shape(field, self._specs[name], self.signature, shape)
+        super().check_declared(field, name, dtype, shape)
+
     def parameters(self) -> dict[str, str]:
         """The quantization of each quantized tensor, ``name: scale,zero_point``."""
         sig = self.signature
@@ -93,6 +100,23 @@ class TensorTask(Task):
             for s, a in zip(self.signature.outputs, arrays, strict=True))
 
 
+def check_shape(field: str, spec: TensorSpec, signature: Signature,
+                shape: tuple[int, ...]) -> None:
+    """Refuse a tensor whose shape is not the model input's (any batch when batched)."""
+    expected = client_shape(spec, signature)
+    if len(shape) == len(expected) and all(
+            e in (-1, a) for e, a in zip(expected, shape, strict=True)):
+        return
+    if signature.batched:
+        hint = f" (-1: a batch of 1 to {signature.max_batch_size})"
+        if tuple(shape) == tuple(expected[1:]):
+            hint += "; the batch dimension is missing: send one item as [1, ...]"
+    else:
+        hint = " (this model takes one item per request, batch dimension included)"
+    raise InvalidInputError(f"{field}.shape", f"input {spec.name!r} must be "
+                            f"{list(expected)}{hint}, got {list(shape)}")
+
+
 def model_inputs(task: Task, specs: tuple[TensorSpec, ...],
                  inputs: Mapping[str, np.ndarray]) -> tuple[int, tuple[np.ndarray, ...]]:
     """Each model input from the client tensor of its name: dtype and shape checked, FP32
@@ -106,13 +130,8 @@ def model_inputs(task: Task, specs: tuple[TensorSpec, ...],
     for i, spec in enumerate(specs):
         field = f"inputs[{i}]"
         array = inputs[spec.name]
+        check_shape(field, spec, sig, array.shape)
         task.check_declared(field, spec.name, array.dtype, array.shape)
-        expected = client_shape(spec, sig)
-        if array.ndim != len(expected) or any(
-                e != -1 and e != a for e, a in zip(expected, array.shape, strict=True)):
-            raise InvalidInputError(
-                f"{field}.shape", f"input {spec.name!r} must be {list(expected)} "
-                f"(-1: any batch up to {sig.max_batch_size}), got {list(array.shape)}")
         n = int(array.shape[0]) if sig.batched else 1
         if rows is not None and n != rows:
             raise InvalidInputError(

@@ -155,6 +155,16 @@ def test_bad_inputs_are_refused_naming_the_field(client, arrays, text):
     assert client.is_server_live()
 
 
+def test_a_missing_batch_dimension_is_named(client):
+    x = np.zeros((256, 256, 3), np.float32)
+    with pytest.raises(tc.InferenceServerException) as err:
+        infer(client, "selfie", {"input_1": x})
+    assert "the batch dimension is missing" in str(err.value)
+    with pytest.raises(tc.InferenceServerException) as err:
+        infer(client, "face", {"input": np.zeros((2, 128, 128, 3), np.float32)})
+    assert "one item per request" in str(err.value) and "-1" not in str(err.value)
+
+
 def test_unknown_output_and_bad_class_count_are_refused(client, node):
     x = {"input": np.zeros((1, 128, 128, 3), np.float32)}
     with pytest.raises(tc.InferenceServerException) as err:

@@ -142,6 +142,9 @@ def test_repository_extension_load_unload_and_an_incompatible_version(repo_copy,
         with pytest.raises(tc.InferenceServerException) as err:
             client.load_model("raw")
         assert "version 1 still serves" in str(err.value)
+        with pytest.raises(tc.InferenceServerException) as err:  # again: still refused
+            client.load_model("raw")
+        assert "raw:2:" in str(err.value) and "force=true" in str(err.value)
         state, reason = index(client)[("raw", "2")]
         assert state == "UNAVAILABLE" and "force=true" in reason
         assert "differ from version 1" in reason

@@ -88,6 +88,13 @@ def test_max_batch_size_zero_turns_batching_off(tmp_path, mnist_file):
      "output.kind must be 'logits' or 'probabilities'"),
     ('task = "detection"\n[detection]\nstrides = [8]\n', "detection needs two outputs"),
     ("this is not toml", "not valid TOML"),
+    ("max_batch = 4\n", "unknown key(s) max_batch (did you mean max_batch_size?)"),
+    ("[dynamic_batching]\nmax_delay_ms = 2\n", "unknown key(s) dynamic_batching.max_delay_ms"),
+    ("[input]\nheight = 28\n", "[input] applies to task 'classification'"),
+    ('task = "classification"\n[input]\nmeen = [0.1]\n',
+     "unknown key(s) input.meen (did you mean input.mean?)"),
+    ('task = "classification"\n[input]\nmean = [0.1, 0.2, 0.3]\n',
+     "input.mean needs 1 number, got [0.1, 0.2, 0.3]"),
 ])
 def test_bad_configs_are_refused_naming_the_key(tmp_path, mnist_file, config, text):
     entry, mv = load(repo_with(tmp_path, mnist_file, config))
@@ -107,6 +114,8 @@ def test_bad_configs_are_refused_naming_the_key(tmp_path, mnist_file, config, te
     ('task = "detection"\n[detection]\nstrides = [8, 16, 16, 16]\niou_threshold = 2\n',
      "detection.iou_threshold: a number in [0.0, 1.0]"),
     ('task = "detection"\n', "detection.strides: a list of ints >= 1"),
+    ('task = "detection"\n[detection]\nstrides = [8, 16, 16, 16]\nscore_treshold = 0.9\n',
+     "unknown key(s) detection.score_treshold (did you mean detection.score_threshold?)"),
 ])
 def test_task_options_that_do_not_fit_the_model_are_refused(tmp_path, mediapipe_models,
                                                             config, text):

@@ -294,6 +294,8 @@ def test_edited_config_and_unsigned_calibration_are_refused(model_dir, key):
     ("[1, 2]", "not a JSON object"),
     ('{"format": "edgeshard.manifest.v9", "signature": ""}', "format"),
     ('{"sha256": "XYZ"}', "sha256"),
+    ('{"files": {"model.tflite": "00"}}', "files needs format"),
+    ('{"created_by": "someone"}', "nothing to check the version against"),
 ])
 def test_invalid_manifest_is_refused(model_dir, key, text, problem):
     vdir = model_dir / "1"
