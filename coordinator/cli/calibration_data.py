@@ -167,8 +167,8 @@ def _validated(x: np.ndarray, y: np.ndarray, source: str) -> LabelledData:
                             "integer class label")
         if (y != np.round(y)).any():
             i = int(np.flatnonzero(y != np.round(y))[0])
-            raise DataError(f"y: label {y[i]!r} at example {i} is not a whole number: labels "
-                            "are integer class indices")
+            raise DataError(f"y: label {float(y[i])!r} at example {i} is not a whole number: "
+                            "labels are integer class indices")
     elif not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"y: expected integer class labels, got dtype {y.dtype}: store "
                         "class indices (0, 1, ...)")
@@ -229,4 +229,6 @@ def split_indices(n: int, holdout_fraction: float, seed: int
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:120]
+    if "allow_pickle" in text:  # numpy's pickle advice would mislead: it is not a numpy file
+        return "not a numpy file (it does not start with numpy's header)"
+    return text if len(text) <= 120 else text[:117].rsplit(" ", 1)[0] + "..."

@@ -31,7 +31,12 @@ MIN_REQUESTS = 50
 pytestmark = pytest.mark.timeout(240)
 # p95 latency on a shared 2-core machine varies more than the 1.5x default between two
 # identical versions; the confidence margin is what these tests are about.
-MARGINS = ("--min-requests", str(MIN_REQUESTS), "--latency-p95-ratio", "4")
+# Latency and error margins wide open: on a loaded shared machine the p95 of a small sample
+# of identical versions varies by several times, and overload errors fall where they fall
+# (once an identical canary was rolled back on latency). Those rules are tested in
+# test_verdict.py; these tests are about the confidence rule and the rollout mechanics.
+MARGINS = ("--min-requests", str(MIN_REQUESTS), "--latency-p95-ratio", "1000",
+           "--error-rate", "0.5")
 
 
 def canary_repository(tmp_path, shipped, temperature: float | None):
