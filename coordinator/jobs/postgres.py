@@ -123,7 +123,10 @@ class PostgresDatabase(Database):
                 raise self._faulted(str(exc), True, exc) from exc
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if _stale(exc, tx) and attempt < RETRIES:
-                    continue  # a pooled connection the server had closed: nothing was sent
+                    # A pooled connection the server had closed (nothing was sent): after a
+                    # server restart every idle one is, so test them all before the retry.
+                    self._drop_broken()
+                    continue
                 raise self._faulted(str(exc), False, exc) from exc
         raise AssertionError("unreachable")
 
@@ -137,7 +140,16 @@ class PostgresDatabase(Database):
                     raise self._faulted(str(exc), False, exc) from exc
                 # reads are safe to run again: on a fresh connection (the pool drops the
                 # broken one) the server may well be back
+                self._drop_broken()
         raise AssertionError("unreachable")
+
+    def _drop_broken(self) -> None:
+        """Test the pool's idle connections and replace the broken ones (after a server
+        restart all of them are, and each would otherwise fail one attempt)."""
+        try:
+            self.pool.check()
+        except Exception:  # noqa: BLE001 - the retry that follows reports what is wrong
+            log.debug("checking the pool's connections failed", exc_info=True)
 
     def close(self) -> None:  # noqa: D102
         self.duties.close()

@@ -25,7 +25,12 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
-from coordinator.errors import RolloutNotFoundError, RolloutStateError
+from coordinator.errors import (
+    RolloutNotFoundError,
+    RolloutStateError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from coordinator.rollout.labels import (
     CANARY,
     PROMOTED,
@@ -107,7 +112,10 @@ class Rollouts:
             try:
                 self.refresh()
                 self.judge_all()
-            except Exception:  # a store fault must not end the rollouts
+            except (StoreUnavailableError, StoreFullError) as exc:
+                # The store logs its fault once, and its return; decisions stay in memory.
+                log.debug("rollout round skipped: %s", exc)
+            except Exception:  # anything else must not end the rollouts either
                 log.exception("rollout round failed; trying again in %gs", self.interval_s)
 
     # -- the records --------------------------------------------------------------------------
