@@ -49,16 +49,15 @@ class ModelManager:
     """Hot swap of the versions of every model in one repository, for one engine.
 
     ``keep_versions`` is how many of each model's newest loaded versions stay loaded
-    (for pinned requests and instant rollback); ``on_change()`` is called after the set
-    of served versions changed (to tell coordinators).
+    (for pinned requests and instant rollback). Coordinators learn the new set of
+    versions from the node's next heartbeat.
     """
 
     def __init__(self, repository: ModelRepository, engine: InferenceEngine,
-                 keep_versions: int = 2, on_change: Callable[[], None] | None = None):
+                 keep_versions: int = 2):
         self.repository = repository
         self.engine = engine
         self.keep_versions = max(1, keep_versions)
-        self.on_change = on_change
         self._lock = threading.RLock()  # one swap at a time
         self._retiring: dict[tuple[str, str], ModelVersion] = {}
         self._unloaded: set[str] = set()  # models unloaded by request: polls leave them
@@ -123,30 +122,25 @@ class ModelManager:
                                | set(self.repository.models))
             added: list[str] = []
             refused: list[str] = []
-            changed = False
             for model in names:
                 if model in self._unloaded:
                     continue
-                new, removed = self._reload_model(model, force, name is not None, refused)
-                added += new
-                changed = changed or bool(new) or removed
+                added += self._reload_model(model, force, name is not None, refused)
             self._free_retired()
-        if changed and self.on_change is not None:
-            self.on_change()
         return added, refused
 
     def _reload_model(self, name: str, force: bool, explicit: bool,
-                      refused: list[str]) -> tuple[list[str], bool]:
+                      refused: list[str]) -> list[str]:
         model_dir = self.repository.root / name
         entry = self.repository.models.get(name)
         if not model_dir.is_dir():  # the directory went away: so does the model
             if entry is None or not entry.versions:
-                return [], False
+                return []
             for version in list(entry.versions):
                 self._retire(entry, version, "its model directory was removed")
             entry.failures[""] = f"{model_dir}: directory removed"
             entry.reasons[""] = "file_missing"
-            return [], True
+            return []
         if entry is None:
             entry = self.repository.models[name] = ModelEntry(name, None)
         added = []
@@ -166,7 +160,6 @@ class ModelManager:
             if latest is mv:
                 log.info("model %s: now serving version %s%s", name, mv.version,
                          f" (was {previous.version})" if previous is not None else "")
-        removed = False
         for version in [v for v in entry.failures if v and not (model_dir / v).is_dir()]:
             entry.failures.pop(version)
             entry.reasons.pop(version, None)
@@ -174,12 +167,10 @@ class ModelManager:
         for version in list(entry.versions):
             if not (model_dir / version).is_dir():
                 self._retire(entry, version, "its directory was removed")
-                removed = True
         for version in sorted(entry.versions, key=int)[:-self.keep_versions]:
             self._retire(entry, version, f"older than the {self.keep_versions} newest "
                          "(--keep-versions)")
-            removed = True
-        return added, removed
+        return added
 
     def _acceptor(self, entry: ModelEntry, force: bool) -> Callable[[ModelVersion], None]:
         """Refuse a new version whose inputs/outputs differ from the one serving."""
@@ -213,8 +204,6 @@ class ModelManager:
             entry.reasons[""] = "unloaded"
             self._unloaded.add(name)
             self._free_retired()
-        if self.on_change is not None:
-            self.on_change()
 
     def _retire(self, entry: ModelEntry, version: str, why: str) -> None:
         mv = entry.versions.pop(version)  # unpublished: no new request resolves to it
