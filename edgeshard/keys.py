@@ -108,9 +108,14 @@ def load_private_key(path: Path, flag: str = "--key",
             raise KeyFileError(f"{flag}: {path} is not encrypted; give no passphrase "
                                f"({PASSPHRASE_HINT})") from None
         except ValueError as exc:
-            if passphrase is not None and "password" in str(exc).lower():
-                raise KeyFileError(f"{flag}: wrong passphrase for {path}; check "
-                                   f"{PASSPHRASE_HINT}") from None
+            # A wrong passphrase usually fails the padding check ("bad decrypt"), but
+            # about one time in 256 the padding passes and the garbage fails to parse
+            # instead, so any failure to read an encrypted key with a passphrase is
+            # reported as a wrong passphrase.
+            if passphrase is not None and ("password" in str(exc).lower()
+                                           or "ENCRYPTED" in label):
+                raise KeyFileError(f"{flag}: wrong passphrase for {path} (or the file is "
+                                   f"damaged); check {PASSPHRASE_HINT}") from None
             raise KeyFileError(f"{flag}: {path} is not a valid PEM private key; "
                                f"{MAKE_ONE}") from None
         except UnsupportedAlgorithm:
