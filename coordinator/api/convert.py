@@ -10,12 +10,14 @@ import uuid
 
 import numpy as np
 
+from coordinator import errors
 from coordinator.cascade.cloud import CloudTierStatus
 from coordinator.cascade.decision import Decision
 from coordinator.dataplane import OnlineAnswer
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.model import JobProgress, ResultRow
 from coordinator.jobs.submission import JobRequest
+from coordinator.monitoring.segments import SegmentError, check_segment
 from protos import codec, fleet_pb2, oip_pb2, parameters
 
 CLASSIFIER_OUTPUTS = ["probabilities", "label", "confidence"]
@@ -36,6 +38,15 @@ def without_outputs(request: oip_pb2.ModelInferRequest) -> oip_pb2.ModelInferReq
 def routing_key(request: oip_pb2.ModelInferRequest) -> str:
     """The request's ``routing_key`` parameter ("" when unset)."""
     return str(parameters.get_param(request.parameters, "routing_key", "") or "")
+
+
+def segment(request: oip_pb2.ModelInferRequest) -> str:
+    """The request's ``segment`` parameter ("" when unset); ``InvalidRequestError`` naming
+    the parameter when it is not a short printable name (``coordinator.monitoring.segments``)."""
+    try:
+        return check_segment(parameters.get_param(request.parameters, "segment"))
+    except SegmentError as exc:
+        raise errors.InvalidRequestError(str(exc)) from None
 
 
 def only_input(request: oip_pb2.ModelInferRequest) -> np.ndarray:

@@ -92,6 +92,7 @@ class InferenceServicer(InferenceServicerBase):
         if not self.ready.is_set():
             raise errors.ShuttingDownError("coordinator is not ready (starting or draining)")
         requested = codec.requested_outputs(request)
+        convert.segment(request)  # a bad segment name is refused before any work
         cascaded = self.plane.cascaded(request.model_name)
 
         def run(request: oip_pb2.ModelInferRequest):

@@ -96,7 +96,7 @@ def test_invalid_argument_is_passed_through_not_retried(two_node_fleet):
 
 
 def test_untrusted_sizes_and_repeated_outputs_are_refused_at_the_front(two_node_fleet):
-    from protos import oip_pb2
+    from protos import oip_pb2, parameters
     from protos.oip_service import InferenceStub
 
     channel = grpc.insecure_channel(two_node_fleet.coordinator.address)
@@ -117,6 +117,16 @@ def test_untrusted_sizes_and_repeated_outputs_are_refused_at_the_front(two_node_
         del twice.outputs[1:]
         answer = stub.ModelInfer(twice, timeout=10)  # still serving
         assert [o.name for o in answer.outputs] == ["label"]
+        for value in ("camera 7", "x" * 65, 7):
+            bad = oip_pb2.ModelInferRequest()
+            bad.CopyFrom(twice)
+            parameters.set_param(bad.parameters, "segment", value)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(bad, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert "parameters.segment" in err.value.details()
+        parameters.set_param(twice.parameters, "segment", "camera-07")
+        assert stub.ModelInfer(twice, timeout=10).outputs[0].name == "label"
     finally:
         channel.close()
 

@@ -1,0 +1,1 @@
+"""Watching the models in production: segments, drift, edge/cloud agreement."""
