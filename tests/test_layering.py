@@ -23,8 +23,11 @@ COORDINATOR_ALLOWED = {
     "cascade": {"cascade", "errors"},
     "jobs": {"jobs", "fleet", "cascade", "errors"},
     "rollout": {"rollout", "errors"},
-    "api": {"api", "dataplane", "fleet", "jobs", "cascade", "rollout", "errors", "config"},
-    "cli": {"cli", "api", "fleet", "jobs", "cascade", "rollout", "errors", "config", "server"},
+    "monitoring": {"monitoring", "errors"},
+    "api": {"api", "dataplane", "fleet", "jobs", "cascade", "rollout", "monitoring", "errors",
+            "config"},
+    "cli": {"cli", "api", "fleet", "jobs", "cascade", "rollout", "monitoring", "errors",
+            "config", "server"},
     # the top-level modules every package may use import (almost) nothing of ours
     "errors": {"errors"},
     "metrics": {"metrics"},
