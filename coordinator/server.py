@@ -361,6 +361,8 @@ class CoordinatorServer:
             self.rollouts.close()
         if self.shadow is not None:
             self.shadow.close()
+        if self.front is not None:
+            self.front.close()
         self.membership.close()
         self.clients.close()
         self.metrics.close()

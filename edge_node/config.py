@@ -65,6 +65,13 @@ class NodeConfig:
     )
     """Requests waiting for a worker beyond which new ones are refused with RESOURCE_EXHAUSTED."""
 
+    max_streams: int = field(
+        default=8, metadata={"help": "open ModelStreamInfer streams before RESOURCE_EXHAUSTED"}
+    )
+    """Triton's bidirectional ``ModelStreamInfer`` streams served at once (each holds a gRPC
+    handler thread while open; up to 16 requests of each run concurrently); 0 turns
+    streaming off."""
+
     max_batch_delay_ms: float = field(
         default=0.0, metadata={"help": "how long a worker waits to fill a batch (ms)"}
     )
@@ -207,6 +214,7 @@ class NodeConfig:
             f"must be >= 1, got {self.interpreter_threads}",
         )
         check(self.max_queue_size >= 1, "max_queue_size", "must be >= 1")
+        check(0 <= self.max_streams <= 1024, "max_streams", "must be in 0..1024")
         check(0 <= self.model_poll_s <= 86400, "model_poll_s", "must be in 0..86400 seconds")
         check(self.keep_versions >= 1, "keep_versions", "must be >= 1")
         check(self.max_batch_delay_ms >= 0, "max_batch_delay_ms", "must be >= 0")

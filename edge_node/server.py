@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -56,6 +57,7 @@ class EdgeNodeServer:
         self.http_port: int | None = None
         self.node_id = ""
         self._server: grpc.Server | None = None
+        self._stream_pool: futures.ThreadPoolExecutor | None = None
         self._http = None  # the REST binding (an OipHttpServer), with --http-port
         self._links: list[CoordinatorLink] = []  # one per --coordinator
         self._advertiser = None  # Advertiser when --advertise is set
@@ -88,14 +90,19 @@ class EdgeNodeServer:
                 f"no model could be loaded from {cfg.model_repository}: {problems}"
             )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Each open ModelStreamInfer stream holds a handler thread: they get their own.
         self._server = create_server(
-            max(8, 2 * cfg.workers + 4), "edge-grpc", message_options(cfg.max_message_bytes),
-            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers)
+            max(8, 2 * cfg.workers + 4) + cfg.max_streams, "edge-grpc",
+            message_options(cfg.max_message_bytes),
+            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers + cfg.max_streams)
+        self._stream_pool = futures.ThreadPoolExecutor(
+            max(8, 4 * cfg.workers), thread_name_prefix="edge-stream")
         self.port = add_port(self._server, f"{cfg.host}:{cfg.port}", server_tls)
         self.node_id = cfg.resolved_node_id(self.port)
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)
         self.models = ModelManager(self.repository, self.engine, cfg.keep_versions)
-        self.servicer = NodeServicer(self.engine, self.node_id, self.models)
+        self.servicer = NodeServicer(self.engine, self.node_id, self.models,
+                                     self._stream_pool, cfg.max_streams)
         add_inference_servicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server)
@@ -207,9 +214,9 @@ class EdgeNodeServer:
         if self._stopped.is_set():
             return True
         grace = self.config.grace_seconds if grace is None else grace
-        log.info("draining (grace %.1fs)", grace)
         if self.servicer is not None:
             self.servicer.ready.clear()
+        log.info("draining (grace %.1fs)", grace)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._advertiser is not None:
             self._advertiser.close()
@@ -224,6 +231,8 @@ class EdgeNodeServer:
             http.wait()
         if self.engine is not None:
             drained = self.engine.stop(grace)
+        if self._stream_pool is not None:
+            self._stream_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
         self._stopped.set()
         if not self._served:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent import futures
 
 from edge_node import errors, topk
 from edge_node.engine import InferenceEngine
 from edge_node.hotswap import ModelManager
 from edge_node.repository import ModelVersion
 from edge_node.stats import Duration
-from edgeshard import VERSION
+from edgeshard import VERSION, streaming
 from edgeshard.rpc import guarded, time_left
 from protos import codec, oip_pb2, parameters
 from protos import model_config_pb2 as mc
@@ -39,14 +40,20 @@ class NodeServicer(InferenceServicer):
 
     ``node_id`` names this node in responses; ``ready`` is set once the node is warm and
     cleared when it drains; ``models`` serves Triton's repository extension (hot swap).
+    ``ModelStreamInfer`` runs the requests of at most ``max_streams`` open streams on
+    ``stream_pool`` (each stream also holds one gRPC handler thread while open).
     """
 
     def __init__(self, engine: InferenceEngine, node_id: str,
-                 models: ModelManager | None = None):
+                 models: ModelManager | None = None,
+                 stream_pool: futures.Executor | None = None, max_streams: int = 0):
         self.engine = engine
         self.node_id = node_id
         self.models = models
         self.ready = threading.Event()  # set once warm, cleared when draining
+        self.stream_pool = stream_pool
+        self.max_streams = max_streams if stream_pool is not None else 0
+        self._streams = threading.BoundedSemaphore(max(1, self.max_streams))
 
     # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
     # Each takes the RPC's request message and the seconds left of the caller's deadline
@@ -277,6 +284,19 @@ class NodeServicer(InferenceServicer):
     @_guard
     def ModelInfer(self, request, context):
         return self.model_infer(request, time_left(context))
+
+    @_guard
+    def ModelStreamInfer(self, request_iterator, context):
+        if self.max_streams == 0 or not self._streams.acquire(blocking=False):
+            raise errors.OverloadedError(
+                f"{self.max_streams} ModelStreamInfer streams are open, the most this node "
+                "serves at once (--max-streams); close one, or use ModelInfer")
+        try:
+            yield from streaming.serve_stream(
+                request_iterator, lambda r: self.model_infer(r, time_left(context)),
+                self.stream_pool, context.is_active, "node", log)
+        finally:
+            self._streams.release()
 
     @_guard
     def RepositoryIndex(self, request, context):

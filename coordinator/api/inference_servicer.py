@@ -7,8 +7,10 @@ serving the model, whatever its load; statistics are summed over the live nodes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from concurrent import futures
 
 from coordinator import errors
 from coordinator.api import convert
@@ -16,7 +18,7 @@ from coordinator.api.canary import CanaryFront
 from coordinator.api.clients import ClientPool, fleet_statistics, node_call
 from coordinator.dataplane import DataPlane
 from coordinator.fleet.registry import Registry
-from edgeshard import VERSION
+from edgeshard import VERSION, streaming
 from edgeshard.rpc import guarded, time_left
 from protos import codec, oip_pb2
 from protos.oip_service import InferenceServicer as InferenceServicerBase
@@ -25,22 +27,29 @@ log = logging.getLogger(__name__)
 
 guard = guarded("coordinator", log)
 STATISTICS_TIMEOUT_S = 5.0
+MAX_INFER_STREAMS = 64  # open ModelStreamInfer streams; more are RESOURCE_EXHAUSTED
 
 
 class InferenceServicer(InferenceServicerBase):
     """``inference.GRPCInferenceService`` for the fleet. ``ready`` is set once the
     coordinator serves and cleared when it drains; ``request_timeout`` (seconds) is the
     deadline of a call whose client set none; ``canary`` routes and counts the requests
-    of models with a rollout."""
+    of models with a rollout. ``ModelStreamInfer`` (for a grpc.aio server) runs the
+    requests of at most ``MAX_INFER_STREAMS`` open streams on a pool of
+    ``stream_workers`` threads; a stream holds no thread while it waits."""
 
     def __init__(self, registry: Registry, plane: DataPlane, clients: ClientPool,
-                 request_timeout: float, canary: CanaryFront | None = None):
+                 request_timeout: float, canary: CanaryFront | None = None,
+                 stream_workers: int = 32):
         self.registry = registry
         self.plane = plane
         self.clients = clients
         self.request_timeout = request_timeout
         self.canary = canary
         self.ready = threading.Event()
+        self.stream_pool = futures.ThreadPoolExecutor(stream_workers,
+                                                      thread_name_prefix="coord-stream")
+        self._streams = 0  # open ModelStreamInfer streams (counted on the event loop)
 
     # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
     # Each takes the RPC's request message and the seconds left of the caller's deadline
@@ -142,3 +151,27 @@ class InferenceServicer(InferenceServicerBase):
     @guard
     def ModelInfer(self, request, context):
         return self.model_infer(request, time_left(context))
+
+    @guard
+    async def ModelStreamInfer(self, request_iterator, context):
+        if self._streams >= MAX_INFER_STREAMS:
+            raise errors.FleetSaturatedError(
+                f"{MAX_INFER_STREAMS} ModelStreamInfer streams are open, the most the "
+                "coordinator serves at once; close one, or use ModelInfer")
+        self._streams += 1
+        loop = asyncio.get_running_loop()
+
+        def run_blocking(fn, *args):
+            return loop.run_in_executor(self.stream_pool, fn, *args)
+
+        try:
+            async for response in streaming.serve_stream_async(
+                    request_iterator, lambda r: self.model_infer(r, time_left(context)),
+                    run_blocking, "coordinator", log):
+                yield response
+        finally:
+            self._streams -= 1
+
+    def close(self) -> None:
+        """Stop the stream pool (after the gRPC server stopped)."""
+        self.stream_pool.shutdown(wait=False, cancel_futures=True)

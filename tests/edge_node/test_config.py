@@ -36,6 +36,8 @@ def test_section_in_file(tmp_path):
     ({"port": "abc"}, "port"),
     ({"workers": "-1"}, "workers"),
     ({"max_queue_size": "0"}, "max_queue_size"),
+    ({"max_streams": "-1"}, "max_streams"),
+    ({"max_streams": "2000"}, "max_streams"),
     ({"log_level": "LOUD"}, "log_level"),
     ({"max_message_bytes": "10"}, "max_message_bytes"),
 ])

@@ -307,3 +307,82 @@ def test_slow_node_is_down_weighted(fleet, holdout):
         client.close()
     assert weights["fast"] == 1.0, weights
     assert later["slow"] <= 10, later
+
+
+def test_model_stream_infer_through_the_coordinator(two_node_fleet, holdout):
+    """Triton's streaming API against the fleet: every request answered once by id, spread
+    over the nodes, a bad request answered with its error while the stream goes on."""
+    import queue
+
+    images, _ = holdout
+    answers: queue.Queue = queue.Queue()
+    client = tc.InferenceServerClient(two_node_fleet.coordinator.address)
+    direct = tc.InferenceServerClient(two_node_fleet.nodes[0].address)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        want = {}
+        for i in range(60):
+            inp = tc.InferInput("image", [1, 28, 28], "UINT8")
+            inp.set_data_from_numpy(images[i:i + 1])
+            want[str(i)] = int(direct.infer(EDGE, [inp]).as_numpy("label")[0])
+            client.async_stream_infer(EDGE, [inp], request_id=str(i))
+        bad = tc.InferInput("image", [1, 28, 28, 3], "UINT8")
+        bad.set_data_from_numpy(np.zeros((1, 28, 28, 3), np.uint8))
+        client.async_stream_infer(EDGE, [bad], request_id="bad")
+        got, nodes, errors = {}, Counter(), []
+        for _ in range(61):
+            result, error = answers.get(timeout=30)
+            if error is not None:
+                errors.append(str(error))
+                continue
+            response = result.get_response()
+            got[response.id] = int(result.as_numpy("label")[0])
+            nodes[response.parameters["node"].string_param] += 1
+        client.stop_stream()
+    finally:
+        client.close()
+        direct.close()
+    assert got == want
+    assert set(nodes) == {"n0", "n1"}, nodes
+    assert len(errors) == 1 and "INVALID_ARGUMENT" in errors[0] and "inputs[0].shape" in errors[0]
+
+
+def test_open_streams_are_capped(two_node_fleet, holdout):
+    import threading
+
+    from coordinator.api.inference_servicer import MAX_INFER_STREAMS
+    from protos import oip_pb2
+    from protos.oip_service import InferenceStub
+
+    images, _ = holdout
+    gate = threading.Event()
+
+    def request(rid):
+        r = oip_pb2.ModelInferRequest(model_name=EDGE, id=rid,
+                                      raw_input_contents=[images[0].tobytes()])
+        r.inputs.add(name="image", datatype="UINT8", shape=[1, 28, 28])
+        return r
+
+    def held(k):
+        yield request(f"held-{k}")
+        gate.wait(30)
+
+    channel = grpc.insecure_channel(two_node_fleet.coordinator.address)
+    stub = InferenceStub(channel)
+    try:
+        open_streams = [stub.ModelStreamInfer(held(k), timeout=60)
+                        for k in range(MAX_INFER_STREAMS)]
+        for k, s in enumerate(open_streams):  # each answered: all are open at the server
+            assert next(s).infer_response.id == f"held-{k}"
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.ModelStreamInfer(iter([request("one-too-many")]), timeout=10))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "ModelStreamInfer streams are open" in err.value.details()
+        gate.set()
+        for s in open_streams:
+            assert list(s) == []
+        answer = list(stub.ModelStreamInfer(iter([request("after")]), timeout=10))
+        assert [a.infer_response.id for a in answer] == ["after"]
+    finally:
+        gate.set()
+        channel.close()
