@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_node.config import NodeConfig, build
 from edge_node.errors import ModelLoadError
+from edge_node.supervisor import ProcessRole, Supervisor
 from edgeshard import VERSION
 from edgeshard.keys import KeyFileError
 from edgeshard.lifecycle import run_until_signal
@@ -69,15 +70,24 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"edge-node: configuration error: {exc}", file=sys.stderr)
         return 2
+    try:
+        role = ProcessRole.from_env(os.environ)
+    except ValueError as exc:
+        print(f"edge-node: {exc}", file=sys.stderr)
+        return 2
+    who = f"[{role.index}/{role.count}] " if role.shares_port else ""
     logging.basicConfig(
         level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
     try:
-        from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
+        if config.processes > 1:
+            daemon = Supervisor(config, sys.argv[1:] if argv is None else argv)
+        else:
+            from edge_node.server import EdgeNodeServer  # heavy imports after argument checks
 
-        return run_until_signal(EdgeNodeServer(config),
-                                (ModelLoadError, OSError, TLSError, KeyFileError), log)
+            daemon = EdgeNodeServer(config, role)
+        return run_until_signal(daemon, (ModelLoadError, OSError, TLSError, KeyFileError), log)
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         print("edge-node: interrupted while starting", file=sys.stderr)
         return 130

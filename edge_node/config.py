@@ -57,6 +57,14 @@ class NodeConfig:
     workers: int = field(default=0, metadata={"help": "inference threads (0: one per core)"})
     """Worker threads, each with its own interpreter per model version; 0 = CPU count."""
 
+    processes: int = field(default=1, metadata={"help": (
+        "serving processes sharing the gRPC (and HTTP) port with SO_REUSEPORT, each with its "
+        "own interpreters: the node past Python's GIL (0: one per core)")})
+    """Serving processes: 1 serves in this process; more start that many children of a
+    supervisor that shares the port between them, aggregates their metrics, restarts one
+    that dies and drains them all on SIGTERM (``edge_node.supervisor``). ``workers`` is per
+    process (0: the cores divided among the processes)."""
+
     interpreter_threads: int = field(default=1, metadata={"help": "threads per interpreter"})
     """Threads each TFLite interpreter may use (XNNPACK)."""
 
@@ -208,6 +216,8 @@ class NodeConfig:
             if getattr(self, name) is not None:
                 check_port(name, getattr(self, name))
         check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        check(0 <= self.processes <= 256, "processes",
+              f"must be in 0..256 (0: one per core), got {self.processes}")
         check(
             self.interpreter_threads >= 1,
             "interpreter_threads",
@@ -249,10 +259,13 @@ class NodeConfig:
               "must name a library (a path or soname); leave it unset for the CPU")
         check(not options or self.delegate is not None, "delegate_option",
               "needs --delegate (the library the options are for)")
+        cores = max(1, os.cpu_count() or 1)
+        if not self.processes:
+            object.__setattr__(self, "processes", cores)
         if not self.workers:
-            object.__setattr__(self, "workers", max(1, os.cpu_count() or 1))
-        if not self.capacity:
-            object.__setattr__(self, "capacity", 4 * self.workers)
+            object.__setattr__(self, "workers", max(1, cores // self.processes))
+        if not self.capacity:  # the whole node's: what all its processes serve together
+            object.__setattr__(self, "capacity", 4 * self.workers * self.processes)
 
     @property
     def delegate_spec(self):

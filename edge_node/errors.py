@@ -50,3 +50,8 @@ class ShuttingDownError(EdgeNodeError, kinds.UnavailableError):
 
 class DeadlineExceededError(EdgeNodeError, kinds.DeadlineExceededError):
     """The request's deadline passed before it could be served."""
+
+
+class RepositoryControlError(EdgeNodeError, kinds.FailedPreconditionError):
+    """A repository load or unload this node cannot apply as a whole (several serving
+    processes)."""

@@ -36,14 +36,16 @@ class NodeMetrics(MetricsEndpoint):
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
         )
         self.queue_depth = Gauge(
-            "edgeshard_node_queue_depth", "Requests waiting for a worker", registry=r
+            "edgeshard_node_queue_depth", "Requests waiting for a worker", registry=r,
+            multiprocess_mode="livesum",  # with --processes: the node's total
         )
         self.in_flight = Gauge(
-            "edgeshard_node_in_flight", "Requests being served (queued or running)", registry=r
+            "edgeshard_node_in_flight", "Requests being served (queued or running)", registry=r,
+            multiprocess_mode="livesum",
         )
         self.ready = Gauge(
             "edgeshard_node_model_ready", "1 if the model version is ready",
-            ["model", "version"], registry=r,
+            ["model", "version"], registry=r, multiprocess_mode="livemax",
         )
         self.refused = Counter(
             "edgeshard_node_versions_refused",
@@ -55,6 +57,7 @@ class NodeMetrics(MetricsEndpoint):
             "1 for what runs each model version: delegate=\"cpu\" (XNNPACK) or the external "
             "delegate's library; fallback=\"1\" when a configured delegate could not be used",
             ["model", "version", "delegate", "fallback"], registry=r,
+            multiprocess_mode="livemax",
         )
 
     def version_refused(self, model: str, version: str, reason: str) -> None:

@@ -27,6 +27,7 @@ from edge_node.metrics import NodeMetrics
 from edge_node.repository import ModelRepository
 from edge_node.runtime import RUNTIME
 from edge_node.servicer import NodeServicer
+from edge_node.supervisor import ProcessRole
 from edgeshard import VERSION
 from edgeshard.keys import load_trust_keys
 from edgeshard.signing import SigningPolicy, TrustStore
@@ -42,8 +43,10 @@ log = logging.getLogger(__name__)
 class EdgeNodeServer:
     """A running edge node; ``start()`` returns once it is SERVING."""
 
-    def __init__(self, config: NodeConfig):
+    def __init__(self, config: NodeConfig, role: ProcessRole | None = None):
         self.config = config
+        # one of several serving processes of a node (edge_node.supervisor), or the only one
+        self.role = role or ProcessRole()
         self.metrics = NodeMetrics()
         self.repository = ModelRepository(config.model_repository,
                                           on_refused=self.metrics.version_refused,
@@ -94,24 +97,36 @@ class EdgeNodeServer:
         self._server = create_server(
             max(8, 2 * cfg.workers + 4) + cfg.max_streams, "edge-grpc",
             message_options(cfg.max_message_bytes),
-            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers + cfg.max_streams)
+            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers + cfg.max_streams,
+            reuse_port=self.role.shares_port)
         self._stream_pool = futures.ThreadPoolExecutor(
             max(8, 4 * cfg.workers), thread_name_prefix="edge-stream")
-        self.port = add_port(self._server, f"{cfg.host}:{cfg.port}", server_tls)
+        # A serving process joining a port its siblings serve binds it once warm: before,
+        # the kernel would hand it connections it could only answer UNAVAILABLE.
+        join_warm = self.role.shares_port and cfg.port != 0
+        self.port = cfg.port if join_warm else add_port(self._server, f"{cfg.host}:{cfg.port}",
+                                                         server_tls)
         self.node_id = cfg.resolved_node_id(self.port)
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)
         self.models = ModelManager(self.repository, self.engine, cfg.keep_versions)
         self.servicer = NodeServicer(self.engine, self.node_id, self.models,
-                                     self._stream_pool, cfg.max_streams)
+                                     self._stream_pool, cfg.max_streams,
+                                     processes=self.role.count)
         add_inference_servicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server)
-        self._server.start()  # answers live/health (NOT_SERVING) while warming up
+        if not join_warm:
+            self._server.start()  # answers live/health (NOT_SERVING) while warming up
         self.engine.start()
         self.models.start(cfg.model_poll_s)
+        if join_warm:
+            self.servicer.ready.set()
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            add_port(self._server, f"{cfg.host}:{cfg.port}", server_tls)
+            self._server.start()
         if cfg.http_port is not None:
             self._start_http()
-        if cfg.metrics_port is not None:
+        if cfg.metrics_port is not None and not self.role.shares_port:  # else: the supervisor
             self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
         self.servicer.ready.set()
         self._served = True
@@ -134,7 +149,7 @@ class EdgeNodeServer:
             workers=max(8, 2 * cfg.workers + 4),
             max_in_flight=cfg.max_queue_size + 4 * cfg.workers, tls=cfg.tls_files,
             name="edge-http")
-        self.http_port = self._http.start(cfg.host, cfg.http_port)
+        self.http_port = self._http.start(cfg.host, cfg.http_port, self.role.shares_port)
         log.info("Open Inference Protocol HTTP/REST on %s://%s:%d", self._http.scheme,
                  cfg.host, self.http_port)
 
@@ -175,8 +190,11 @@ class EdgeNodeServer:
         return f"[{local}]" if ":" in local else local
 
     def _announce(self) -> None:
-        """Join each coordinator and/or advertise by zeroconf, as configured."""
+        """Join each coordinator and/or advertise by zeroconf, as configured (one serving
+        process per node does)."""
         cfg = self.config
+        if not self.role.announces:
+            return
         for coordinator in cfg.coordinator:
             address = f"{self._host_towards(coordinator)}:{self.port}"
             link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,

@@ -41,12 +41,15 @@ class NodeServicer(InferenceServicer):
     ``node_id`` names this node in responses; ``ready`` is set once the node is warm and
     cleared when it drains; ``models`` serves Triton's repository extension (hot swap).
     ``ModelStreamInfer`` runs the requests of at most ``max_streams`` open streams on
-    ``stream_pool`` (each stream also holds one gRPC handler thread while open).
+    ``stream_pool`` (each stream also holds one gRPC handler thread while open). One of
+    several serving ``processes`` refuses repository loads and unloads (they would reach
+    it alone).
     """
 
     def __init__(self, engine: InferenceEngine, node_id: str,
                  models: ModelManager | None = None,
-                 stream_pool: futures.Executor | None = None, max_streams: int = 0):
+                 stream_pool: futures.Executor | None = None, max_streams: int = 0,
+                 processes: int = 1):
         self.engine = engine
         self.node_id = node_id
         self.models = models
@@ -54,6 +57,7 @@ class NodeServicer(InferenceServicer):
         self.stream_pool = stream_pool
         self.max_streams = max_streams if stream_pool is not None else 0
         self._streams = threading.BoundedSemaphore(max(1, self.max_streams))
+        self.processes = processes
 
     # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
     # Each takes the RPC's request message and the seconds left of the caller's deadline
@@ -215,7 +219,7 @@ class NodeServicer(InferenceServicer):
         """RepositoryIndex: every model version with its state (READY, UNLOADING,
         UNAVAILABLE and why)."""
         response = oip_pb2.RepositoryIndexResponse()
-        for row in self._manager().index(ready_only=request.ready):
+        for row in self._manager(changes=False).index(ready_only=request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state,
                                 reason=row.reason)
         return response
@@ -247,9 +251,15 @@ class NodeServicer(InferenceServicer):
         self._manager().unload(request.model_name)
         return oip_pb2.RepositoryModelUnloadResponse()
 
-    def _manager(self) -> ModelManager:
+    def _manager(self, changes: bool = True) -> ModelManager:
         if self.models is None:
             raise errors.ModelUnavailableError("the model repository is not managed here")
+        if changes and self.processes > 1:
+            raise errors.RepositoryControlError(
+                f"this node runs {self.processes} serving processes (--processes) and a "
+                "repository load or unload would reach one of them only; new versions are "
+                "loaded by every process with --model-poll-s, or run the node with "
+                "--processes 1")
         return self.models
 
     # -- gRPC ------------------------------------------------------------------------------

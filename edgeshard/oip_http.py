@@ -113,10 +113,11 @@ class OipHttpServer:
         return "https" if self._ssl is not None else "http"
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, host: str, port: int) -> int:
-        """Bind ``host:port`` (0 picks a port) and serve; returns the port. ``BindError``
+    def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Bind ``host:port`` (0 picks a port; ``reuse_port``: with SO_REUSEPORT, shared by
+        the serving processes of one node) and serve; returns the port. ``BindError``
         (field ``http_port``) when the address cannot be bound."""
-        sock = _bind(host, port)
+        sock = _bind(host, port, reuse_port)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name=f"{self._name}-loop", daemon=True)
@@ -334,7 +335,7 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening-ready socket bound to ``host:port``; ``BindError`` when it cannot be."""
     try:
         family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
@@ -342,6 +343,8 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         raise BindError("http_port", f"{host}:{port}", str(exc)) from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

@@ -29,17 +29,19 @@ def message_options(max_message_bytes: int) -> list[ChannelOption]:
 def create_server(max_workers: int, thread_name_prefix: str,
                   options: Sequence[ChannelOption] = (),
                   maximum_concurrent_rpcs: int | None = None,
-                  interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
+                  interceptors: Sequence[grpc.ServerInterceptor] = (),
+                  reuse_port: bool = False) -> grpc.Server:
     """A gRPC server with ``max_workers`` handler threads; one RPC more than
     ``maximum_concurrent_rpcs`` (None: no bound) is answered RESOURCE_EXHAUSTED by gRPC.
     ``interceptors`` see every call first (``edgeshard.auth.AuthInterceptor``). Ports are
-    added with ``add_port``. ``SO_REUSEPORT`` is off, so a port in use is an error rather
-    than shared."""
+    added with ``add_port``. ``SO_REUSEPORT`` is off unless ``reuse_port`` (the serving
+    processes of one node share their port), so a port in use is an error rather than
+    shared."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers,
                                    thread_name_prefix=thread_name_prefix),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs, interceptors=list(interceptors),
-        options=[*options, ("grpc.so_reuseport", 0)],
+        options=[*options, ("grpc.so_reuseport", int(reuse_port))],
     )
 
 

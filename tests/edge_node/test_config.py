@@ -37,6 +37,8 @@ def test_section_in_file(tmp_path):
     ({"workers": "-1"}, "workers"),
     ({"max_queue_size": "0"}, "max_queue_size"),
     ({"max_streams": "-1"}, "max_streams"),
+    ({"processes": "-1"}, "processes"),
+    ({"processes": "300"}, "processes"),
     ({"max_streams": "2000"}, "max_streams"),
     ({"log_level": "LOUD"}, "log_level"),
     ({"max_message_bytes": "10"}, "max_message_bytes"),
@@ -70,3 +72,14 @@ def test_cli_help_and_config_error_exit_code():
                           "--port", "-5"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert "port:" in bad.stderr
+
+
+def test_processes_share_the_cores_and_the_capacity_is_the_whole_node(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    cfg = build({"model_repository": "m", "processes": "0"}, {})
+    assert (cfg.processes, cfg.workers, cfg.capacity) == (8, 1, 32)
+    cfg = build({"model_repository": "m", "processes": "2"}, {})
+    assert (cfg.processes, cfg.workers, cfg.capacity) == (2, 4, 32)
+    cfg = build({"model_repository": "m", "processes": "2", "workers": "3",
+                 "capacity": "5"}, {})
+    assert (cfg.processes, cfg.workers, cfg.capacity) == (2, 3, 5)

@@ -1,0 +1,277 @@
+"""Several serving processes behind one port: the edge node past Python's GIL.
+
+One ``edge-node`` process serves requests on one core's worth of Python (gRPC handling,
+pre- and post-processing hold the GIL; only the TFLite invoke runs in parallel). With
+``--processes N`` (N > 1; 0: one per core) the ``edge-node`` process becomes a
+**supervisor** of N serving processes, as gRPC's own multiprocessing example and
+gunicorn do it: each child is a whole node (its own interpreters, batcher, gRPC server
+and, with ``--http-port``, HTTP server) bound to the same port with ``SO_REUSEPORT``, so
+the kernel spreads connections over them.
+
+The supervisor:
+
+* starts child 0 on ``--port`` (0: a free port), reads the port it bound, and starts the
+  others on it; it reports SERVING (``--ready-file``) once all are;
+* serves ``/metrics`` on ``--metrics-port`` for all of them: the children write their
+  series to files in a private directory (prometheus_client's multiprocess mode) and
+  the supervisor sums them (gauges of load are summed over live children, per-version
+  readiness is the maximum);
+* restarts a child that dies (after 1 s, doubling to 30 s while it keeps dying);
+* on SIGTERM or SIGINT, passes SIGTERM on to every child, which drains as a single node
+  does, and kills what is left after ``--grace-seconds`` + 5 s.
+
+Only child 0 registers with the coordinators and advertises by zeroconf: the fleet sees
+one node with the capacity of all its processes (``--capacity``, default 4 per worker per
+process). Each child's heartbeat load and ``ModelStatistics`` are its own; the
+metrics page has the node's totals. Triton's repository load and unload calls would
+reach one child only and are refused with FAILED_PRECONDITION; new versions are picked
+up by every child with ``--model-poll-s``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_node.config import NodeConfig
+from edge_node.errors import ModelLoadError
+from edgeshard.errors import BindError
+
+log = logging.getLogger(__name__)
+
+ROLE_ENV = "EDGE_NODE_PROCESS"  # "INDEX/COUNT", set by the supervisor in each child
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
+START_TIMEOUT_S = 120.0
+RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, most
+
+
+@dataclass(frozen=True)
+class ProcessRole:
+    """Which serving process this is: ``index`` of ``count`` (a lone node is 0 of 1)."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def announces(self) -> bool:
+        """Registers with the coordinators and advertises (one per node)."""
+        return self.index == 0
+
+    @property
+    def shares_port(self) -> bool:
+        """Binds with SO_REUSEPORT (and leaves /metrics to the supervisor)."""
+        return self.count > 1
+
+    @classmethod
+    def from_env(cls, env: dict | os._Environ) -> ProcessRole:
+        """The role the supervisor gave this process in ``EDGE_NODE_PROCESS``; a lone node
+        without it. ``ValueError`` for a malformed value."""
+        value = env.get(ROLE_ENV)
+        if not value:
+            return cls()
+        try:
+            index, count = (int(part) for part in value.split("/"))
+        except ValueError:
+            raise ValueError(f"{ROLE_ENV}: expected INDEX/COUNT, got {value!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"{ROLE_ENV}: index must be in 0..COUNT-1, got {value!r}")
+        return cls(index, count)
+
+
+class ChildStartError(ModelLoadError):
+    """A serving process exited or did not become ready while the node started."""
+
+
+class Supervisor:
+    """Runs ``config.processes`` serving processes of ``edge-node`` on one port.
+
+    ``argv`` are the flags the supervisor was started with; each child gets them again
+    (with the same environment and config file), followed by the flags that make it one
+    serving process of this node. A ``Daemon`` for ``edgeshard.lifecycle``.
+    """
+
+    def __init__(self, config: NodeConfig, argv: list[str]):
+        self.config = config
+        self.argv = list(argv)
+        self.port = 0
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self.node_id = ""
+        self._dir = Path(tempfile.mkdtemp(prefix="edge-node-"))
+        self._metrics_dir = self._dir / "metrics"
+        self._metrics_dir.mkdir()
+        self._children: list[subprocess.Popen | None] = [None] * config.processes
+        self._restarts = [0] * config.processes
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._metrics_server = None
+
+    # -- children ---------------------------------------------------------------------------
+    def _ready_path(self, index: int) -> Path:
+        return self._dir / f"ready-{index}.json"
+
+    def _child_args(self, index: int) -> list[str]:
+        cfg = self.config
+        args = [*self.argv, "--processes", "1", "--workers", str(cfg.workers),
+                "--capacity", str(cfg.capacity), "--port", str(self.port or cfg.port),
+                "--ready-file", str(self._ready_path(index))]
+        if self.http_port is not None:
+            args += ["--http-port", str(self.http_port)]
+        return args
+
+    def _spawn(self, index: int) -> subprocess.Popen:
+        self._ready_path(index).unlink(missing_ok=True)
+        env = {**os.environ, ROLE_ENV: f"{index}/{self.config.processes}",
+               METRICS_DIR_ENV: str(self._metrics_dir)}
+        child = subprocess.Popen([sys.executable, "-m", "edge_node", *self._child_args(index)],
+                                 env=env, stdin=subprocess.DEVNULL)
+        log.info("serving process %d/%d started (pid %d)", index, self.config.processes,
+                 child.pid)
+        return child
+
+    def _wait_ready(self, index: int, child: subprocess.Popen, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        path = self._ready_path(index)
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if path.exists():
+                return json.loads(path.read_text())
+            if child.poll() is not None:
+                raise ChildStartError(
+                    f"serving process {index} exited with {child.returncode} while starting "
+                    "(its log lines above say why)")
+            time.sleep(0.05)
+        raise ChildStartError(f"serving process {index} not ready after {timeout:.0f}s")
+
+    # -- the daemon -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every serving process and the metrics endpoint; returns once all serve.
+        ``BindError`` when ``--port`` is taken, ``ChildStartError`` when a child fails."""
+        cfg = self.config
+        if cfg.port:
+            _check_free(cfg.host, cfg.port, "port")
+        log.info("edge node supervisor: %d serving processes of %d worker(s) each",
+                 cfg.processes, cfg.workers)
+        first = self._children[0] = self._spawn(0)
+        info = self._wait_ready(0, first, START_TIMEOUT_S)
+        self.port, self.http_port = info["grpc_port"], info.get("http_port")
+        self.node_id = info.get("node_id", "")
+        for index in range(1, cfg.processes):
+            self._children[index] = self._spawn(index)
+        for index in range(1, cfg.processes):
+            self._wait_ready(index, self._children[index], START_TIMEOUT_S)
+        if cfg.metrics_port is not None:
+            self.metrics_port = self._serve_metrics(cfg.metrics_host or cfg.host,
+                                                    cfg.metrics_port)
+        self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._watcher.start()
+        log.info("edge node %s serving on %s:%d with %d processes", self.node_id, cfg.host,
+                 self.port, cfg.processes)
+        if cfg.ready_file:
+            self._write_ready_file()
+
+    def stop(self, grace: float | None = None) -> bool:
+        """SIGTERM every child (each drains within ``grace``, default ``--grace-seconds``),
+        SIGKILL what is left 5 s later; True when all drained cleanly."""
+        grace = self.config.grace_seconds if grace is None else grace
+        self._stopping.set()
+        with self._lock:  # the live ones: one that died and awaits its restart is done
+            children = [c for c in self._children if c is not None and c.poll() is None]
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        clean = True
+        deadline = time.monotonic() + grace + 5
+        for child in children:
+            try:
+                child.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("serving process pid %d did not stop in time: killed", child.pid)
+                child.kill()
+                child.wait()
+            clean = clean and child.returncode == 0
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        log.info("edge node stopped%s", "" if clean else " (some work was cut off)")
+        return clean
+
+    def _watch(self) -> None:
+        """Restart a child that died: after 1 s, doubling to 30 s while it keeps dying
+        within a minute of its start."""
+        from prometheus_client import multiprocess
+
+        count = len(self._children)
+        delay = [0.0] * count
+        restart_at: list[float | None] = [None] * count
+        started = [time.monotonic()] * count
+        while not self._stopping.wait(0.2):
+            now = time.monotonic()
+            for index, child in enumerate(self._children):
+                if restart_at[index] is None:
+                    if child is None or child.poll() is None:
+                        continue
+                    multiprocess.mark_process_dead(child.pid, str(self._metrics_dir))
+                    first, most = RESTART_BACKOFF_S
+                    delay[index] = (first if now - started[index] > 60
+                                    else min(most, max(first, 2 * delay[index])))
+                    restart_at[index] = now + delay[index]
+                    log.warning("serving process %d (pid %d) exited with %s; restarting it "
+                                "in %.0f s", index, child.pid, child.returncode, delay[index])
+                elif now >= restart_at[index]:
+                    with self._lock:
+                        if self._stopping.is_set():
+                            return
+                        self._children[index] = self._spawn(index)
+                    restart_at[index], started[index] = None, now
+                    self._restarts[index] += 1
+
+    def _serve_metrics(self, host: str, port: int) -> int:
+        from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self._metrics_dir))
+        ProcessCollector(registry=registry)  # the supervisor's own process_* series
+        try:
+            self._metrics_server, _ = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise BindError("metrics_port", f"{host}:{port}", exc.strerror or str(exc)) from None
+        bound = self._metrics_server.server_port
+        log.info("metrics of all serving processes on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def _write_ready_file(self) -> None:
+        path = self.config.ready_file
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({
+            "grpc_port": self.port, "http_port": self.http_port,
+            "metrics_port": self.metrics_port, "pid": os.getpid(), "node_id": self.node_id,
+            "processes": [c.pid for c in self._children if c is not None],
+        }))
+        os.replace(tmp, path)
+
+
+def _check_free(host: str, port: int, field: str) -> None:
+    """``BindError`` naming ``field`` when ``host:port`` is taken. The children bind with
+    SO_REUSEPORT, which would share a port another such server holds; this bind, without
+    it, fails on any listener instead."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BindError(field, f"{host}:{port}", exc.strerror or str(exc)) from None
