@@ -4,10 +4,13 @@ Usage::
 
     python bench/bench_serving.py [--markdown] [--seconds S] [--model NAME]
     python bench/bench_serving.py --repository bench/models --model mobilenet_v2_035
+    python bench/bench_serving.py --processes 1,2   # the same 2 interpreters in 1 or 2 processes
 
 1. Anchor: the raw ai-edge-litert ``Interpreter`` on the model, one interpreter per
    thread (1 and 2 threads), batch 1 and 32, inputs already quantized (pure ``invoke``).
-2. Served: an ``edge-node --workers 2`` process on loopback, driven by N client threads
+2. Served: an ``edge-node --workers 2`` process on loopback (with ``--processes 1,2``:
+   also ``--processes 2 --workers 1``, the same two interpreters in two serving
+   processes behind one port), driven by N client threads
    (N = 1, 4, 8), each with its own ``OIPClient`` sending raw UINT8 images (the node
    resizes / quantizes), batch 1 and 32: items/s, p50 / p99 latency per request, and the
    ratio served / raw (raw = the 2-thread anchor at the same batch size).
@@ -277,7 +280,8 @@ def served_ours(addresses: list[str], model: str, images: np.ndarray, batch: int
 
 
 def served_triton(address: str, model: str, images: np.ndarray, batch: int, threads: int,
-                  seconds: float, warmup: float, pid: int) -> Result:
+                  seconds: float, warmup: float, pids: list[int],
+                  label: str = "served") -> Result:
     import tritonclient.grpc as tc
 
     clients = []
@@ -301,11 +305,11 @@ def served_triton(address: str, model: str, images: np.ndarray, batch: int, thre
 
     try:
         n, elapsed, lat, (ncpu, ccpu, other), errs = drive(make_call, threads, seconds, warmup,
-                                                           [pid])
+                                                           pids)
     finally:
         for c in clients:
             c.close()
-    return Result("served", "tritonclient", batch, threads, n, elapsed, lat, ncpu, ccpu, errs,
+    return Result(label, "tritonclient", batch, threads, n, elapsed, lat, ncpu, ccpu, errs,
                   other)
 
 
@@ -326,7 +330,7 @@ def report(raw: dict[tuple[int, int], Result], served: list[Result], markdown: b
         for r in served:
             anchor = raw.get((r.batch, 2))
             ratio = r.items_per_s / anchor.items_per_s if anchor else float("nan")
-            print(f"| edge-node --workers 2 | {r.client} | {r.batch} | {r.threads} "
+            print(f"| {r.case} | {r.client} | {r.batch} | {r.threads} "
                   f"| {fmt(r.items_per_s)} | {fmt(r.pct(50), 2)} | {fmt(r.pct(99), 2)} "
                   f"| {fmt(ratio, 3)} | {fmt(r.node_cpu_s / r.seconds, 2)} "
                   f"| {fmt(r.client_cpu_s / r.seconds, 2)} "
@@ -341,11 +345,37 @@ def report(raw: dict[tuple[int, int], Result], served: list[Result], markdown: b
     for r in served:
         anchor = raw.get((r.batch, 2))
         ratio = r.items_per_s / anchor.items_per_s if anchor else float("nan")
-        print(f"{'edge-node --workers 2':<24}{r.client:<14}{r.batch:>6}{r.threads:>5}"
+        print(f"{r.case:<24}{r.client:<14}{r.batch:>6}{r.threads:>5}"
               f"{fmt(r.items_per_s):>12}{fmt(r.pct(50), 2):>9}{fmt(r.pct(99), 2):>9}"
               f"{fmt(ratio, 3):>8}{fmt(r.node_cpu_s / r.seconds, 2):>9}"
               f"{fmt(r.client_cpu_s / r.seconds, 2):>8}{fmt(r.other_cpu_s / r.seconds, 2):>7}"
               f"{r.errors:>5}")
+
+
+def serve_cases(repository: Path, args, processes: int, images: np.ndarray,
+                batches: list[int], thread_counts: list[int], seconds: float,
+                warmup: float) -> list[Result]:
+    """Every served case against one node of 2 interpreters in ``processes`` processes."""
+    workers = 2 // processes
+    label = f"edge-node {processes}x{workers}"  # processes x workers
+    workdir = Path(tempfile.mkdtemp(prefix="edgeshard-bench-"))
+    node = start_node("bench-node", repository, workdir,
+                      extra_args=["--workers", str(workers), "--processes", str(processes),
+                                  "--log-level", "WARNING"])
+    served: list[Result] = []
+    try:
+        pids = [node.process.pid, *node.info.get("processes", [])]
+        for batch in batches:
+            for threads in thread_counts:
+                served.append(served_ours([node.address], args.model, images, batch, threads,
+                                          seconds, warmup, pids, label))
+        if not args.no_triton:
+            served.append(served_triton(node.address, args.model, images, 32, 4, seconds,
+                                        warmup, pids, label))
+    finally:
+        node.stop(grace=5)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return served
 
 
 def main() -> int:
@@ -361,11 +391,17 @@ def main() -> int:
     p.add_argument("--threads", default="1,4,8", help="client thread counts (1,4,8)")
     p.add_argument("--batches", default="1,32", help="batch sizes (1,32)")
     p.add_argument("--no-triton", action="store_true", help="skip the tritonclient case")
+    p.add_argument("--processes", default="1",
+                   help="serving process counts to compare, e.g. 1,2: the node's 2 "
+                        "interpreters in 1 process (--workers 2) or 2 (--workers 1 each)")
     args = p.parse_args()
     seconds = min(max(args.seconds, 0.5), 30.0)
     warmup = min(max(args.warmup, 0.0), 10.0)
     thread_counts = [int(x) for x in args.threads.split(",") if x]
     batches = [int(x) for x in args.batches.split(",") if x]
+    process_counts = [int(x) for x in args.processes.split(",") if x]
+    if any(n not in (1, 2) for n in process_counts):
+        p.error("--processes: each count must be 1 or 2 (the node's 2 interpreters split)")
     if any(t < 1 or t > 64 for t in thread_counts) or any(b < 1 or b > 64 for b in batches):
         p.error("threads and batches must be in 1..64")
 
@@ -383,22 +419,10 @@ def main() -> int:
             raw[(batch, threads)] = raw_invoke(path, batch, threads, min(seconds, 3.0))
 
     images = model_images(path)
-    workdir = Path(tempfile.mkdtemp(prefix="edgeshard-bench-"))
-    node = start_node("bench-node", repository, workdir,
-                      extra_args=["--workers", "2", "--log-level", "WARNING"])
     served: list[Result] = []
-    try:
-        pid = node.process.pid
-        for batch in batches:
-            for threads in thread_counts:
-                served.append(served_ours([node.address], args.model, images, batch, threads,
-                                          seconds, warmup, [pid]))
-        if not args.no_triton:
-            served.append(served_triton(node.address, args.model, images, 32, 4, seconds,
-                                        warmup, pid))
-    finally:
-        node.stop(grace=5)
-        shutil.rmtree(workdir, ignore_errors=True)
+    for processes in process_counts:
+        served += serve_cases(repository, args, processes, images, batches, thread_counts,
+                              seconds, warmup)
 
     report(raw, served, args.markdown)
     errors = sum(r.errors for r in served)

@@ -101,6 +101,12 @@ class CoordinatorConfig:
     )
     """Deadline used for a forwarded inference call when the client set none."""
 
+    connections_per_process: int = field(
+        default=4, metadata=_help("TCP connections per serving process of a node that "
+                                  "runs several (edge-node --processes)"))
+    """The kernel gives each connection to a node of several serving processes to one of
+    them at random: this many per process (at most 64 per node) reach them all."""
+
     max_in_flight: int = field(default=512, metadata=_help("coordinator-wide request bound"))
     """Online requests in the coordinator at once (forwarded or waiting for room); beyond it
     RESOURCE_EXHAUSTED is answered at once."""
@@ -283,6 +289,8 @@ class CoordinatorConfig:
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
         check(1 <= self.max_streams <= 1024, "max_streams", "must be in 1..1024")
+        check(1 <= self.connections_per_process <= 64, "connections_per_process",
+              "must be in 1..64")
         check(1 <= self.max_followers <= 100_000, "max_followers", "must be in 1..100000")
         check(0 <= self.max_queued <= 1024, "max_queued", "must be in 0..1024")
         check(1 <= self.shadow_concurrency <= 256, "shadow_concurrency", "must be in 1..256")

@@ -89,7 +89,8 @@ class CoordinatorServer:
                                  expire_after=config.expire_after_s)
         # TLS files are read here, before anything starts: a wrong path fails at once.
         self._server_tls = server_credentials(config.tls_files)
-        self.clients = ClientPool(config.max_message_bytes, channel_credentials(config.tls_files))
+        self.clients = ClientPool(config.max_message_bytes, channel_credentials(config.tls_files),
+                                  connections_per_process=config.connections_per_process)
         self.router = Router(self.registry, config.epsilon)
         self.forwarder = Forwarder(self.registry, self.router, config.max_in_flight,
                                    on_result=self.metrics.forwarded_result,

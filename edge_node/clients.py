@@ -42,16 +42,18 @@ class LoadReport:
 class CoordinatorLink:
     """Keeps this node registered with the coordinator at ``address``; with
     ``credentials`` over TLS (the node's own certificate as its client certificate), with
-    ``join_token`` proving its id on every call."""
+    ``join_token`` proving its id on every call; ``processes`` serving processes answer
+    at ``node_address`` (the coordinator opens connections enough to reach them all)."""
 
     def __init__(self, address: str, node_id: str, node_address: str,
                  models: Callable[[], dict[str, list[str]]], load: Callable[[], LoadReport],
                  software_version: str = "",
                  credentials: grpc.ChannelCredentials | None = None,
-                 join_token: str | None = None):
+                 join_token: str | None = None, processes: int = 1):
         self.address = address
         self.node_id = node_id
         self.node_address = node_address
+        self.processes = processes
         self._models = models
         self._load = load
         self._software_version = software_version
@@ -91,6 +93,7 @@ class CoordinatorLink:
         response = self._stub.Register(fleet_pb2.RegisterRequest(
             node_id=self.node_id, address=self.node_address, models=self._sent_models,
             capacity=self._load().capacity, software_version=self._software_version,
+            processes=self.processes,
         ), timeout=RPC_TIMEOUT_S)
         self.epoch = response.epoch
         self.registered.set()

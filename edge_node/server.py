@@ -200,7 +200,7 @@ class EdgeNodeServer:
             link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,
                                    self.load_report, software_version=VERSION,
                                    credentials=self._link_credentials,
-                                   join_token=cfg.join_token)
+                                   join_token=cfg.join_token, processes=self.role.count)
             self._links.append(link)
             link.start()
         if cfg.advertise:

@@ -27,18 +27,20 @@ class NodeLoad(_message.Message):
     def __init__(self, queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., ewma_latency_ms: _Optional[float] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node_id", "address", "models", "capacity", "software_version")
+    __slots__ = ("node_id", "address", "models", "capacity", "software_version", "processes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
     capacity: int
     software_version: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., capacity: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+    processes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., capacity: _Optional[int] = ..., software_version: _Optional[str] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("epoch", "heartbeat_interval_s")

@@ -24,6 +24,7 @@ from protos import codec, oip_pb2, parameters
 from protos.oip_service import InferenceStub
 
 DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_CONNECTIONS = 64  # to one node address
 
 
 class OIPClient:
@@ -34,11 +35,14 @@ class OIPClient:
 
     def __init__(self, address: str, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
                  credentials: grpc.ChannelCredentials | None = None,
-                 server_name: str | None = None, token: str | None = None):
+                 server_name: str | None = None, token: str | None = None,
+                 own_connection: bool = False):
         self.address = address
         options = message_options(max_message_bytes)
         if server_name:  # TLS: the server's certificate must be for this name
             options.append(("grpc.ssl_target_name_override", server_name))
+        if own_connection:  # not the TCP connection other channels to the address share
+            options.append(("grpc.use_local_subchannel_pool", 1))
         self.channel = open_channel(address, credentials=credentials, options=options,
                                     token=token)
         self.stub = InferenceStub(self.channel)
@@ -163,27 +167,45 @@ def string_parameter(config, key: str, default: str = "") -> str:
 
 
 class ClientPool:
-    """One channel per node address, created on first use, shared by all threads; every
-    one TLS with ``credentials`` (health probes included), else plaintext."""
+    """Channels to node addresses, created on first use, shared by all threads; every
+    one TLS with ``credentials`` (health probes included), else plaintext. One channel
+    per address, or several (each its own TCP connection) for a node of several serving
+    processes: the kernel gives each connection to one of them at random, so
+    ``connections_per_process`` per process (at most ``MAX_CONNECTIONS`` per node) reach
+    them all with near-even shares."""
 
     def __init__(self, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
                  credentials: grpc.ChannelCredentials | None = None,
-                 token: str | None = None):
+                 token: str | None = None, connections_per_process: int = 4):
         self._max = max_message_bytes
+        self.connections_per_process = connections_per_process
         self._credentials = credentials
         self._token = token  # a bearer token for servers that want one (calibrate)
-        self._clients: dict[str, OIPClient] = {}
+        self._clients: dict[str, list[OIPClient]] = {}
+        self._turns: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def get(self, address: str) -> OIPClient:
-        """The client for ``address`` (``host:port``), created on first use."""
+    def get(self, address: str, connections: int = 1) -> OIPClient:
+        """The client for ``address`` (``host:port``), created on first use; with
+        ``connections`` > 1, each call gets the next of that many clients, each on a TCP
+        connection of its own."""
         with self._lock:
-            client = self._clients.get(address)
-            if client is None:
-                client = self._clients[address] = OIPClient(address, self._max,
-                                                                 self._credentials,
-                                                                 token=self._token)
-            return client
+            clients = self._clients.setdefault(address, [])
+            while len(clients) < max(1, connections):
+                clients.append(OIPClient(address, self._max, self._credentials,
+                                         token=self._token, own_connection=bool(clients)))
+            if connections <= 1:
+                return clients[0]
+            turn = self._turns[address] = (self._turns.get(address, -1) + 1) % connections
+            return clients[turn]
+
+    def for_node(self, node: NodeRecord) -> OIPClient:
+        """The client for a call to ``node``: with several serving processes, the next of
+        its connections."""
+        if node.processes <= 1:
+            return self.get(node.address)
+        return self.get(node.address,
+                        min(MAX_CONNECTIONS, self.connections_per_process * node.processes))
 
     def probe_as(self, address: str, node_id: str,
                  timeout: float) -> dict[str, tuple[str, ...]] | None:
@@ -201,7 +223,8 @@ class ClientPool:
     def close(self) -> None:
         """Close every channel; the pool is empty afterwards."""
         with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
+            clients = [c for per in self._clients.values() for c in per]
+            self._clients, self._turns = {}, {}
         for c in clients:
             c.close()
 
@@ -213,7 +236,7 @@ def node_call(clients: ClientPool, method: str, request) -> NodeCall:
 
     def call(node: NodeRecord, timeout: float):
         try:
-            return getattr(clients.get(node.address).stub, method)(request, timeout=timeout)
+            return getattr(clients.for_node(node).stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise peer_error(exc, f"node {node.node_id} failed") from None
 
@@ -241,7 +264,7 @@ def node_classifier(clients: ClientPool) -> Classify:
     def classify(node: NodeRecord, model: str, items: np.ndarray, version: str,
                  with_probabilities: bool, timeout: float) -> Classification:
         try:
-            return clients.get(node.address).classify(
+            return clients.for_node(node).classify(
                 model, items, version=version, timeout=timeout,
                 with_probabilities=with_probabilities)
         except grpc.RpcError as exc:
@@ -257,8 +280,8 @@ def node_tensors(clients: ClientPool) -> InferTensors:
     def infer(node: NodeRecord, model: str, items: np.ndarray, version: str,
               outputs: list[str], timeout: float) -> TensorAnswer:
         try:
-            return clients.get(node.address).infer_tensors(model, items, outputs, version,
-                                                           timeout)
+            return clients.for_node(node).infer_tensors(model, items, outputs, version,
+                                                        timeout)
         except grpc.RpcError as exc:
             raise peer_error(exc, f"node {node.node_id} failed") from None
 

@@ -78,7 +78,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def Register(self, request, context):
         self._prove("Register", request.node_id, context)
         epoch = self.membership.register(request.node_id, request.address,
-                                         convert.models(request.models), request.capacity)
+                                         convert.models(request.models), request.capacity,
+                                         request.processes)
         return fleet_pb2.RegisterResponse(epoch=epoch,
                                           heartbeat_interval_s=self.heartbeat_interval)
 

@@ -37,6 +37,7 @@ MAX_MODELS = 256  # models one node may offer
 MAX_VERSIONS = 64  # versions of one model a node may offer
 MAX_NAME_CHARS = 128  # a model name or version
 MAX_CAPACITY = 1_000_000  # outstanding requests a node may claim
+MAX_PROCESSES = 256  # serving processes a node may claim (edge-node --processes bounds it)
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,11 @@ def check_node_id(node_id: str) -> str:
 
 
 def check_node_report(models: dict[str, tuple[str, ...]], capacity: int,
-                      latency_ms: float = 0.0) -> None:
+                      latency_ms: float = 0.0, processes: int = 1) -> None:
     """``InvalidRequestError`` naming the field when what a node reports is out of
     bounds: more than ``MAX_MODELS`` models or ``MAX_VERSIONS`` versions of one, a name
-    or version empty or over ``MAX_NAME_CHARS``, a capacity over ``MAX_CAPACITY``, a
-    latency that is negative or not finite."""
+    or version empty or over ``MAX_NAME_CHARS``, a capacity over ``MAX_CAPACITY``,
+    processes over ``MAX_PROCESSES``, a latency that is negative or not finite."""
     if len(models) > MAX_MODELS:
         raise InvalidRequestError(f"models: at most {MAX_MODELS} per node, got {len(models)}")
     for name, versions in models.items():
@@ -145,6 +146,8 @@ def check_node_report(models: dict[str, tuple[str, ...]], capacity: int,
                                       f"each 1..{MAX_NAME_CHARS} characters")
     if capacity > MAX_CAPACITY:
         raise InvalidRequestError(f"capacity: at most {MAX_CAPACITY}, got {capacity}")
+    if processes > MAX_PROCESSES:
+        raise InvalidRequestError(f"processes: at most {MAX_PROCESSES}, got {processes}")
     if not (math.isfinite(latency_ms) and latency_ms >= 0):
         raise InvalidRequestError(f"load.ewma_latency_ms: must be finite and >= 0, got "
                                   f"{latency_ms}")

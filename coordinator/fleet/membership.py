@@ -104,15 +104,15 @@ class Membership:
         return now - rec.last_beat <= self.registry.suspect_after
 
     def register(self, node_id: str, address: str, models: dict[str, tuple[str, ...]],
-                 capacity: int) -> int:
+                 capacity: int, processes: int = 1) -> int:
         """A node (whose identity the caller checked) registered itself: record it, admit
         it if a health check passes now, and return the epoch its heartbeats must carry.
         ``InvalidRequestError`` for a missing or malformed id, or an address that cannot
         be dialled (wildcard, no port, the coordinator's own)."""
         check_node_id(node_id)
         check_node_address(address, self.own)
-        check_node_report(models, capacity)
-        epoch = self.registry.register(node_id, address, models, capacity)
+        check_node_report(models, capacity, processes=processes)
+        epoch = self.registry.register(node_id, address, models, capacity, processes)
         admitted = self.probe_now(address)  # admission = a health check
         log.info("node %s registered from %s (epoch %d, %s)", node_id, address, epoch,
                  "admitted" if admitted else "not yet healthy")

@@ -46,6 +46,7 @@ class NodeRecord:
     epoch: int = 0
     models: dict[str, tuple[str, ...]] = field(default_factory=dict)
     capacity: int = 8
+    processes: int = 1  # serving processes behind the address (edge-node --processes)
     queue_depth: int = 0  # as the node last reported
     in_flight: int = 0
     node_latency_ms: float = 0.0
@@ -119,7 +120,7 @@ class Registry:
             return replace(rec)
 
     def register(self, node_id: str, address: str, models: dict[str, tuple[str, ...]],
-                 capacity: int) -> int:
+                 capacity: int, processes: int = 1) -> int:
         """A node registered itself; returns the epoch its heartbeats must carry."""
         with self._lock:
             rec = self._nodes.get(address)
@@ -128,6 +129,7 @@ class Registry:
             rec.node_id = node_id
             rec.models = dict(models)
             rec.capacity = max(1, capacity)
+            rec.processes = max(1, processes)
             rec.epoch = next(self._epochs)
             rec.last_beat = self.clock()
             return rec.epoch

@@ -120,16 +120,27 @@ def test_processes_share_the_port_metrics_restart_and_drain(
     assert log.count("draining") == 2 and "Traceback" not in log
 
 
-def test_the_node_registers_once_with_the_capacity_of_all_its_processes(fleet, holdout):
-    fleet.start_coordinator()
-    fleet.add_node("multi", "--processes", "2")  # add_node gives --workers 1
+def test_the_node_registers_once_and_the_coordinator_reaches_every_process(fleet, holdout):
+    # 16 connections to the 2 processes: all on one of them has odds of 2 in 65,536
+    fleet.start_coordinator("--connections-per-process", "8")
+    proc = fleet.add_node("multi", "--processes", "2")  # add_node gives --workers 1
     (node,) = fleet.wait_live(1)
     assert node.node_id == "multi"
     assert node.load.capacity == 4 * 1 * 2
     time.sleep(1)  # a second heartbeat: still one node
     assert [n.node_id for n in fleet.client.nodes()] == ["multi"]
     images, _ = holdout
-    assert infer_once(fleet.coordinator.address, images[:4]) is not None
+    client = tc.InferenceServerClient(fleet.coordinator.address)  # one client connection
+    try:
+        for i in range(60):
+            inp = tc.InferInput("image", [1, 28, 28], "UINT8")
+            inp.set_data_from_numpy(images[i:i + 1])
+            client.infer(EDGE, [inp])
+    finally:
+        client.close()
+    # The coordinator opened several connections to the node: both processes served.
+    seen = {successes_seen(proc.address) for _ in range(12)}
+    assert max(seen) < 60, f"one process served every request: {seen}"
 
 
 def test_a_taken_port_is_refused_before_any_process_starts(busy_port, shipped_repository):

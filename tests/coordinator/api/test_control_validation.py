@@ -126,6 +126,7 @@ BAD_REPORTS = [
     ("too many versions", {"models": [versions("m", *map(str, range(65)))]},
      "models['m'].versions: at most 64"),
     ("huge capacity", {"capacity": 2_000_000}, "capacity: at most 1000000"),
+    ("too many processes", {"processes": 257}, "processes: at most 256, got 257"),
     ("long node id", {"node_id": "n" * 129}, "node_id: required, 1..128"),
 ]
 
