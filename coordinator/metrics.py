@@ -26,6 +26,13 @@ class CoordinatorMetrics(MetricsEndpoint):
                              "Job results committed, by node", ["node"], registry=r)
         self.duplicates = Counter("edgeshard_coordinator_job_duplicates",
                                   "Late duplicate job results discarded", registry=r)
+        self.jobs = Gauge("edgeshard_coordinator_jobs",
+                          "Jobs in the job store by state (running, done, cancelled, failed)",
+                          ["state"], registry=r)
+        self.job_items_remaining = Gauge(
+            "edgeshard_coordinator_job_items_remaining",
+            "Items of running jobs without a result yet (job progress: falls to 0)",
+            registry=r)
         self.requeued = Gauge("edgeshard_coordinator_shards_requeued",
                               "Shards re-queued since start (dead, drained, late)", registry=r)
         self.in_flight = Gauge("edgeshard_coordinator_in_flight",

@@ -70,6 +70,7 @@ from protos.reflection import enable_reflection
 log = logging.getLogger(__name__)
 
 FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "edgeshard.v1.Rollouts")
+JOB_GAUGES_EVERY = 5  # seconds between reads of the job store's totals for the metrics
 
 
 class CoordinatorServer:
@@ -314,7 +315,11 @@ class CoordinatorServer:
         self.discovery.start()
 
     def _gauges(self) -> None:
+        tick = 0
         while not self.stopping.wait(1.0):
+            if tick % JOB_GAUGES_EVERY == 0:
+                self._job_gauges()
+            tick += 1
             nodes = self.registry.snapshot()
             states = Counter(r.display_state for r in nodes)
             self.metrics.fleet_load(nodes)
@@ -330,6 +335,18 @@ class CoordinatorServer:
                 self.metrics.spool_bytes.set(size)
                 self.metrics.cloud_cost.set(self.cost.cost)
                 self.metrics.breaker_open.set(int(self.cloud.breaker.state == BreakerState.OPEN))
+
+    def _job_gauges(self) -> None:
+        """Jobs by state and the items still to do (a store that cannot be read leaves
+        the last values; its fault has a gauge of its own)."""
+        try:
+            counts, remaining = self.store.totals()
+        except Exception as exc:  # noqa: BLE001 - the metrics loop must go on
+            log.debug("job gauges not refreshed: %s", exc)
+            return
+        for state in ("running", "done", "cancelled", "failed"):
+            self.metrics.jobs.labels(state).set(counts.get(state, 0))
+        self.metrics.job_items_remaining.set(remaining)
 
     def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME, *FLEET_SERVICES):

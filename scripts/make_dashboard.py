@@ -52,6 +52,9 @@ ROWS = [
             ("edgeshard_coordinator_in_flight", "{{instance}}")]),
     ]),
     ("Jobs", [
+        ("Job progress", "short", [
+            ("max(edgeshard_coordinator_jobs{state=\"running\"})", "running jobs"),
+            ("max(edgeshard_coordinator_job_items_remaining)", "items to do")]),
         ("Job items/s by node", "short", [
             ("sum by (node) (rate(edgeshard_coordinator_job_items_total[5m]))", "{{node}}")]),
         ("Shards requeued, duplicates discarded", "short", [

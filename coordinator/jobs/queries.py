@@ -43,6 +43,17 @@ class JobQueries:
 
         return self.database.read(read)
 
+    def totals(self) -> tuple[dict[str, int], int]:
+        """How many jobs are in each state, and the items of running jobs still without a
+        result (for the metrics)."""
+        def read(db: Tx) -> tuple[dict[str, int], int]:
+            rows = db.execute("SELECT state, COUNT(*), SUM(total_items - done_items) "
+                              "FROM jobs GROUP BY state").fetchall()
+            counts = {state: int(count) for state, count, _ in rows}
+            remaining = sum(int(left or 0) for state, _, left in rows if state == "running")
+            return counts, remaining
+        return self.database.read(read)
+
     def shares(self, job_id: str) -> dict[str, int]:
         """How many of the job's results each node produced."""
         def read(db: Tx) -> dict[str, int]:

@@ -193,7 +193,7 @@ def test_an_undrained_node_takes_job_work_again(fleet, holdout):
 
 
 def test_cancel_stops_a_job(fleet, holdout):
-    fleet.start_coordinator()
+    fleet.start_coordinator("--metrics-port", "0")
     fleet.add_node("n0", *PACED)
     fleet.wait_live(1)
     items, truth = job_items(holdout, 20)
@@ -205,6 +205,20 @@ def test_cancel_stops_a_job(fleet, holdout):
     final = fleet.client.get(status.job_id)
     assert final.state == "cancelled" and final.done_items < len(truth)
     assert len(list(fleet.client.results(status.job_id))) == final.done_items
+    # the job-progress gauges, read from the store every 5 s
+    import urllib.request
+
+    url = f"http://127.0.0.1:{fleet.coordinator.info['metrics_port']}/metrics"
+    want = ['edgeshard_coordinator_jobs{state="cancelled"} 1.0',
+            'edgeshard_coordinator_jobs{state="running"} 0.0',
+            "edgeshard_coordinator_job_items_remaining 0.0"]
+    deadline = time.monotonic() + 15
+    while True:
+        page = urllib.request.urlopen(url, timeout=10).read().decode().splitlines()
+        if all(w in page for w in want) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert all(w in page for w in want), [x for x in page if "_jobs" in x or "remaining" in x]
 
 
 def test_results_name_their_label_from_the_model_config(fleet, holdout):
