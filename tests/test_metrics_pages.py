@@ -55,7 +55,11 @@ def pages(tmp_path_factory):
             except tc.InferenceServerException:
                 time.sleep(0.1)
         client.close()
-        time.sleep(1.5)  # the coordinator's gauges refresh every second
+        # the coordinator's gauges refresh every second (later on a busy machine)
+        deadline = time.monotonic() + 15
+        while 'edgeshard_coordinator_node_in_flight{node="n1"}' not in \
+                scrape(coordinator.info["metrics_port"]) and time.monotonic() < deadline:
+            time.sleep(0.25)
         yield {"node": scrape(node.info["metrics_port"]),
                "coordinator": scrape(coordinator.info["metrics_port"])}
     finally:
