@@ -7,7 +7,7 @@ with the GIL released.
 """
 
 from libc.math cimport floor
-from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
 
 import functools
@@ -18,7 +18,9 @@ from ext import _validate
 from ext._reference import make_lut
 from ext._reference import _lut as _build_lut
 
-__all__ = ["dequantize", "make_lut", "normalize", "preprocess", "quantize", "resize_bilinear"]
+__all__ = [
+    "SIMD", "dequantize", "make_lut", "normalize", "preprocess", "quantize", "resize_bilinear",
+]
 
 ctypedef fused out_t:
     int8_t
@@ -78,6 +80,17 @@ cdef inline void _axis_table(Py_ssize_t in_size, Py_ssize_t out_size, Py_ssize_t
         ws[d] = <int32_t>floor(frac * 2048.0 + 0.5)
 
 
+cdef extern from "_resize_kernels.h" nogil:
+    const char* es_simd_variant()
+    void es_vertical(const uint8_t* r0, const uint8_t* r1, int32_t w, int32_t* col,
+                     Py_ssize_t n)
+
+SIMD = es_simd_variant().decode("ascii")
+"""The instruction set of the resize's vertical pass on this CPU: ``avx512``, ``avx2`` or
+``sse2`` (x86-64 with GCC, chosen when the module loads), ``neon`` (arm64) or
+``generic``."""
+
+
 cdef inline void _resize_lut(const uint8_t* src, Py_ssize_t n_images, Py_ssize_t in_h,
                              Py_ssize_t in_w, Py_ssize_t ch, Py_ssize_t out_h, Py_ssize_t out_w,
                              const Py_ssize_t* y0, const Py_ssize_t* y1, const int32_t* wy,
@@ -99,17 +112,13 @@ cdef inline void _resize_lut(const uint8_t* src, Py_ssize_t n_images, Py_ssize_t
     cdef const int32_t* p0
     cdef const int32_t* p1
     cdef int32_t b
-    cdef int16_t b16
     for n in range(n_images):
         image = src + n * in_h * row_len
         for oy in range(out_h):
             r0 = image + y0[oy] * row_len
             r1 = image + y1[oy] * row_len
-            b16 = <int16_t>wy[oy]
-            # a 16x16->32-bit product: SSE2 has it (pmullw/pmulhw) but no 32-bit multiply
-            for i in range(row_len):
-                col[i] = ((<int32_t>r0[i]) << WEIGHT_BITS) + (
-                    <int32_t>(<int16_t>r1[i] - <int16_t>r0[i]) * b16)
+            # compiled for AVX-512, AVX2 and SSE2, one chosen at import (ext/_resize_kernels.h)
+            es_vertical(r0, r1, wy[oy], col, row_len)
             if ch == 3:
                 for ox in range(out_w):
                     b = wx[ox]
@@ -177,21 +186,54 @@ def resize_bilinear(images, out_h, out_w):
     return out.reshape(out.shape[:3]) if squeeze else out
 
 
-def preprocess(images, out_h, out_w, mean, std, scale, zero_point, dtype):
-    """Fused resize + normalize + quantize (a per-channel LUT applied inside the resize)."""
-    batch = _validate.images(images)
-    oh = _validate.size(out_h, "out_h")
-    ow = _validate.size(out_w, "out_w")
+_PLANS = {}  # (parameters as a typed key) -> (dtype, LUT) of preprocess calls already checked
+_MAX_PLANS = 64
+
+
+def _typed(value):
+    """A hashable key for a preprocess parameter that tells apart what validation tells
+    apart (1, 1.0 and True; a list and an array); TypeError when it cannot be hashed."""
+    if isinstance(value, np.ndarray):
+        return (np.ndarray, value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple((type(v), v) for v in value))
+    hash(value)
+    return (type(value), value)
+
+
+def _plan(mean, std, scale, zero_point, dtype, Py_ssize_t channels):
+    """The output dtype and LUT for these parameters: validated once, then remembered (a
+    service calls preprocess with the same few; validating them took ~25 µs a call)."""
+    try:
+        key = (_typed(mean), _typed(std), _typed(scale), _typed(zero_point), _typed(dtype),
+               channels)
+    except TypeError:
+        key = None
+    if key is not None:
+        plan = _PLANS.get(key)
+        if plan is not None:
+            return plan
     mean32, std32 = _validate.channel_params(mean, std)
     dt = _validate.quant_dtype(dtype, allow_float=True)
-    channels = batch.shape[3]
     mean32 = _validate.channels_match(mean32, channels)
     std32 = _validate.channels_match(std32, channels)
     if dt == np.float32:
         scale, zero_point = None, None
     else:
         scale, zero_point = _validate.quant_params(scale, zero_point, dt)
-    table = _cached_lut(mean32.tobytes(), std32.tobytes(), scale, zero_point, dt.char)
+    plan = dt, _cached_lut(mean32.tobytes(), std32.tobytes(), scale, zero_point, dt.char)
+    if key is not None and len(_PLANS) < _MAX_PLANS:
+        _PLANS[key] = plan
+    return plan
+
+
+def preprocess(images, out_h, out_w, mean, std, scale, zero_point, dtype):
+    """Fused resize + normalize + quantize (a per-channel LUT applied inside the resize)."""
+    batch = _validate.images(images)
+    oh = _validate.size(out_h, "out_h")
+    ow = _validate.size(out_w, "out_w")
+    channels = batch.shape[3]
+    dt, table = _plan(mean, std, scale, zero_point, dtype, channels)
     out = np.empty((batch.shape[0], oh, ow, channels), dtype=dt)
     cdef const int8_t[:, ::1] lut_i8
     cdef const uint8_t[:, ::1] lut_u8
