@@ -8,7 +8,7 @@ with the GIL released.
 
 from libc.math cimport floor
 from libc.stdint cimport int8_t, int32_t, uint8_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
 import functools
 
@@ -84,9 +84,15 @@ cdef extern from "_resize_kernels.h" nogil:
     const char* es_simd_variant()
     void es_vertical(const uint8_t* r0, const uint8_t* r1, int32_t w, int32_t* col,
                      Py_ssize_t n)
+    void es_horizontal3_i8(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
+                           Py_ssize_t pixels, const int8_t* lut, int8_t* dst)
+    void es_horizontal3_u8(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
+                           Py_ssize_t pixels, const uint8_t* lut, uint8_t* dst)
+    void es_horizontal3_f32(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
+                            Py_ssize_t pixels, const float* lut, float* dst)
 
 SIMD = es_simd_variant().decode("ascii")
-"""The instruction set of the resize's vertical pass on this CPU: ``avx512``, ``avx2`` or
+"""The instruction set the resize kernels run with on this CPU: ``avx512``, ``avx2`` or
 ``sse2`` (x86-64 with GCC, chosen when the module loads), ``neon`` (arm64) or
 ``generic``."""
 
@@ -98,14 +104,19 @@ cdef inline void _resize_lut(const uint8_t* src, Py_ssize_t n_images, Py_ssize_t
                              int32_t* col, const out_t* lut, out_t* dst) noexcept nogil:
     """Separable fixed-point bilinear resize, then ``dst = lut[c * 256 + pixel]``.
 
-    The vertical pass runs first over whole input rows (contiguous, so the
-    compiler vectorizes it); the horizontal pass then gathers from that row.
-    Integer arithmetic is exact, so neither the pass order nor the rewrite
+    The vertical pass runs first over whole input rows (contiguous, so it vectorizes);
+    the horizontal pass then gathers from that row, 4 lanes at a time for 3 channels
+    (ext/_resize_kernels.h; ``col`` has one readable value past the row). Integer
+    arithmetic is exact, so neither the pass order nor the rewrite
     ``p0 * (2048 - w) + p1 * w == (p0 << 11) + (p1 - p0) * w`` (one multiply
     instead of two; every term fits in int32) changes the spec's result.
     """
     cdef Py_ssize_t row_len = in_w * ch
-    cdef Py_ssize_t n, oy, ox, c, i
+    cdef Py_ssize_t n, oy, ox, c
+    cdef Py_ssize_t fast = 0  # leading output pixels whose x1 is x0's next pixel
+    if ch == 3:
+        while fast < out_w and x1[fast] == x0[fast] + 3:
+            fast += 1
     cdef const uint8_t* image
     cdef const uint8_t* r0
     cdef const uint8_t* r1
@@ -120,7 +131,15 @@ cdef inline void _resize_lut(const uint8_t* src, Py_ssize_t n_images, Py_ssize_t
             # compiled for AVX-512, AVX2 and SSE2, one chosen at import (ext/_resize_kernels.h)
             es_vertical(r0, r1, wy[oy], col, row_len)
             if ch == 3:
-                for ox in range(out_w):
+                # the pixels whose right neighbour is the next one: 4 lanes at a time
+                if out_t is int8_t:
+                    es_horizontal3_i8(col, x0, wx, fast, lut, dst)
+                elif out_t is uint8_t:
+                    es_horizontal3_u8(col, x0, wx, fast, lut, dst)
+                else:
+                    es_horizontal3_f32(col, x0, wx, fast, lut, dst)
+                dst += 3 * fast
+                for ox in range(fast, out_w):
                     b = wx[ox]
                     p0 = col + x0[ox]
                     p1 = col + x1[ox]
@@ -153,7 +172,8 @@ cdef int _resize_into(const uint8_t[:, :, :, ::1] src, const out_t[:, ::1] lut,
     if lut.shape[0] != ch or lut.shape[1] != 256:
         raise ValueError(f"lut: expected shape ({ch}, 256), got ({lut.shape[0]}, {lut.shape[1]})")
     cdef Py_ssize_t* index = <Py_ssize_t*>malloc((2 * out_h + 2 * out_w) * sizeof(Py_ssize_t))
-    cdef int32_t* weights = <int32_t*>malloc((out_h + out_w + in_w * ch) * sizeof(int32_t))
+    # + 4: the 3-channel horizontal pass reads one value past the column buffer's row
+    cdef int32_t* weights = <int32_t*>calloc(out_h + out_w + in_w * ch + 4, sizeof(int32_t))
     if index == NULL or weights == NULL:
         free(index)
         free(weights)
