@@ -100,6 +100,28 @@ class CoordinatorMetrics(MetricsEndpoint):
             "Rollouts decided on this coordinator, by decision (promoted, rolled_back)",
             ["model", "decision"], registry=r)
 
+        # Audit sampling and edge/cloud agreement (docs/CASCADE.md).
+        self.audit_items = Counter(
+            "edgeshard_coordinator_audit_items",
+            "Confident items picked for audit at the cloud, by outcome: compared, or dropped "
+            "(queue_full, budget, breaker_open, busy, failed, refused)", ["model", "outcome"],
+            registry=r)
+        agreement_labels = ["model", "version", "segment", "source"]
+        self.agreement = Gauge(
+            "edgeshard_coordinator_cloud_agreement",
+            "Share of the last compared items whose edge label is the cloud's, by edge model "
+            "version, segment and source (audit, escalated); set from the minimum sample on",
+            agreement_labels, registry=r)
+        self.agreement_low = Gauge(
+            "edgeshard_coordinator_cloud_agreement_low",
+            "1 while edge/cloud agreement is below --agreement-warn", agreement_labels,
+            registry=r)
+        self.hard_examples = Counter(
+            "edgeshard_coordinator_hard_examples",
+            "Escalated and audited items with the cloud's answer, by outcome: stored in the "
+            "job store for export-examples, or dropped (writer full, store error)",
+            ["model", "outcome"], registry=r)
+
     def rollout_changed(self, rollout) -> None:
         """Set a model's rollout gauges from its record (``coordinator.rollout`` Rollout)."""
         for state in ("running", "promoted", "rolled_back"):
@@ -117,6 +139,21 @@ class CoordinatorMetrics(MetricsEndpoint):
     def shadow_outcome(self, model: str, outcome: str) -> None:
         """Count a mirrored request by ``outcome``."""
         self.shadow_requests.labels(model, outcome).inc()
+
+    def audit_outcome(self, model: str, outcome: str, items: int) -> None:
+        """Count ``items`` audited items of ``model`` by ``outcome``."""
+        self.audit_items.labels(model, outcome).inc(items)
+
+    def agreement_stat(self, stat) -> None:
+        """Set the agreement gauges of a ``coordinator.monitoring.agreement`` stat."""
+        key = tuple(stat.key)
+        if stat.fraction is not None:
+            self.agreement.labels(*key).set(stat.fraction)
+        self.agreement_low.labels(*key).set(int(stat.low))
+
+    def hard_example(self, model: str, outcome: str, items: int) -> None:
+        """Count ``items`` hard examples of ``model`` stored or dropped."""
+        self.hard_examples.labels(model, outcome).inc(items)
 
     def denied(self, method: str, code: str) -> None:
         """Count a call to ``method`` refused with ``code`` for its credentials."""

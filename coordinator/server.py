@@ -34,10 +34,12 @@ from coordinator.api.fleet_servicer import FleetServicer
 from coordinator.api.inference_servicer import InferenceServicer
 from coordinator.api.jobs_servicer import JobsServicer
 from coordinator.api.rollouts_servicer import RolloutsServicer
+from coordinator.cascade.audit import Auditor, AuditSampler
 from coordinator.cascade.breaker import BreakerState, CircuitBreaker
 from coordinator.cascade.budget import CostMeter, TokenBucket
 from coordinator.cascade.cloud import CloudTier, CloudTierStatus
 from coordinator.cascade.decision import Cascade
+from coordinator.cascade.watch import AgreementWatch
 from coordinator.config import CoordinatorConfig
 from coordinator.dataplane import DataPlane
 from coordinator.fleet.admission import own_addresses
@@ -48,6 +50,7 @@ from coordinator.fleet.registry import Registry
 from coordinator.fleet.router import Router
 from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.jobs.drains import DrainBook
+from coordinator.jobs.examples import ExampleBook, ExampleWriter
 from coordinator.jobs.replayer import SpoolReplayer
 from coordinator.jobs.rollouts import RolloutBook
 from coordinator.jobs.runner import ShardRunner
@@ -57,6 +60,7 @@ from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.monitoring.agreement import AgreementTracker
 from coordinator.rollout.controller import Rollouts
 from edgeshard.aio_server import AioServer
 from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
@@ -127,6 +131,8 @@ class CoordinatorServer:
         self.replayer: SpoolReplayer | None = None
         self.rollouts: Rollouts | None = None
         self.shadow: Shadow | None = None
+        self.auditor: Auditor | None = None  # audit sampling, with --audit
+        self.examples: ExampleWriter | None = None  # hard examples, with a cascade
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -265,7 +271,26 @@ class CoordinatorServer:
         for rule in rules.values():
             log.info("cascade: %s escalates to %s at %s when %s < %g", rule.model,
                      rule.cloud_model, cfg.cloud, rule.policy.name, rule.policy.threshold)
-        return Cascade(rules, cloud, on_decision=self.metrics.decision)
+        return Cascade(rules, cloud, on_decision=self.metrics.decision, **self._audit(cloud))
+
+    def _audit(self, cloud: CloudTier) -> dict:
+        """Start the hard example writer and, with --audit, the auditor; the cascade's
+        agreement arguments."""
+        cfg = self.config
+        self.examples = ExampleWriter(ExampleBook(self.store.database, cfg.examples_keep),
+                                      on_outcome=self.metrics.hard_example)
+        self.examples.start()
+        watch = AgreementWatch(AgreementTracker(cfg.agreement_window, cfg.agreement_min_items,
+                                                cfg.agreement_warn),
+                               on_stat=self.metrics.agreement_stat, keep=self.examples.keep)
+        rates = cfg.audit_rates()
+        if any(rates.values()):
+            self.auditor = Auditor(cloud, watch.compared, cfg.audit_queue, cfg.cloud_timeout_s,
+                                   on_outcome=self.metrics.audit_outcome)
+            self.auditor.start()
+            log.info("audit sampling: %s", ", ".join(f"{m} {r:g}" for m, r in rates.items()))
+        return {"on_compared": watch.compared, "auditor": self.auditor,
+                "sampler": AuditSampler(rates)}
 
     def _check_cloud(self) -> None:
         """Say once, at start-up, whether the cloud tier answers and serves its models."""
@@ -361,6 +386,10 @@ class CoordinatorServer:
             self.rollouts.close()
         if self.shadow is not None:
             self.shadow.close()
+        if self.auditor is not None:
+            self.auditor.close()
+        if self.examples is not None:
+            self.examples.close()
         self.membership.close()
         self.clients.close()
         self.metrics.close()
