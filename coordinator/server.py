@@ -30,6 +30,7 @@ from coordinator.api.clients import (
     node_classifier,
     node_tensors,
 )
+from coordinator.api.examples_servicer import ExamplesServicer
 from coordinator.api.fleet_servicer import FleetServicer
 from coordinator.api.inference_servicer import InferenceServicer
 from coordinator.api.jobs_servicer import JobsServicer
@@ -67,13 +68,14 @@ from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
 from edgeshard.oip_http import OipHttpServer
 from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import message_options
-from protos import fleet_pb2, fleet_pb2_grpc
+from protos import examples_pb2, examples_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
-FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "edgeshard.v1.Rollouts")
+FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "edgeshard.v1.Rollouts",
+                  "edgeshard.v1.Examples")
 
 
 class CoordinatorServer:
@@ -200,9 +202,13 @@ class CoordinatorServer:
             self._server)
         fleet_pb2_grpc.add_RolloutsServicer_to_server(
             RolloutsServicer(self.rollouts, self.registry), self._server)
+        examples_pb2_grpc.add_ExamplesServicer_to_server(ExamplesServicer(
+            ExampleBook(self.store.database, cfg.examples_keep),
+            lambda: {*self.registry.served_models(), *(self.cascade.rules if self.cascade
+                                                       else ())}), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
-                          extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
+                          extra_file_descriptors=(fleet_pb2.DESCRIPTOR, examples_pb2.DESCRIPTOR))
         self._server.start()
         if cfg.http_port is not None:
             self._start_http()
