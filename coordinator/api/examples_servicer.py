@@ -3,7 +3,8 @@
 
 Examples come from the job store (``ExampleBook``), so any replica on a shared PostgreSQL
 store answers for the whole fleet. The stream sends batches of at most ``batch_size``
-examples (a change of item datatype or shape starts a new one), oldest first, after the
+examples and about ``BATCH_BYTES`` of item data (a change of item datatype or shape starts
+a new one, so each batch is one array), oldest first, after the
 request's ``after_seq``: a client whose coordinator went away resumes on another after
 the last seq it received.
 """
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 guard = guarded("coordinator", log)
 DEFAULT_BATCH = 256
 MAX_BATCH = 4096
+BATCH_BYTES = 2 * 1024 * 1024  # item bytes per message, well within gRPC's message limits
 
 
 def example_batch(examples: list[HardExample], total: int) -> examples_pb2.ExampleBatch:
@@ -42,13 +44,17 @@ def example_batch(examples: list[HardExample], total: int) -> examples_pb2.Examp
 
 
 def _runs(examples: list[HardExample]) -> Iterator[list[HardExample]]:
-    """``examples`` split where the item's dtype or shape changes."""
+    """``examples`` split where the item's dtype or shape changes, and where a run's items
+    would pass ``BATCH_BYTES``."""
     run: list[HardExample] = []
+    size = 0
     for e in examples:
-        if run and (e.item.dtype != run[0].item.dtype or e.item.shape != run[0].item.shape):
+        if run and (e.item.dtype != run[0].item.dtype or e.item.shape != run[0].item.shape
+                    or size + e.item.nbytes > BATCH_BYTES):
             yield run
-            run = []
+            run, size = [], 0
         run.append(e)
+        size += e.item.nbytes
     if run:
         yield run
 

@@ -210,3 +210,26 @@ def test_the_watch_sets_gauges_warns_once_and_keeps_examples(caplog):
     assert len(warnings) == 1 and "below --agreement-warn 0.8" in warnings[0].getMessage()
     assert "export-examples m" in warnings[0].getMessage()
     assert len(kept) == 3
+
+
+# -- bad flag values stop `serve` with one line naming the option ----------------------------
+@pytest.mark.parametrize("args,text", [
+    (("--audit", "mnist_edge=2"), "audit: rate 2 of mnist_edge must be a fraction from 0 to 1"),
+    (("--audit", "mnist_edge"), "audit: 'mnist_edge' is not MODEL=RATE"),
+    (("--audit", "other=0.1"), "audit: 'other' has no --cascade other=CLOUD_MODEL"),
+    (("--agreement-warn", "1.5"), "agreement_warn: must be a fraction from 0 to 1"),
+    (("--agreement-warn", "high"), "agreement_warn"),
+    (("--agreement-min-items", "900"), "agreement_min_items: must be <= agreement_window"),
+    (("--examples-keep", "0"), "examples_keep: must be >= 1"),
+    (("--audit-queue", "0"), "audit_queue: must be >= 1")])
+def test_serve_refuses_bad_audit_settings_naming_them(args, text, tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "coordinator", "serve", "--state-dir",
+                          str(tmp_path), "--cloud", "127.0.0.1:1", "--cascade",
+                          "mnist_edge=mnist_cloud", *args], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "configuration error" in out.stderr and text in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
