@@ -96,6 +96,28 @@ class Traffic:
         assert done(), what
 
 
+def counter(page: str, name: str, outcome: str) -> float:
+    found = re.search(rf'^edgeshard_coordinator_{name}_total\{{model="{EDGE}",'
+                      rf'outcome="{outcome}"\}} (\S+)$', page, re.M)
+    return 0.0 if found is None else float(found.group(1))
+
+
+def settle(fleet, timeout: float = 60.0) -> None:
+    """Wait until the audit queue and the example writer are idle: every compared item
+    (audited, or escalated and answered) stored, and nothing changing for a second."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        page = scrape(fleet)
+        now = (counter(page, "audit_items", "compared"),
+               counter(page, "escalation_items", "answered"),
+               counter(page, "hard_examples", "stored"))
+        if now == last and now[2] == now[0] + now[1]:
+            return
+        last = now
+        time.sleep(1.0)
+    raise AssertionError(f"examples not settled: {last}")
+
+
 def export(fleet, *args):
     return subprocess.run([sys.executable, "-m", "coordinator", "export-examples", *args,
                            "--coordinator", fleet.coordinator.address],
@@ -161,7 +183,7 @@ def test_agreement_falls_when_the_edge_model_gets_worse_and_examples_carry_cloud
             if not r.extra["escalated"]:
                 assert r.tier == "edge" and r.label == r.extra["edge_label"]
                 assert "cloud_label" not in r.extra
-        time.sleep(1.5)  # the example writer batches its writes
+        settle(fleet)  # every audit answered and every example written
 
         out = tmp_path / "hard.npz"
         done = export(fleet, EDGE, "--out", str(out))
@@ -178,6 +200,12 @@ def test_agreement_falls_when_the_edge_model_gets_worse_and_examples_carry_cloud
         assert any(i.startswith("job-") for i in data["id"])  # the job path audits too
         v2 = data["version"] == "2"
         assert (data["edge_label"][v2] != data["y"][v2]).mean() > 0.7
+        audited = export(fleet, EDGE, "--out", str(tmp_path / "audited.npz"), "--source", "audit",
+                         "--no-progress")
+        assert audited.returncode == 0, audited.stderr
+        only = np.load(tmp_path / "audited.npz")
+        assert set(only["source"]) == {"audit"}
+        assert len(only["y"]) == int((data["source"] == "audit").sum())
 
         # Bad input: one line naming the argument, no traceback, nothing written.
         for args, code, text in [
