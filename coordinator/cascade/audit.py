@@ -5,8 +5,9 @@ in the background, to measure how often the edge agrees with the bigger model.
   model's rate (``hash_uniform`` of the id with an audit salt, so the pick is stable for
   an id, and independent of the ``random`` escalation policy's pick).
 * ``Auditor.offer`` hands the picked items to a bounded queue and returns at once: the
-  answer never waits for an audit. When the queue holds ``max_items`` items the new ones
-  are dropped (``queue_full``). One worker thread takes the queue's items per cloud model,
+  answer never waits for an audit. When the queue holds ``max_items`` items (or
+  ``max_bytes`` of item data: camera frames are large) new ones are dropped
+  (``queue_full``). One worker thread takes the queue's items per cloud model,
   up to ``max_batch`` at a time, and asks the cloud tier with ``audit=True``: audits take
   only budget beyond what escalations keep, and only a free call slot (``CloudTier``).
   Items the cloud does not answer are dropped with its reason (``budget``,
@@ -105,16 +106,19 @@ class Auditor:
 
     def __init__(self, cloud: CloudTier, on_compared: Callable[[Comparison], None],
                  max_items: int = 256, timeout_s: float = 5.0,
-                 on_outcome: Callable[[str, str, int], None] = lambda m, o, n: None):
+                 on_outcome: Callable[[str, str, int], None] = lambda m, o, n: None,
+                 max_bytes: int = 32 * 1024 * 1024):
         if max_items < 1:
             raise ValueError(f"audit_queue: must be >= 1, got {max_items}")
         self.cloud = cloud
         self.on_compared = on_compared
         self.on_outcome = on_outcome
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self._tasks: deque[AuditTask] = deque()
         self._queued = 0
+        self._bytes = 0
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -127,12 +131,14 @@ class Auditor:
 
     def offer(self, task: AuditTask) -> bool:
         """Queue ``task`` if it fits, without waiting; False (dropped, counted) otherwise."""
-        n = len(task.ids)
+        n, size = len(task.ids), int(task.items.nbytes)
         with self._cond:
-            fits = not self._closed and self._queued + n <= self.max_items
+            fits = (not self._closed and self._queued + n <= self.max_items
+                    and self._bytes + size <= self.max_bytes)
             if fits:
                 self._tasks.append(task)
                 self._queued += n
+                self._bytes += size
                 self._cond.notify()
         if not fits:
             self.on_outcome(task.model, "queue_full", n)
@@ -169,6 +175,7 @@ class Auditor:
                     kept.append(task)
             self._tasks.extendleft(reversed(kept))
             self._queued -= sum(len(t.ids) for t in taken)
+            self._bytes -= sum(int(t.items.nbytes) for t in taken)
             return taken
 
     def _run(self) -> None:

@@ -9,7 +9,8 @@ the model, the edge model's version, the segment, the source (``audit`` or
 after each write only the newest ``keep`` rows of the model stay.
 
 ``ExampleWriter`` takes comparisons on the caller's path without waiting: they go to a
-buffer of at most ``max_items`` items that a background thread writes in batches. When
+buffer of at most ``max_items`` items and ``max_bytes`` of item data (camera frames are
+large) that a background thread writes in batches. When
 the buffer is full (the store is slow or away) new examples are dropped and counted, never
 waited for; a failed write drops its batch, logged once per run of failures.
 """
@@ -150,14 +151,17 @@ class ExampleWriter:
     ``on_outcome(model, outcome, items)`` counts ``stored`` and ``dropped`` examples.
     """
 
-    def __init__(self, book: ExampleBook, max_items: int = 1024, interval_s: float = 0.5,
+    def __init__(self, book: ExampleBook, max_items: int = 1024,
+                 max_bytes: int = 32 * 1024 * 1024, interval_s: float = 0.5,
                  on_outcome: Callable[[str, str, int], None] = lambda m, o, n: None):
         self.book = book
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self.interval_s = interval_s
         self.on_outcome = on_outcome
         self._pending: list[Comparison] = []
         self._items = 0
+        self._bytes = 0
         self._cond = threading.Condition()
         self._closed = False
         self._failing = False
@@ -165,12 +169,14 @@ class ExampleWriter:
 
     def keep(self, c: Comparison) -> bool:
         """Buffer ``c`` for writing if it fits, without waiting; False (dropped) otherwise."""
-        n = len(c.ids)
+        n, size = len(c.ids), int(np.asarray(c.items).nbytes)
         with self._cond:
-            fits = not self._closed and self._items + n <= self.max_items
+            fits = (not self._closed and self._items + n <= self.max_items
+                    and self._bytes + size <= self.max_bytes)
             if fits:
                 self._pending.append(c)
                 self._items += n
+                self._bytes += size
                 self._cond.notify()
         if not fits:
             self.on_outcome(c.model, "dropped", n)
@@ -192,7 +198,7 @@ class ExampleWriter:
     def flush(self) -> int:
         """Write the buffered comparisons now; returns the rows written (0 on failure)."""
         with self._cond:
-            batch, self._pending, self._items = self._pending, [], 0
+            batch, self._pending, self._items, self._bytes = self._pending, [], 0, 0
         if not batch:
             return 0
         try:

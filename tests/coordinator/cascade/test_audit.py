@@ -142,6 +142,19 @@ def test_a_full_queue_drops_audits_at_once():
     gate.set()
 
 
+def test_the_queue_is_bounded_in_bytes_too():
+    outcomes = Counter()
+    auditor = Auditor(tier(FakeCloud()), lambda c: None, max_bytes=20,
+                      on_outcome=lambda m, o, n: outcomes.update({o: n}))
+
+    def task(n):  # n items of 8 bytes
+        return AuditTask("m-cloud", "m", "1", "", [f"a{k}" for k in range(n)], ITEMS[:n],
+                         np.zeros(n, np.int64), np.ones(n, np.float32))
+    assert auditor.offer(task(2))
+    assert not auditor.offer(task(1))  # 24 bytes would pass 20
+    assert auditor.queued == 2 and outcomes == {"queue_full": 1}
+
+
 def test_a_cloud_that_is_down_drops_audits_and_never_touches_the_answer():
     cloud = FakeCloud(down=True)
     c, auditor, compared, outcomes = cascade(cloud)

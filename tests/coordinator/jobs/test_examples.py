@@ -89,3 +89,16 @@ def test_the_writer_drops_what_does_not_fit_and_survives_a_store_error(tmp_path)
     assert writer.keep(comparison(1))
     assert writer.flush() == 0
     assert outcomes == {"stored": 4, "dropped": 3}
+
+
+def test_the_writer_bounds_its_buffer_in_bytes_too(tmp_path):
+    store = JobStore(str(tmp_path / "jobs.db"))
+    try:
+        outcomes = Counter()
+        writer = ExampleWriter(ExampleBook(store.database), max_bytes=20,
+                               on_outcome=lambda m, o, n: outcomes.update({o: n}))
+        assert writer.keep(comparison(4))  # 16 bytes of items
+        assert not writer.keep(comparison(2))  # 8 more would pass 20
+        assert writer.flush() == 4 and outcomes == {"stored": 4, "dropped": 2}
+    finally:
+        store.close()
