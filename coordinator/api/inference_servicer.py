@@ -101,7 +101,7 @@ class InferenceServicer(InferenceServicerBase):
         if not self.ready.is_set():
             raise errors.ShuttingDownError("coordinator is not ready (starting or draining)")
         requested = codec.requested_outputs(request)
-        convert.segment(request)  # a bad segment name is refused before any work
+        segment = convert.segment(request)  # a bad segment name is refused before any work
         cascaded = self.plane.cascaded(request.model_name)
 
         def run(request: oip_pb2.ModelInferRequest):
@@ -114,7 +114,8 @@ class InferenceServicer(InferenceServicerBase):
                 probabilities_of=lambda response: codec.decode_output(response,
                                                                       "probabilities"),
                 items=lambda: convert.only_input(forwarded),
-                item_ids=lambda n: convert.online_ids(request, n))
+                item_ids=lambda n: convert.online_ids(request, n), segment=segment,
+                version_of=lambda response: response.model_version)
 
         answer = run(request) if self.canary is None else self.canary.infer(request, run)
         return convert.infer_response(answer, requested)

@@ -93,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     from coordinator.cli.rollout import add_parser as rollout_parser
 
     rollout_parser(sub, with_target)
+    from coordinator.cli.examples import add_parser as examples_parser
+
+    examples_parser(sub, with_target)
 
     cal = sub.add_parser(
         "calibrate", help="fit temperature and pick the escalation threshold",
@@ -306,6 +309,10 @@ def run_command(args, argv: list[str] | None) -> int:
         from coordinator.cli.rollout import main as rollout_main
 
         return rollout_main(args)
+    if args.command == "export-examples":
+        from coordinator.cli.examples import main as examples_main
+
+        return examples_main(args)
     if args.command == "calibrate":
         from coordinator.cli.calibrate import main as calibrate_main
 
