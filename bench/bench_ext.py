@@ -105,8 +105,13 @@ def check_agreement() -> None:
         return
     frame = np.random.default_rng(1).integers(0, 256, size=(1, 480, 640, 3), dtype=np.uint8)
     args = (224, 224, MEAN, STD, SCALE, ZERO_POINT, np.int8)
-    if not np.array_equal(_image.preprocess(frame, *args), _reference.preprocess(frame, *args)):
-        raise SystemExit("cython preprocess disagrees with the reference")
+    want = _reference.preprocess(frame, *args)
+    for variant in getattr(_image, "SIMD_VARIANTS", ()):
+        _image.use_simd(variant)
+        if not np.array_equal(_image.preprocess(frame, *args), want):
+            raise SystemExit(f"cython preprocess ({variant}) disagrees with the reference")
+    if hasattr(_image, "use_simd"):
+        _image.use_simd()
 
 
 def cpu_model() -> str:
@@ -134,11 +139,19 @@ def main(argv: list[str] | None = None) -> int:
         if impl == "reference":
             reference_us[case] = us
         rows.append((case, impl, us, reference_us[case] / us))
+        if impl == "cython" and case.startswith("preprocess") and _image is not None:
+            best = _image.SIMD
+            for variant in _image.SIMD_VARIANTS[1:]:  # the lower instruction sets too
+                _image.use_simd(variant)
+                us = median_us(fn, args.min_runs, args.min_seconds)
+                rows.append((case, f"cython ({variant})", us, reference_us[case] / us))
+            _image.use_simd(best)
 
     machine = f"{os.cpu_count()} CPUs, {cpu_model()}, Python {platform.python_version()}, "
     machine += f"NumPy {np.__version__}" + (f", OpenCV {cv2.__version__}" if cv2 else "")
     if _image is not None:
-        machine += f"; compiled resize: {_image.SIMD}"
+        machine += (f"; compiled resize: {_image.SIMD} (of {', '.join(_image.SIMD_VARIANTS)}; "
+                    "\"cython\" rows use it)")
     times = {(case, impl): us for case, impl, us, _ in rows}
     fused = next((us for (case, impl), us in times.items()
                   if case.startswith("preprocess") and impl == "cython"), None)

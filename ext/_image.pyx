@@ -19,7 +19,8 @@ from ext._reference import make_lut
 from ext._reference import _lut as _build_lut
 
 __all__ = [
-    "SIMD", "dequantize", "make_lut", "normalize", "preprocess", "quantize", "resize_bilinear",
+    "SIMD", "SIMD_VARIANTS", "dequantize", "make_lut", "normalize", "preprocess", "quantize",
+    "resize_bilinear", "use_simd",
 ]
 
 ctypedef fused out_t:
@@ -81,7 +82,8 @@ cdef inline void _axis_table(Py_ssize_t in_size, Py_ssize_t out_size, Py_ssize_t
 
 
 cdef extern from "_resize_kernels.h" nogil:
-    const char* es_simd_variant()
+    const char* es_select(const char* name)
+    int es_supported(const char** out, int size)
     void es_vertical(const uint8_t* r0, const uint8_t* r1, int32_t w, int32_t* col,
                      Py_ssize_t n)
     void es_horizontal3_i8(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
@@ -91,10 +93,34 @@ cdef extern from "_resize_kernels.h" nogil:
     void es_horizontal3_f32(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
                             Py_ssize_t pixels, const float* lut, float* dst)
 
-SIMD = es_simd_variant().decode("ascii")
-"""The instruction set the resize kernels run with on this CPU: ``avx512``, ``avx2`` or
-``sse2`` (x86-64 with GCC, chosen when the module loads), ``neon`` (arm64) or
-``generic``."""
+
+def _supported():
+    cdef const char* names[8]
+    cdef int count = es_supported(names, 8)
+    return tuple(names[i].decode("ascii") for i in range(count))
+
+
+SIMD_VARIANTS = _supported()
+"""The instruction sets this CPU can run the resize kernels with, best first: on x86-64
+``avx512``, ``avx2``, ``sse2``; on arm64 ``neon``; else ``generic``."""
+
+SIMD = es_select(NULL).decode("ascii")
+"""The instruction set the resize kernels run with: the best of ``SIMD_VARIANTS``, chosen
+when the module loads (``use_simd`` changes it)."""
+
+
+def use_simd(name=None):
+    """Run the resize kernels with the instruction set ``name`` (one of ``SIMD_VARIANTS``;
+    None: the best), for benchmarks and tests; returns it. Every variant gives the same
+    results. ``ValueError`` naming the choices for another name."""
+    global SIMD
+    ok = isinstance(name, str) and name.isascii() and "\x00" not in name
+    chosen = es_select(NULL) if name is None else (es_select(name.encode("ascii")) if ok
+                                                   else NULL)
+    if chosen == NULL:
+        raise ValueError(f"name: {name!r} is not one of this CPU's {', '.join(SIMD_VARIANTS)}")
+    SIMD = chosen.decode("ascii")
+    return SIMD
 
 
 cdef inline void _resize_lut(const uint8_t* src, Py_ssize_t n_images, Py_ssize_t in_h,
