@@ -112,11 +112,11 @@ class Supervisor:
         self._metrics_dir = self._dir / "metrics"
         self._metrics_dir.mkdir()
         self._children: list[subprocess.Popen | None] = [None] * config.processes
-        self._restarts = [0] * config.processes
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._metrics_server = None
+        self._restarted = None  # a Counter, once /metrics is served
 
     # -- children ---------------------------------------------------------------------------
     def _ready_path(self, index: int) -> Path:
@@ -237,15 +237,30 @@ class Supervisor:
                             return
                         self._children[index] = self._spawn(index)
                     restart_at[index], started[index] = None, now
-                    self._restarts[index] += 1
+                    if self._restarted is not None:
+                        self._restarted.inc()
 
     def _serve_metrics(self, host: str, port: int) -> int:
-        from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            ProcessCollector,
+            start_http_server,
+        )
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self._metrics_dir))
         ProcessCollector(registry=registry)  # the supervisor's own process_* series
+        self._restarted = Counter("edgeshard_node_process_restarts",
+                                  "Serving processes restarted after they died (--processes)",
+                                  registry=registry)
+        live = Gauge("edgeshard_node_serving_processes",
+                     "Serving processes running (--processes; one that died and awaits "
+                     "its restart is not counted)", registry=registry)
+        live.set_function(lambda: sum(1 for c in self._children
+                                      if c is not None and c.poll() is None))
         try:
             self._metrics_server, _ = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:

@@ -112,6 +112,12 @@ def test_processes_share_the_port_metrics_restart_and_drain(
     assert node.log_path.read_bytes().count(started) == 2
     for i in range(20):
         infer_once(node.address, images[i:i + 1])
+    page = scrape(node.info["metrics_port"])
+    assert metric(page, "edgeshard_node_process_restarts_total") == 1
+    assert metric(page, "edgeshard_node_serving_processes") == 2
+    checked = subprocess.run([str(promtool), "check", "metrics"], input=page, text=True,
+                             capture_output=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # SIGTERM: every process drains and exits; the supervisor exits 0
     assert node.stop(grace=5) == 0
