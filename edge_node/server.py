@@ -166,6 +166,11 @@ class EdgeNodeServer:
                           ewma_latency_ms=self.engine.latency_ewma_ms,
                           capacity=self.config.capacity)
 
+    def drift_report(self):
+        """The reference profiles of the loaded versions and the drift windows, for
+        heartbeats (``edge_node.drift``)."""
+        return self.engine.drift.snapshot(list(self.engine.versions.values()))
+
     def _host_towards(self, coordinator: str) -> str:
         """The host a coordinator should dial us at: ``advertise_address`` or a specific
         ``host``; for a wildcard bind, the local address of the route to the coordinator
@@ -200,7 +205,8 @@ class EdgeNodeServer:
             link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,
                                    self.load_report, software_version=VERSION,
                                    credentials=self._link_credentials,
-                                   join_token=cfg.join_token, processes=self.role.count)
+                                   join_token=cfg.join_token, processes=self.role.count,
+                                   drift=self.drift_report)
             self._links.append(link)
             link.start()
         if cfg.advertise:
