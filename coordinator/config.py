@@ -210,6 +210,21 @@ class CoordinatorConfig:
     spool_ttl_s: float = field(default=24 * 3600.0, metadata=_help("spooled item lifetime (s)"))
     """After this long in the spool an escalation's edge answer becomes final (degraded)."""
 
+    drift_psi_warn: float = field(default=0.2, metadata=_help(
+        "population stability index at which a drift window warns (0.1: moderate shift, "
+        "0.25: significant)"))
+    """A (model, version, segment) window whose input or confidence PSI against the
+    version's reference profile reaches this is drifted (gauge, log warning)."""
+
+    drift_ks_warn: float = field(default=0.2, metadata=_help(
+        "Kolmogorov-Smirnov statistic (0..1) at which a drift window warns"))
+    """A window whose input or confidence KS statistic reaches this is drifted."""
+
+    drift_min_items: int = field(default=100, metadata=_help(
+        "items a drift window needs before it is judged"))
+    """Below this many items (over all nodes) a window's PSI is mostly sampling noise:
+    it is not judged, and its PSI and KS gauges are not set."""
+
     tls_cert: Path | None = field(default=None, metadata=_help(
         "PEM certificate (chain) to serve TLS with and to present to nodes and the cloud"))
     """The coordinator's certificate: its gRPC server (OIP front, Fleet, Jobs) speaks TLS
@@ -317,6 +332,12 @@ class CoordinatorConfig:
         check(self.cloud_cost_per_call >= 0 and self.cloud_cost_per_item >= 0,
               "cloud_cost_per_call", "costs must be >= 0")
         self.cascade_rules()  # validates the cascade and escalation entries
+        check(0 < self.drift_psi_warn <= 100, "drift_psi_warn",
+              f"must be in (0, 100] (0.1 moderate, 0.25 significant), got {self.drift_psi_warn}")
+        check(0 < self.drift_ks_warn <= 1, "drift_ks_warn",
+              f"must be in (0, 1], got {self.drift_ks_warn}")
+        check(1 <= self.drift_min_items <= 10_000_000, "drift_min_items",
+              f"must be in 1..10000000, got {self.drift_min_items}")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
               f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
