@@ -333,11 +333,12 @@ class CoordinatorConfig:
               "cloud_cost_per_call", "costs must be >= 0")
         self.cascade_rules()  # validates the cascade and escalation entries
         check(0 < self.drift_psi_warn <= 100, "drift_psi_warn",
-              f"must be in (0, 100] (0.1 moderate, 0.25 significant), got {self.drift_psi_warn}")
+              f"--drift-psi-warn must be in (0, 100] (0.1 moderate, 0.25 significant), "
+              f"got {self.drift_psi_warn}")
         check(0 < self.drift_ks_warn <= 1, "drift_ks_warn",
-              f"must be in (0, 1], got {self.drift_ks_warn}")
+              f"--drift-ks-warn must be in (0, 1], got {self.drift_ks_warn}")
         check(1 <= self.drift_min_items <= 10_000_000, "drift_min_items",
-              f"must be in 1..10000000, got {self.drift_min_items}")
+              f"--drift-min-items must be in 1..10000000, got {self.drift_min_items}")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
               f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

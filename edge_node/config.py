@@ -243,11 +243,11 @@ class NodeConfig:
         check(0 <= self.model_poll_s <= 86400, "model_poll_s", "must be in 0..86400 seconds")
         check(self.keep_versions >= 1, "keep_versions", "must be >= 1")
         check(self.drift_sample_every >= 0, "drift_sample_every",
-              f"must be >= 0 (0: off), got {self.drift_sample_every}")
+              f"--drift-sample-every must be >= 0 (0: off), got {self.drift_sample_every}")
         check(1 <= self.drift_window_items <= 1_000_000, "drift_window_items",
-              f"must be in 1..1000000, got {self.drift_window_items}")
+              f"--drift-window-items must be in 1..1000000, got {self.drift_window_items}")
         check(1 <= self.drift_max_segments <= 1000, "drift_max_segments",
-              f"must be in 1..1000, got {self.drift_max_segments}")
+              f"--drift-max-segments must be in 1..1000, got {self.drift_max_segments}")
         check(self.max_batch_delay_ms >= 0, "max_batch_delay_ms", "must be >= 0")
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")

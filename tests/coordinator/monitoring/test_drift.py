@@ -142,3 +142,18 @@ def test_psi_rules_of_thumb_on_a_normal_shift():
     small = np.histogram(rng.normal(0.1, size=200_000), edges)[0]
     large = np.histogram(rng.normal(0.6, size=200_000), edges)[0]
     assert psi(ref, small) < 0.1 < 0.25 < psi(ref, large)
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"drift_psi_warn": "0"}, "drift_psi_warn: --drift-psi-warn must be in (0, 100]"),
+    ({"drift_ks_warn": "1.5"}, "drift_ks_warn: --drift-ks-warn must be in (0, 1]"),
+    ({"drift_min_items": "0"}, "drift_min_items: --drift-min-items must be in"),
+    ({"drift_ks_warn": "x"}, "drift_ks_warn: invalid value 'x' from --drift-ks-warn"),
+])
+def test_thresholds_are_checked_naming_the_flag(flags, message):
+    from coordinator.config import build
+    from edgeshard.settings import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        build(flags, {})
+    assert str(err.value).startswith(message)
