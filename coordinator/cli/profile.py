@@ -116,6 +116,9 @@ def main(args: argparse.Namespace) -> int:
     server refuses), 1 a server that cannot be reached or a file that cannot be written."""
     repository = Path(args.model_repository or edgeshard_models.repository_path())
     try:
+        for flag, bins in (("--bins", args.bins), ("--confidence-bins", args.confidence_bins)):
+            if not 2 <= bins <= 1024:  # before any server is asked
+                raise ValueError(f"{flag}: must be in 2..1024, got {bins}")
         folder = repository / args.model
         versions = sorted((p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()),
                           key=int) if folder.is_dir() else []
