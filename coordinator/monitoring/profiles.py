@@ -52,7 +52,8 @@ def build_profile(x: np.ndarray, confidences: np.ndarray | None, *,
         if finite.size == 0:
             raise ValueError("x: no finite values to profile")
         lo, hi = float(finite.min()), float(finite.max())
-        hi = hi + max((hi - lo) / bins, 1e-6)  # the maximum inside the last bin
+        if hi <= lo:  # one value: any range around it (the maximum lands in the last bin,
+            hi = lo + 1.0  # as every value at or above hi does)
     channels = channels_of(x)
     stats = ext.window_stats(np.ascontiguousarray(x), channels, lo, hi, bins)
     count = stats.count.astype(np.float64)
