@@ -17,15 +17,25 @@ per version get their own window; later ones share the window ``_other``. An inp
 dtype or channel count differs from the profile's (e.g. FP32 tensors sent to a model
 profiled on UINT8 images) is not counted: its values live on another scale. Windows of a
 version that is unloaded are dropped. Thread-safe.
+
+With several serving processes (``edge-node --processes``), each keeps its own windows;
+the processes that do not heartbeat write theirs to a shared directory every second
+(``write_windows``) and the one that does adds them to its own (``read_windows``,
+``merge_windows``), so the coordinator sees the node's traffic, whichever process a
+client's connection landed on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -189,3 +199,63 @@ class DriftWindows:
                         tuple(int(v) for v in w.histogram),
                         None if w.confidence is None else tuple(int(v) for v in w.confidence)))
         return refs, out
+
+
+SHARED_MAX_AGE_S = 5.0  # a process's shared windows older than this are left out (it died)
+
+
+def write_windows(directory: Path, index: int, windows: list[WindowSnapshot]) -> None:
+    """Publish serving process ``index``'s windows in ``directory`` (atomically)."""
+    path = directory / f"drift-{index}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([asdict(w) for w in windows]))
+    os.replace(tmp, path)
+
+
+def read_windows(directory: Path, own_index: int,
+                 max_age: float = SHARED_MAX_AGE_S) -> list[WindowSnapshot]:
+    """The windows the other serving processes published within ``max_age`` seconds (a
+    file being replaced or unreadable is skipped: the next beat has it)."""
+    out = []
+    now = time.time()
+    for path in directory.glob("drift-*.json"):
+        if path.name == f"drift-{own_index}.json":
+            continue
+        try:
+            if now - path.stat().st_mtime > max_age:
+                continue
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for row in rows:
+            conf = row.pop("confidence")
+            out.append(WindowSnapshot(**{k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in row.items()},
+                                      confidence=None if conf is None else tuple(conf)))
+    return out
+
+
+def merge_windows(windows: list[WindowSnapshot]) -> list[WindowSnapshot]:
+    """One window per (model, version, segment): the sums of the processes' windows
+    (windows binned differently, from processes on different profiles, are not summed:
+    the first is kept)."""
+    merged: dict[tuple[str, str, str], WindowSnapshot] = {}
+    for w in windows:
+        key = (w.model, w.version, w.segment)
+        m = merged.get(key)
+        if m is None:
+            merged[key] = w
+            continue
+        if len(m.histogram) != len(w.histogram) or len(m.count) != len(w.count):
+            continue
+
+        def add(a, b):
+            return tuple(x + y for x, y in zip(a, b, strict=True))
+
+        conf = (add(m.confidence, w.confidence)
+                if m.confidence is not None and w.confidence is not None
+                and len(m.confidence) == len(w.confidence) else m.confidence)
+        merged[key] = WindowSnapshot(*key, m.items + w.items, add(m.count, w.count),
+                                     add(m.total, w.total), add(m.total_sq, w.total_sq),
+                                     add(m.histogram, w.histogram), conf)
+    return [merged[k] for k in sorted(merged)]

@@ -141,3 +141,21 @@ def test_bad_segment_names_are_refused_naming_the_parameter(value):
         check_segment(value)
     assert err.value.field == "parameters.segment"
     assert check_segment(None) == "" and check_segment("camera-07") == "camera-07"
+
+
+def test_serving_processes_share_windows_through_a_directory(tmp_path, version):
+    from edge_node.drift import merge_windows, read_windows, write_windows
+
+    x = np.zeros((3, 28, 28), np.uint8)
+    mine, theirs = DriftWindows(), DriftWindows()
+    mine.observe(version, "cam", x, np.full(3, 0.9, np.float32))
+    theirs.observe(version, "cam", x, np.full(3, 0.9, np.float32))
+    theirs.observe(version, "other", x[:1], None)
+    write_windows(tmp_path, 1, theirs.snapshot([version])[1])
+    write_windows(tmp_path, 0, mine.snapshot([version])[1])  # its own file is skipped
+    shared = read_windows(tmp_path, 0)
+    assert sorted(w.segment for w in shared) == ["cam", "other"]
+    merged = {w.segment: w for w in merge_windows(mine.snapshot([version])[1] + shared)}
+    assert merged["cam"].items == 6 and sum(merged["cam"].confidence) == 6
+    assert merged["cam"].count == (6 * 784,) and merged["other"].items == 1
+    assert read_windows(tmp_path, 0, max_age=-1) == []  # a dead process's file is stale

@@ -130,3 +130,24 @@ def test_shifted_inputs_cross_the_drift_threshold_and_hold_out_stays_below(drift
     assert len(re.findall(r"segment 'camera-bad' is back within its thresholds", log)) == 1
     assert "segment 'camera-ok' drifted" not in log
     assert len(re.findall(r"model mnist_cloud version 1 has no reference profile", log)) == 1
+
+
+def test_a_node_of_several_processes_reports_the_windows_of_all(fleet, holdout):
+    # 16 connections to the 2 processes: all on one of them has odds of 2 in 65,536
+    fleet.start_coordinator("--metrics-port", "0", "--connections-per-process", "8")
+    fleet.add_node("multi", "--processes", "2")
+    fleet.wait_live(1)
+    images, _ = holdout
+    client = tc.InferenceServerClient(fleet.coordinator.address)
+    try:
+        for i in range(60):
+            inp = tc.InferInput("image", [1, 28, 28], "UINT8")
+            inp.set_data_from_numpy(images[i:i + 1])
+            client.infer(EDGE, [inp], parameters={"segment": "cam"})
+    finally:
+        client.close()
+    port = fleet.coordinator.info["metrics_port"]
+    page = wait_for(port, lambda p: value(p, "edgeshard_coordinator_drift_window_items",
+                                          segment="cam") == 60)
+    # every request counted, whichever process served it (only one process heartbeats)
+    assert value(page, "edgeshard_coordinator_drift_window_items", segment="cam") == 60
