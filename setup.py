@@ -25,6 +25,9 @@ extensions = [
     Extension(
         "ext." + os.path.splitext(os.path.basename(path))[0],
         [path],
+        include_dirs=["ext"],
+        # C kernels built for several instruction sets (see ext/_resize_kernels.h)
+        depends=sorted(glob.glob(os.path.join("ext", "*.h"))),
         extra_compile_args=compile_args,
     )
     for path in sorted(glob.glob(os.path.join("ext", "_*.pyx")))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.cascade.rules import CascadeRule, parse_cascade
+from coordinator.cascade.rules import CascadeRule, parse_audit, parse_cascade
 from edgeshard import settings
 from edgeshard.settings import check, check_port
 from edgeshard.tls import TLSFiles, check_server_settings
@@ -224,6 +224,34 @@ class CoordinatorConfig:
         "items a drift window needs before it is judged"))
     """Below this many items (over all nodes) a window's PSI is mostly sampling noise:
     it is not judged, and its PSI and KS gauges are not set."""
+    audit: tuple[str, ...] = field(
+        default=(), metadata=_help("MODEL=RATE: also ask the cloud about this share (0..1, "
+                                   "e.g. 0.01) of MODEL's confidently answered items"))
+    """Audit sampling per cascaded model: a share of the items the edge answered with
+    confidence goes to the cloud too, in the background (the answer never waits), within
+    the cloud budget and after escalations; picked by a stable hash of the item id."""
+
+    audit_queue: int = field(default=256, metadata=_help("audited items waiting for the cloud"))
+    """Audited items queued for the cloud at most; more are dropped (counted), never waited for."""
+
+    agreement_window: int = field(default=500,
+                                  metadata=_help("last items edge/cloud agreement is over"))
+    """Agreement is the share of the last this many compared items (per model, version,
+    segment and source: audit or escalated) whose edge label is the cloud's."""
+
+    agreement_min_items: int = field(default=50,
+                                     metadata=_help("items before agreement is reported"))
+    """Items a window needs before its agreement gauge is set and can warn."""
+
+    agreement_warn: float = field(default=0.9,
+                                  metadata=_help("warn when edge/cloud agreement falls below"))
+    """A warning is logged (once per crossing) and the ``_low`` gauge set while agreement
+    is below this fraction."""
+
+    examples_keep: int = field(default=10_000,
+                               metadata=_help("hard examples kept per model (newest)"))
+    """Escalated and audited items with the cloud's answers kept per model in the job store
+    for `edge-coordinator export-examples`; older ones are deleted."""
 
     tls_cert: Path | None = field(default=None, metadata=_help(
         "PEM certificate (chain) to serve TLS with and to present to nodes and the cloud"))
@@ -269,6 +297,10 @@ class CoordinatorConfig:
     def cascade_rules(self) -> dict[str, CascadeRule]:
         """Edge model -> (cloud model, escalation policy)."""
         return parse_cascade(self.cascade, self.escalation)
+
+    def audit_rates(self) -> dict[str, float]:
+        """Edge model -> share of its confident items audited at the cloud tier."""
+        return parse_audit(self.audit, set(self.cascade_rules()))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
@@ -339,6 +371,14 @@ class CoordinatorConfig:
               f"--drift-ks-warn must be in (0, 1], got {self.drift_ks_warn}")
         check(1 <= self.drift_min_items <= 10_000_000, "drift_min_items",
               f"--drift-min-items must be in 1..10000000, got {self.drift_min_items}")
+        self.audit_rates()
+        for name in ("audit_queue", "agreement_window", "agreement_min_items", "examples_keep"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.agreement_min_items <= self.agreement_window, "agreement_min_items",
+              f"must be <= agreement_window ({self.agreement_window}), got "
+              f"{self.agreement_min_items}")
+        check(0.0 <= self.agreement_warn <= 1.0, "agreement_warn",
+              f"must be a fraction from 0 to 1, got {self.agreement_warn}")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
               f"must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

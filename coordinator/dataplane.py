@@ -80,10 +80,12 @@ class DataPlane:
     def infer(self, model: str, version: str, routing_key: str, timeout: float,
               call: NodeCall, probabilities_of: Callable[[Any], np.ndarray],
               items: Callable[[], np.ndarray],
-              item_ids: Callable[[int], list[str]]) -> OnlineAnswer:
+              item_ids: Callable[[int], list[str]], segment: str = "",
+              version_of: Callable[[Any], str] = lambda answer: "") -> OnlineAnswer:
         """Run ``call`` on a node chosen for ``model`` within ``timeout`` seconds, then the
-        cascade when the model has a rule (``probabilities_of(answer)``, ``items()`` and
-        ``item_ids(n)`` are only called then).
+        cascade when the model has a rule (``probabilities_of(answer)``, ``items()``,
+        ``item_ids(n)`` and ``version_of(answer)`` are only called then; the version and
+        ``segment`` key edge/cloud agreement).
 
         Raises what ``Forwarder.forward`` raises, and ``PeerStatusError`` when the cloud
         refuses the escalated items as malformed.
@@ -97,7 +99,8 @@ class DataPlane:
         probabilities = probabilities_of(done.answer)
         decision = self.cascade.decide(rule, items(), probabilities,
                                        item_ids(len(probabilities)),
-                                       max(MIN_CLOUD_S, deadline - time.monotonic()))
+                                       max(MIN_CLOUD_S, deadline - time.monotonic()),
+                                       version_of(done.answer), segment)
         if decision.refusal is not None:
             raise PeerStatusError(decision.refusal.status,
                                   f"cloud tier refused the escalated items: "

@@ -97,3 +97,7 @@ class RolloutNotFoundError(CoordinatorError, kinds.NotFoundError):
 
 class RolloutStateError(CoordinatorError, kinds.FailedPreconditionError):
     """The rollout is not in a state that allows the action (e.g. promoting a rolled back one)."""
+
+
+class ExamplesNotFoundError(CoordinatorError, kinds.NotFoundError):
+    """A model whose hard examples were asked for is unknown or has none stored."""

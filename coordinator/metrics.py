@@ -1,10 +1,18 @@
-"""Prometheus metrics of the coordinator (one registry per coordinator instance)."""
+"""Prometheus metrics of the coordinator (one registry per coordinator instance), and the
+loop that refreshes its gauges: every second from the fleet, the dispatcher and the cloud
+tier, every ``JOB_GAUGES_EVERY`` seconds from the job store."""
 
 from __future__ import annotations
+
+import collections
+import logging
+import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from edgeshard.prometheus import MetricsEndpoint
+
+log = logging.getLogger(__name__)
 
 
 class CoordinatorMetrics(MetricsEndpoint):
@@ -108,6 +116,27 @@ class CoordinatorMetrics(MetricsEndpoint):
             ["model", "decision"], registry=r)
 
         self._drift_metrics(r)
+        # Audit sampling and edge/cloud agreement (docs/CASCADE.md).
+        self.audit_items = Counter(
+            "edgeshard_coordinator_audit_items",
+            "Confident items picked for audit at the cloud, by outcome: compared, or dropped "
+            "(queue_full, budget, breaker_open, busy, failed, refused)", ["model", "outcome"],
+            registry=r)
+        agreement_labels = ["model", "version", "segment", "source"]
+        self.agreement = Gauge(
+            "edgeshard_coordinator_cloud_agreement",
+            "Share of the last compared items whose edge label is the cloud's, by edge model "
+            "version, segment and source (audit, escalated); set from the minimum sample on",
+            agreement_labels, registry=r)
+        self.agreement_low = Gauge(
+            "edgeshard_coordinator_cloud_agreement_low",
+            "1 while edge/cloud agreement is below --agreement-warn", agreement_labels,
+            registry=r)
+        self.hard_examples = Counter(
+            "edgeshard_coordinator_hard_examples",
+            "Escalated and audited items with the cloud's answer, by outcome: stored in the "
+            "job store for export-examples, or dropped (writer full, store error)",
+            ["model", "outcome"], registry=r)
 
     def rollout_changed(self, rollout) -> None:
         """Set a model's rollout gauges from its record (``coordinator.rollout`` Rollout)."""
@@ -126,6 +155,21 @@ class CoordinatorMetrics(MetricsEndpoint):
     def shadow_outcome(self, model: str, outcome: str) -> None:
         """Count a mirrored request by ``outcome``."""
         self.shadow_requests.labels(model, outcome).inc()
+
+    def audit_outcome(self, model: str, outcome: str, items: int) -> None:
+        """Count ``items`` audited items of ``model`` by ``outcome``."""
+        self.audit_items.labels(model, outcome).inc(items)
+
+    def agreement_stat(self, stat) -> None:
+        """Set the agreement gauges of a ``coordinator.monitoring.agreement`` stat."""
+        key = tuple(stat.key)
+        if stat.fraction is not None:
+            self.agreement.labels(*key).set(stat.fraction)
+        self.agreement_low.labels(*key).set(int(stat.low))
+
+    def hard_example(self, model: str, outcome: str, items: int) -> None:
+        """Count ``items`` hard examples of ``model`` stored or dropped."""
+        self.hard_examples.labels(model, outcome).inc(items)
 
     def denied(self, method: str, code: str) -> None:
         """Count a call to ``method`` refused with ``code`` for its credentials."""
@@ -238,3 +282,69 @@ class CoordinatorMetrics(MetricsEndpoint):
         if items:
             self.segment_items.labels(model, segment).inc(items)
             self.segment_escalated.labels(model, segment).inc(escalated)
+
+JOB_GAUGES_EVERY = 5  # seconds between reads of the job store's totals
+NODE_STATES = ("candidate", "live", "suspect", "dead", "draining")
+JOB_STATES = ("running", "done", "cancelled", "failed")
+
+
+class GaugeLoop:
+    """Sets ``metrics``' gauges from the coordinator's parts until ``stopping`` is set.
+    ``cloud``, ``spool`` and ``cost`` are None without a cloud tier."""
+
+    def __init__(self, metrics: CoordinatorMetrics, stopping: threading.Event, registry,
+                 dispatcher, forwarder, store, signals, cloud=None, spool=None, cost=None):
+        self.metrics = metrics
+        self.stopping = stopping
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.forwarder = forwarder
+        self.store = store
+        self.signals = signals
+        self.cloud = cloud
+        self.spool = spool
+        self.cost = cost
+
+    def start(self) -> None:
+        """Run the loop on a daemon thread of its own."""
+        threading.Thread(target=self.run, name="gauges", daemon=True).start()
+
+    def run(self) -> None:
+        """Refresh every second until ``stopping``."""
+        tick = 0
+        while not self.stopping.wait(1.0):
+            if tick % JOB_GAUGES_EVERY == 0:
+                self.job_gauges()
+            tick += 1
+            self.fleet_gauges()
+
+    def fleet_gauges(self) -> None:
+        """Nodes by state and load, the dispatcher, admission, the store, the cloud."""
+        m = self.metrics
+        nodes = self.registry.snapshot()
+        states = collections.Counter(r.display_state for r in nodes)
+        m.fleet_load(nodes)
+        for state in NODE_STATES:
+            m.nodes.labels(state).set(states.get(state, 0))
+        m.requeued.set(self.dispatcher.requeued)
+        m.in_flight.set(self.forwarder.admission.current)
+        m.store_fault.set(int(self.store.fault is not None))
+        m.followers.set(self.signals.followers())
+        if self.cloud is not None:
+            items, size = self.spool.totals()
+            m.spool_items.set(items)
+            m.spool_bytes.set(size)
+            m.cloud_cost.set(self.cost.cost)
+            m.breaker_open.set(int(self.cloud.breaker.state == "open"))  # a StrEnum
+
+    def job_gauges(self) -> None:
+        """Jobs by state and the items still to do (a store that cannot be read leaves
+        the last values; its fault has a gauge of its own)."""
+        try:
+            counts, remaining = self.store.totals()
+        except Exception as exc:  # noqa: BLE001 - the metrics loop must go on
+            log.debug("job gauges not refreshed: %s", exc)
+            return
+        for state in JOB_STATES:
+            self.metrics.jobs.labels(state).set(counts.get(state, 0))
+        self.metrics.job_items_remaining.set(remaining)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import threading
-from collections import Counter
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -30,14 +29,17 @@ from coordinator.api.clients import (
     node_classifier,
     node_tensors,
 )
+from coordinator.api.examples_servicer import ExamplesServicer
 from coordinator.api.fleet_servicer import FleetServicer
 from coordinator.api.inference_servicer import InferenceServicer
 from coordinator.api.jobs_servicer import JobsServicer
 from coordinator.api.rollouts_servicer import RolloutsServicer
-from coordinator.cascade.breaker import BreakerState, CircuitBreaker
+from coordinator.cascade.audit import Auditor, AuditSampler
+from coordinator.cascade.breaker import CircuitBreaker
 from coordinator.cascade.budget import CostMeter, TokenBucket
 from coordinator.cascade.cloud import CloudTier, CloudTierStatus
 from coordinator.cascade.decision import Cascade
+from coordinator.cascade.watch import AgreementWatch
 from coordinator.config import CoordinatorConfig
 from coordinator.dataplane import DataPlane
 from coordinator.fleet.admission import own_addresses
@@ -48,6 +50,7 @@ from coordinator.fleet.registry import Registry
 from coordinator.fleet.router import Router
 from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.jobs.drains import DrainBook
+from coordinator.jobs.examples import ExampleBook, ExampleWriter
 from coordinator.jobs.replayer import SpoolReplayer
 from coordinator.jobs.rollouts import RolloutBook
 from coordinator.jobs.runner import ShardRunner
@@ -56,7 +59,8 @@ from coordinator.jobs.signals import JobSignals
 from coordinator.jobs.spool import SpoolLimits
 from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
-from coordinator.metrics import CoordinatorMetrics
+from coordinator.metrics import CoordinatorMetrics, GaugeLoop
+from coordinator.monitoring.agreement import AgreementTracker
 from coordinator.monitoring.drift import Thresholds
 from coordinator.monitoring.drift_watch import DriftWatch
 from coordinator.monitoring.segments import SegmentLabels
@@ -66,14 +70,14 @@ from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
 from edgeshard.oip_http import OipHttpServer
 from edgeshard.tls import channel_credentials, describe, server_credentials
 from edgeshard.transport import message_options
-from protos import fleet_pb2, fleet_pb2_grpc
+from protos import examples_pb2, examples_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from protos.oip_service import SERVICE_NAME, add_inference_servicer_to_server
 from protos.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
-FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "edgeshard.v1.Rollouts")
-JOB_GAUGES_EVERY = 5  # seconds between reads of the job store's totals for the metrics
+FLEET_SERVICES = ("edgeshard.v1.Fleet", "edgeshard.v1.Jobs", "edgeshard.v1.Rollouts",
+                  "edgeshard.v1.Examples")
 
 
 class CoordinatorServer:
@@ -141,6 +145,8 @@ class CoordinatorServer:
                 model, version, self.segments.label(model, segment), reading),
             on_unprofiled=self.metrics.drift_unprofiled_version,
             stale_s=max(30.0, 3 * config.dead_after_s))
+        self.auditor: Auditor | None = None  # audit sampling, with --audit
+        self.examples: ExampleWriter | None = None  # hard examples, with a cascade
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -210,9 +216,13 @@ class CoordinatorServer:
             self._server)
         fleet_pb2_grpc.add_RolloutsServicer_to_server(
             RolloutsServicer(self.rollouts, self.registry), self._server)
+        examples_pb2_grpc.add_ExamplesServicer_to_server(ExamplesServicer(
+            ExampleBook(self.store.database, cfg.examples_keep),
+            lambda: {*self.registry.served_models(), *(self.cascade.rules if self.cascade
+                                                       else ())}), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server, extra_service_names=FLEET_SERVICES,
-                          extra_file_descriptors=(fleet_pb2.DESCRIPTOR,))
+                          extra_file_descriptors=(fleet_pb2.DESCRIPTOR, examples_pb2.DESCRIPTOR))
         self._server.start()
         if cfg.http_port is not None:
             self._start_http()
@@ -228,7 +238,9 @@ class CoordinatorServer:
             self._start_discovery()
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_host or cfg.host, cfg.metrics_port)
-            threading.Thread(target=self._gauges, name="gauges", daemon=True).start()
+            GaugeLoop(self.metrics, self.stopping, self.registry, self.dispatcher,
+                      self.forwarder, self.store, self.signals, self.cloud, self.spool,
+                      self.cost).start()
         self.front.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator serving on %s:%d (%s%s; state %s, %d seed node(s))",
@@ -281,7 +293,26 @@ class CoordinatorServer:
         for rule in rules.values():
             log.info("cascade: %s escalates to %s at %s when %s < %g", rule.model,
                      rule.cloud_model, cfg.cloud, rule.policy.name, rule.policy.threshold)
-        return Cascade(rules, cloud, on_decision=self.metrics.decision)
+        return Cascade(rules, cloud, on_decision=self.metrics.decision, **self._audit(cloud))
+
+    def _audit(self, cloud: CloudTier) -> dict:
+        """Start the hard example writer and, with --audit, the auditor; the cascade's
+        agreement arguments."""
+        cfg = self.config
+        self.examples = ExampleWriter(ExampleBook(self.store.database, cfg.examples_keep),
+                                      on_outcome=self.metrics.hard_example)
+        self.examples.start()
+        watch = AgreementWatch(AgreementTracker(cfg.agreement_window, cfg.agreement_min_items,
+                                                cfg.agreement_warn),
+                               on_stat=self.metrics.agreement_stat, keep=self.examples.keep)
+        rates = cfg.audit_rates()
+        if any(rates.values()):
+            self.auditor = Auditor(cloud, watch.compared, cfg.audit_queue, cfg.cloud_timeout_s,
+                                   on_outcome=self.metrics.audit_outcome)
+            self.auditor.start()
+            log.info("audit sampling: %s", ", ".join(f"{m} {r:g}" for m, r in rates.items()))
+        return {"on_compared": watch.compared, "auditor": self.auditor,
+                "sampler": AuditSampler(rates)}
 
     def _check_cloud(self) -> None:
         """Say once, at start-up, whether the cloud tier answers and serves its models."""
@@ -333,40 +364,6 @@ class CoordinatorServer:
         self.discovery = Discovery(found, interfaces=list(self.config.mdns_interface) or None)
         self.discovery.start()
 
-    def _gauges(self) -> None:
-        tick = 0
-        while not self.stopping.wait(1.0):
-            if tick % JOB_GAUGES_EVERY == 0:
-                self._job_gauges()
-            tick += 1
-            nodes = self.registry.snapshot()
-            states = Counter(r.display_state for r in nodes)
-            self.metrics.fleet_load(nodes)
-            for state in ("candidate", "live", "suspect", "dead", "draining"):
-                self.metrics.nodes.labels(state).set(states.get(state, 0))
-            self.metrics.requeued.set(self.dispatcher.requeued)
-            self.metrics.in_flight.set(self.forwarder.admission.current)
-            self.metrics.store_fault.set(int(self.store.fault is not None))
-            self.metrics.followers.set(self.signals.followers())
-            if self.cloud is not None:
-                items, size = self.spool.totals()
-                self.metrics.spool_items.set(items)
-                self.metrics.spool_bytes.set(size)
-                self.metrics.cloud_cost.set(self.cost.cost)
-                self.metrics.breaker_open.set(int(self.cloud.breaker.state == BreakerState.OPEN))
-
-    def _job_gauges(self) -> None:
-        """Jobs by state and the items still to do (a store that cannot be read leaves
-        the last values; its fault has a gauge of its own)."""
-        try:
-            counts, remaining = self.store.totals()
-        except Exception as exc:  # noqa: BLE001 - the metrics loop must go on
-            log.debug("job gauges not refreshed: %s", exc)
-            return
-        for state in ("running", "done", "cancelled", "failed"):
-            self.metrics.jobs.labels(state).set(counts.get(state, 0))
-        self.metrics.job_items_remaining.set(remaining)
-
     def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME, *FLEET_SERVICES):
             self.health.set(service, status)
@@ -400,6 +397,10 @@ class CoordinatorServer:
             self.shadow.close()
         if self.front is not None:
             self.front.close()
+        if self.auditor is not None:
+            self.auditor.close()
+        if self.examples is not None:
+            self.examples.close()
         self.membership.close()
         self.clients.close()
         self.metrics.close()

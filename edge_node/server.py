@@ -84,7 +84,7 @@ class EdgeNodeServer:
         self.repository.policy = SigningPolicy(TrustStore.of(load_trust_keys(cfg.trust_key)),
                                                cfg.require_signed)
         log.info("edge node starting: runtime %s, ext kernels %s; %s", RUNTIME,
-                 ext.IMPLEMENTATION, self.repository.policy.describe())
+                 f"{ext.IMPLEMENTATION} ({ext.SIMD})", self.repository.policy.describe())
         self.repository.load()
         if not self.repository.ready_versions():
             problems = "; ".join(

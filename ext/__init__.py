@@ -8,7 +8,9 @@ Two implementations with identical signatures and results:
   (GIL released while they run);
 * ``"reference"``: ``ext._reference``, vectorized NumPy, which is the spec.
 
-``IMPLEMENTATION`` names the one in use. Setting ``EDGESHARD_PUREPYTHON=1``
+``IMPLEMENTATION`` names the one in use; ``SIMD`` the instruction set the compiled
+resize runs with on this CPU (``avx512``, ``avx2``, ``sse2``, ``neon``, ``generic``;
+chosen when the module loads) or ``none`` for the reference. Setting ``EDGESHARD_PUREPYTHON=1``
 forces the reference; it is read once, at import time (the one module-level
 environment read in edgeshard, so the whole test suite can run against the
 reference). If the compiled modules cannot be imported, the reference is used
@@ -24,7 +26,7 @@ from ext._results import WindowStats as WindowStats
 
 # The reference is the spec, so the public API is its API (less a table helper the
 # kernels do not export), plus the name of the implementation in use.
-__all__ = ["IMPLEMENTATION", *(n for n in _reference.__all__ if n != "axis_table")]
+__all__ = ["IMPLEMENTATION", "SIMD", *(n for n in _reference.__all__ if n != "axis_table")]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ def _select():
 
 
 IMPLEMENTATION, _image_impl, _scores_impl, _boxes_impl, _drift_impl = _select()
+SIMD = getattr(_image_impl, "SIMD", "none")
 
 resize_bilinear = _image_impl.resize_bilinear
 normalize = _image_impl.normalize

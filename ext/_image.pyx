@@ -7,8 +7,8 @@ with the GIL released.
 """
 
 from libc.math cimport floor
-from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
-from libc.stdlib cimport free, malloc
+from libc.stdint cimport int8_t, int32_t, uint8_t
+from libc.stdlib cimport calloc, free, malloc
 
 import functools
 
@@ -18,7 +18,10 @@ from ext import _validate
 from ext._reference import make_lut
 from ext._reference import _lut as _build_lut
 
-__all__ = ["dequantize", "make_lut", "normalize", "preprocess", "quantize", "resize_bilinear"]
+__all__ = [
+    "SIMD", "SIMD_VARIANTS", "dequantize", "make_lut", "normalize", "preprocess", "quantize",
+    "resize_bilinear", "use_simd",
+]
 
 ctypedef fused out_t:
     int8_t
@@ -78,6 +81,48 @@ cdef inline void _axis_table(Py_ssize_t in_size, Py_ssize_t out_size, Py_ssize_t
         ws[d] = <int32_t>floor(frac * 2048.0 + 0.5)
 
 
+cdef extern from "_resize_kernels.h" nogil:
+    const char* es_select(const char* name)
+    int es_supported(const char** out, int size)
+    void es_vertical(const uint8_t* r0, const uint8_t* r1, int32_t w, int32_t* col,
+                     Py_ssize_t n)
+    void es_horizontal3_i8(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
+                           Py_ssize_t pixels, const int8_t* lut, int8_t* dst)
+    void es_horizontal3_u8(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
+                           Py_ssize_t pixels, const uint8_t* lut, uint8_t* dst)
+    void es_horizontal3_f32(const int32_t* col, const Py_ssize_t* x0, const int32_t* wx,
+                            Py_ssize_t pixels, const float* lut, float* dst)
+
+
+def _supported():
+    cdef const char* names[8]
+    cdef int count = es_supported(names, 8)
+    return tuple(names[i].decode("ascii") for i in range(count))
+
+
+SIMD_VARIANTS = _supported()
+"""The instruction sets this CPU can run the resize kernels with, best first: on x86-64
+``avx512``, ``avx2``, ``sse2``; on arm64 ``neon``; else ``generic``."""
+
+SIMD = es_select(NULL).decode("ascii")
+"""The instruction set the resize kernels run with: the best of ``SIMD_VARIANTS``, chosen
+when the module loads (``use_simd`` changes it)."""
+
+
+def use_simd(name=None):
+    """Run the resize kernels with the instruction set ``name`` (one of ``SIMD_VARIANTS``;
+    None: the best), for benchmarks and tests; returns it. Every variant gives the same
+    results. ``ValueError`` naming the choices for another name."""
+    global SIMD
+    ok = isinstance(name, str) and name.isascii() and "\x00" not in name
+    chosen = es_select(NULL) if name is None else (es_select(name.encode("ascii")) if ok
+                                                   else NULL)
+    if chosen == NULL:
+        raise ValueError(f"name: {name!r} is not one of this CPU's {', '.join(SIMD_VARIANTS)}")
+    SIMD = chosen.decode("ascii")
+    return SIMD
+
+
 cdef inline void _resize_lut(const uint8_t* src, Py_ssize_t n_images, Py_ssize_t in_h,
                              Py_ssize_t in_w, Py_ssize_t ch, Py_ssize_t out_h, Py_ssize_t out_w,
                              const Py_ssize_t* y0, const Py_ssize_t* y1, const int32_t* wy,
@@ -85,33 +130,42 @@ cdef inline void _resize_lut(const uint8_t* src, Py_ssize_t n_images, Py_ssize_t
                              int32_t* col, const out_t* lut, out_t* dst) noexcept nogil:
     """Separable fixed-point bilinear resize, then ``dst = lut[c * 256 + pixel]``.
 
-    The vertical pass runs first over whole input rows (contiguous, so the
-    compiler vectorizes it); the horizontal pass then gathers from that row.
-    Integer arithmetic is exact, so neither the pass order nor the rewrite
+    The vertical pass runs first over whole input rows (contiguous, so it vectorizes);
+    the horizontal pass then gathers from that row, 4 lanes at a time for 3 channels
+    (ext/_resize_kernels.h; ``col`` has one readable value past the row). Integer
+    arithmetic is exact, so neither the pass order nor the rewrite
     ``p0 * (2048 - w) + p1 * w == (p0 << 11) + (p1 - p0) * w`` (one multiply
     instead of two; every term fits in int32) changes the spec's result.
     """
     cdef Py_ssize_t row_len = in_w * ch
-    cdef Py_ssize_t n, oy, ox, c, i
+    cdef Py_ssize_t n, oy, ox, c
+    cdef Py_ssize_t fast = 0  # leading output pixels whose x1 is x0's next pixel
+    if ch == 3:
+        while fast < out_w and x1[fast] == x0[fast] + 3:
+            fast += 1
     cdef const uint8_t* image
     cdef const uint8_t* r0
     cdef const uint8_t* r1
     cdef const int32_t* p0
     cdef const int32_t* p1
     cdef int32_t b
-    cdef int16_t b16
     for n in range(n_images):
         image = src + n * in_h * row_len
         for oy in range(out_h):
             r0 = image + y0[oy] * row_len
             r1 = image + y1[oy] * row_len
-            b16 = <int16_t>wy[oy]
-            # a 16x16->32-bit product: SSE2 has it (pmullw/pmulhw) but no 32-bit multiply
-            for i in range(row_len):
-                col[i] = ((<int32_t>r0[i]) << WEIGHT_BITS) + (
-                    <int32_t>(<int16_t>r1[i] - <int16_t>r0[i]) * b16)
+            # compiled for AVX-512, AVX2 and SSE2, one chosen at import (ext/_resize_kernels.h)
+            es_vertical(r0, r1, wy[oy], col, row_len)
             if ch == 3:
-                for ox in range(out_w):
+                # the pixels whose right neighbour is the next one: 4 lanes at a time
+                if out_t is int8_t:
+                    es_horizontal3_i8(col, x0, wx, fast, lut, dst)
+                elif out_t is uint8_t:
+                    es_horizontal3_u8(col, x0, wx, fast, lut, dst)
+                else:
+                    es_horizontal3_f32(col, x0, wx, fast, lut, dst)
+                dst += 3 * fast
+                for ox in range(fast, out_w):
                     b = wx[ox]
                     p0 = col + x0[ox]
                     p1 = col + x1[ox]
@@ -144,7 +198,8 @@ cdef int _resize_into(const uint8_t[:, :, :, ::1] src, const out_t[:, ::1] lut,
     if lut.shape[0] != ch or lut.shape[1] != 256:
         raise ValueError(f"lut: expected shape ({ch}, 256), got ({lut.shape[0]}, {lut.shape[1]})")
     cdef Py_ssize_t* index = <Py_ssize_t*>malloc((2 * out_h + 2 * out_w) * sizeof(Py_ssize_t))
-    cdef int32_t* weights = <int32_t*>malloc((out_h + out_w + in_w * ch) * sizeof(int32_t))
+    # + 4: the 3-channel horizontal pass reads one value past the column buffer's row
+    cdef int32_t* weights = <int32_t*>calloc(out_h + out_w + in_w * ch + 4, sizeof(int32_t))
     if index == NULL or weights == NULL:
         free(index)
         free(weights)
@@ -177,21 +232,54 @@ def resize_bilinear(images, out_h, out_w):
     return out.reshape(out.shape[:3]) if squeeze else out
 
 
-def preprocess(images, out_h, out_w, mean, std, scale, zero_point, dtype):
-    """Fused resize + normalize + quantize (a per-channel LUT applied inside the resize)."""
-    batch = _validate.images(images)
-    oh = _validate.size(out_h, "out_h")
-    ow = _validate.size(out_w, "out_w")
+_PLANS = {}  # (parameters as a typed key) -> (dtype, LUT) of preprocess calls already checked
+_MAX_PLANS = 64
+
+
+def _typed(value):
+    """A hashable key for a preprocess parameter that tells apart what validation tells
+    apart (1, 1.0 and True; a list and an array); TypeError when it cannot be hashed."""
+    if isinstance(value, np.ndarray):
+        return (np.ndarray, value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple((type(v), v) for v in value))
+    hash(value)
+    return (type(value), value)
+
+
+def _plan(mean, std, scale, zero_point, dtype, Py_ssize_t channels):
+    """The output dtype and LUT for these parameters: validated once, then remembered (a
+    service calls preprocess with the same few; validating them took ~25 µs a call)."""
+    try:
+        key = (_typed(mean), _typed(std), _typed(scale), _typed(zero_point), _typed(dtype),
+               channels)
+    except TypeError:
+        key = None
+    if key is not None:
+        plan = _PLANS.get(key)
+        if plan is not None:
+            return plan
     mean32, std32 = _validate.channel_params(mean, std)
     dt = _validate.quant_dtype(dtype, allow_float=True)
-    channels = batch.shape[3]
     mean32 = _validate.channels_match(mean32, channels)
     std32 = _validate.channels_match(std32, channels)
     if dt == np.float32:
         scale, zero_point = None, None
     else:
         scale, zero_point = _validate.quant_params(scale, zero_point, dt)
-    table = _cached_lut(mean32.tobytes(), std32.tobytes(), scale, zero_point, dt.char)
+    plan = dt, _cached_lut(mean32.tobytes(), std32.tobytes(), scale, zero_point, dt.char)
+    if key is not None and len(_PLANS) < _MAX_PLANS:
+        _PLANS[key] = plan
+    return plan
+
+
+def preprocess(images, out_h, out_w, mean, std, scale, zero_point, dtype):
+    """Fused resize + normalize + quantize (a per-channel LUT applied inside the resize)."""
+    batch = _validate.images(images)
+    oh = _validate.size(out_h, "out_h")
+    ow = _validate.size(out_w, "out_w")
+    channels = batch.shape[3]
+    dt, table = _plan(mean, std, scale, zero_point, dtype, channels)
     out = np.empty((batch.shape[0], oh, ow, channels), dtype=dt)
     cdef const int8_t[:, ::1] lut_i8
     cdef const uint8_t[:, ::1] lut_u8

@@ -74,6 +74,12 @@ ROWS = [
         ("Spool and breaker", "short", [
             ("edgeshard_coordinator_spool_items", "spooled items"),
             ("edgeshard_coordinator_cloud_breaker_open", "breaker open")]),
+        ("Edge/cloud agreement", "percentunit", [
+            ("edgeshard_coordinator_cloud_agreement",
+             "{{model}} v{{version}} {{segment}} {{source}}")]),
+        ("Audited items/s by outcome", "short", [
+            ("sum by (model, outcome) (rate(edgeshard_coordinator_audit_items_total[5m]))",
+             "{{model}} {{outcome}}")]),
     ]),
     ("Drift and segments", [
         ("Input drift (PSI) by segment", "short", [

@@ -25,6 +25,7 @@ def test_coordinator_example_loads_with_its_cascade():
     (rule,) = cfg.cascade_rules().values()
     assert (rule.model, rule.cloud_model) == ("mnist_edge", "mnist_cloud")
     assert (rule.policy.name, rule.policy.threshold) == ("max_prob", 0.87)
+    assert cfg.audit_rates() == {"mnist_edge": 0.01} and cfg.agreement_warn == 0.9
 
 
 def test_flags_override_the_file():

@@ -20,7 +20,7 @@ TRANSPORT = {
 # api -> domain; domain never imports api, cli or server; no cycle among the domain.
 COORDINATOR_ALLOWED = {
     "fleet": {"fleet", "errors"},
-    "cascade": {"cascade", "errors"},
+    "cascade": {"cascade", "monitoring", "errors"},  # monitoring: pure trackers
     "jobs": {"jobs", "fleet", "cascade", "errors"},
     "rollout": {"rollout", "errors"},
     "monitoring": {"monitoring", "errors"},

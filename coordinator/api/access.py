@@ -33,6 +33,7 @@ ACCESS: dict[str, str] = {
     **{f"/edgeshard.v1.Jobs/{m}": JOBS for m in (
         "Submit", "Watch", "FetchResults", "Cancel", "GetJob", "ListJobs")},
     **{f"/edgeshard.v1.Rollouts/{m}": ADMIN for m in ("Status", "Start", "Promote", "Rollback")},
+    "/edgeshard.v1.Examples/Export": ADMIN,  # the items themselves: admin only
 }
 
 

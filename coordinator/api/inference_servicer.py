@@ -118,7 +118,8 @@ class InferenceServicer(InferenceServicerBase):
                 probabilities_of=lambda response: codec.decode_output(response,
                                                                       "probabilities"),
                 items=lambda: convert.only_input(forwarded),
-                item_ids=lambda n: convert.online_ids(request, n))
+                item_ids=lambda n: convert.online_ids(request, n), segment=segment,
+                version_of=lambda response: response.model_version)
 
         try:
             answer = run(request) if self.canary is None else self.canary.infer(request, run)

@@ -10,6 +10,8 @@ share one instance (the only non-pure part).
   that many items and keeps the edge answer for the rest). Over any sequence of takes,
   the total granted is at most ``burst + rate * (t_last - t_first)``. ``rate_per_s``
   ``None`` or ``inf`` means unlimited: every take is granted in full.
+  :meth:`TokenBucket.take_spare` grants only tokens beyond a reserve of ``keep``, so
+  that a lower-priority user (audit sampling) never spends what escalations need.
 * :class:`CostMeter`: accumulates calls, items and their cost
   ``calls * cost_per_call + items * cost_per_item`` (for metrics and reports).
 
@@ -88,6 +90,20 @@ class TokenBucket:
         with self._lock:
             self._refill(now)
             granted = min(n, math.floor(self._tokens))
+            self._tokens -= granted
+            return granted
+
+
+    def take_spare(self, n: int, now: float, keep: float) -> int:
+        """Grant up to ``n`` tokens at ``now`` while leaving at least ``keep`` in the
+        bucket; returns how many (0..n). Unlimited buckets grant ``n``."""
+        n = _count(n, "n")
+        keep = _number(keep, "keep")
+        if self.unlimited:
+            return n
+        with self._lock:
+            self._refill(now)
+            granted = max(0, min(n, math.floor(self._tokens - keep)))
             self._tokens -= granted
             return granted
 

@@ -16,8 +16,12 @@ The answer says how many leading items were answered and why the rest were not
 A call the cloud refuses as malformed (a ``PeerStatusError`` whose status blames the
 request, e.g. INVALID_ARGUMENT) proves the cloud healthy: it never counts against the
 breaker; the answer's ``refusal`` carries it, and its items are not worth retrying.
-Calls, items and cost are counted for metrics. A failing cloud is logged once when it
-starts failing and once when it answers again, not on every call.
+An audit (``ask(..., audit=True)``: a sample of confidently answered items checked
+against the cloud in the background) gives way to escalations: it takes only budget
+tokens beyond ``AUDIT_RESERVE`` of the bucket's burst, and only a free call slot, never
+waiting for one (``busy`` otherwise). Calls, items and cost are counted for metrics. A
+failing cloud is logged once when it starts failing and once when it answers again, not
+on every call.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 # transport(cloud_model, items, timeout) -> (labels int64 [n], confidences float32 [n]);
 # raises PeerStatusError when the cloud answers with an error status.
 Transport = Callable[[str, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+
+AUDIT_RESERVE = 0.5  # share of the budget's burst that audits leave to escalations
 
 
 @dataclass(frozen=True)
@@ -112,11 +118,13 @@ class CloudTier:
         if error is not None:
             self.last_error = error
 
-    def ask(self, cloud_model: str, items: np.ndarray, timeout: float) -> CloudAnswer:
+    def ask(self, cloud_model: str, items: np.ndarray, timeout: float,
+            audit: bool = False) -> CloudAnswer:
         """Ask ``cloud_model`` about ``items`` (``[n, ...]``) within ``timeout`` seconds overall.
 
         Answers a leading prefix of the items (possibly empty) and never raises for a failed
         call: the failure is recorded against the breaker and given as the answer's ``reason``.
+        ``audit``: a background check that gives way to escalations (module docstring).
         """
         deadline = time.monotonic() + timeout
         n = len(items)
@@ -124,12 +132,16 @@ class CloudTier:
         confidences = np.empty(n, dtype=np.float32)
         if not self.breaker.allow(self.clock()):
             return CloudAnswer(labels[:0], confidences[:0], 0, "breaker_open")
-        granted = self.budget.take(n, self.clock())
+        if audit:
+            granted = self.budget.take_spare(n, self.clock(), self.budget.burst * AUDIT_RESERVE)
+        else:
+            granted = self.budget.take(n, self.clock())
         # If no call follows an allowed half-open trial (no budget, no slot), the breaker
         # starts a new trial round after its reset timeout: nothing wedges.
         if granted == 0:
             return CloudAnswer(labels[:0], confidences[:0], 0, "budget")
-        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        wait = 0.0 if audit else max(0.0, deadline - time.monotonic())
+        if not self._slots.acquire(timeout=wait):
             return CloudAnswer(labels[:0], confidences[:0], 0, "busy")
         done, reason, refused, refusal = 0, "", 0, None
         try:

@@ -8,6 +8,11 @@ online front returns their edge answer flagged so; the job path spools them
 (``coordinator.jobs.runner``). Items the cloud refused as malformed are ``cloud_refused``:
 the online front returns the refusal to its caller, the job path finalizes their edge
 answer instead of spooling what would be refused again.
+
+Edge/cloud agreement: the escalated items the cloud answered are reported to
+``on_compared`` as a ``Comparison`` (source ``escalated``); with an ``Auditor``, the
+accepted items its sampler picks are offered to it (source ``audit``), without waiting and
+without changing the decision.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coordinator.cascade.audit import Auditor, AuditSampler, AuditTask, Comparison
 from coordinator.cascade.cloud import CloudTier
 from coordinator.cascade.rules import CascadeRule
 from edgeshard.errors import PeerStatusError
@@ -57,21 +63,30 @@ class Cascade:
 
     ``rules`` maps an edge model to its rule; ``on_decision(model, outcome, items)`` is told
     how many items were accepted at the edge, answered or left unanswered by the cloud.
+    ``on_compared(comparison)`` is given the edge and cloud answers of escalated items;
+    ``auditor`` with ``sampler`` audits a share of the accepted ones (module docstring).
     """
 
     def __init__(self, rules: dict[str, CascadeRule], cloud: CloudTier,
-                 on_decision: Callable[[str, str, int], None] | None = None):
+                 on_decision: Callable[[str, str, int], None] | None = None,
+                 on_compared: Callable[[Comparison], None] | None = None,
+                 auditor: Auditor | None = None, sampler: AuditSampler | None = None):
         self.rules = rules
         self.cloud = cloud
         self.on_decision = on_decision  # metrics hook: (model, outcome, items)
+        self.on_compared = on_compared
+        self.auditor = auditor
+        self.sampler = sampler
 
     def rule(self, model: str) -> CascadeRule | None:
         """The cascade rule of ``model``, or ``None`` when it is not cascaded."""
         return self.rules.get(model)
 
     def decide(self, rule: CascadeRule, items: np.ndarray, probabilities: np.ndarray,
-               ids: Sequence[str] | None, timeout: float) -> Decision:
-        """Apply the policy to the edge output and ask the cloud for the escalated items."""
+               ids: Sequence[str] | None, timeout: float, version: str = "",
+               segment: str = "") -> Decision:
+        """Apply the policy to the edge output and ask the cloud for the escalated items;
+        ``version`` (the edge model's) and ``segment`` key the agreement of its items."""
         edge_labels = probabilities.argmax(axis=1).astype(np.int64)
         edge_conf = probabilities.max(axis=1).astype(np.float32)
         escalate = np.asarray(rule.policy.decide(probabilities, ids), dtype=bool)
@@ -99,5 +114,24 @@ class Cascade:
             for outcome, count in counts.items():
                 if count:
                     self.on_decision(rule.model, outcome, count)
+        got = np.flatnonzero(answered)
+        if len(got) and self.on_compared is not None:
+            self.on_compared(Comparison(
+                rule.model, version, segment, "escalated", _pick(ids, got, "escalated"),
+                items[got], edge_labels[got], edge_conf[got], cloud_labels[got],
+                cloud_conf[got]))
+        if self.auditor is not None and self.sampler is not None:
+            audit = np.flatnonzero(self.sampler.select(rule.model, ids, ~escalate))
+            if len(audit):
+                self.auditor.offer(AuditTask(
+                    rule.cloud_model, rule.model, version, segment, _pick(ids, audit, "audit"),
+                    np.array(items[audit]), edge_labels[audit], edge_conf[audit]))
         return Decision(labels, confidences, edge_labels, edge_conf, tiers, escalate, answered,
                         cloud_labels, cloud_conf, refused, refusal)
+
+
+def _pick(ids: Sequence[str] | None, idx: np.ndarray, prefix: str) -> list[str]:
+    """The ids at ``idx`` (positions named ``prefix-<k>`` when the items have none)."""
+    if ids is None:
+        return [f"{prefix}-{k}" for k in idx]
+    return [str(ids[k]) for k in idx]

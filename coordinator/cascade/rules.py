@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from coordinator.cascade.policies import EscalationPolicy
@@ -54,3 +55,21 @@ def parse_cascade(cascade: tuple[str, ...], escalation: tuple[str, ...]) -> dict
         except ValueError as exc:
             raise SettingsError(f"escalation: {model}: {exc}") from None
     return out
+
+
+def parse_audit(audit: tuple[str, ...], cascaded: set[str]) -> dict[str, float]:
+    """``--audit MODEL=RATE`` entries -> the share of each cascaded model's confidently
+    answered items also sent to the cloud; SettingsError naming the option otherwise."""
+    rates = {}
+    for model, raw in _pairs("audit", audit, "MODEL=RATE (e.g. mnist_edge=0.01)").items():
+        try:
+            rate = float(raw)
+        except ValueError:
+            raise SettingsError(f"audit: rate {raw!r} of {model} is not a number; give a "
+                                "fraction from 0 to 1 (e.g. 0.01 for 1 %)") from None
+        check(math.isfinite(rate) and 0.0 <= rate <= 1.0, "audit",
+              f"rate {raw} of {model} must be a fraction from 0 to 1 (e.g. 0.01 for 1 %)")
+        check(model in cascaded, "audit",
+              f"{model!r} has no --cascade {model}=CLOUD_MODEL (audits go to its cloud model)")
+        rates[model] = rate
+    return rates

@@ -93,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     from coordinator.cli.rollout import add_parser as rollout_parser
 
     rollout_parser(sub, with_target)
+    from coordinator.cli.examples import add_parser as examples_parser
+
+    examples_parser(sub, with_target)
 
     cal = sub.add_parser(
         "calibrate", help="fit temperature and pick the escalation threshold",
@@ -314,6 +317,10 @@ def run_command(args, argv: list[str] | None) -> int:
         from coordinator.cli.profile import main as profile_main
 
         return profile_main(args)
+    if args.command == "export-examples":
+        from coordinator.cli.examples import main as examples_main
+
+        return examples_main(args)
     if args.command == "calibrate":
         from coordinator.cli.calibrate import main as calibrate_main
 

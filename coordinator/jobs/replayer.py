@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from coordinator.cascade.audit import Comparison
 from coordinator.cascade.decision import Cascade
 from coordinator.errors import StoreFullError, StoreUnavailableError
 from coordinator.jobs.model import ResultRow
@@ -89,6 +90,10 @@ class SpoolReplayer:
                                        "cloud_error": answer.refusal.summary})))
             if done:
                 resolved += self.queue.resolve(done)
+            if answer.answered and self.cascade.on_compared is not None:
+                for c in replayed(model, group[:answer.answered], answer.labels,
+                                  answer.confidences):
+                    self.cascade.on_compared(c)
             waiting = group[answer.answered + answer.refused:]
             if answer.reason and waiting:
                 self.queue.failed([e.spool_id for e in waiting], answer.reason)
@@ -110,3 +115,22 @@ class SpoolReplayer:
                 resolved = 0
             if not resolved:
                 self._stop.wait(self.interval)
+
+
+def replayed(model: str, entries: list, labels: np.ndarray,
+             confidences: np.ndarray) -> list[Comparison]:
+    """The edge/cloud comparisons of spool ``entries`` the cloud answered (``labels``,
+    ``confidences`` in their order), one per edge model version."""
+    out = []
+    for version in sorted({e.fallback.model_version for e in entries}):
+        idx = [k for k, e in enumerate(entries) if e.fallback.model_version == version]
+        picked = [entries[k] for k in idx]
+        out.append(Comparison(
+            model, version, "", "escalated", [e.item_id for e in picked],
+            np.stack([e.data for e in picked]),
+            np.array([int(e.fallback.extra.get("edge_label", e.fallback.label))
+                      for e in picked], np.int64),
+            np.array([float(e.fallback.extra.get("edge_confidence", e.fallback.confidence))
+                      for e in picked], np.float32),
+            np.asarray(labels)[idx], np.asarray(confidences)[idx]))
+    return out

@@ -73,6 +73,7 @@ InferTensors = Callable[[NodeRecord, str, np.ndarray, str, list[str], float], Te
 # the job keeps (a JSON list). Jobs stored before they existed are classification jobs.
 TASK_PARAM = "task"
 OUTPUTS_PARAM = "outputs"
+SEGMENT_PARAM = "segment"  # a job's items' segment (e.g. a camera id), for agreement
 CLASSIFIER_OUTPUTS = ("label", "confidence")
 
 
@@ -207,7 +208,8 @@ class ShardRunner:
         node_name = out.node or node.node_id
         if rule is not None:
             decision = self.cascade.decide(rule, lease.array, out.probabilities, lease.ids,
-                                           self.cloud_timeout_s)
+                                           self.cloud_timeout_s, out.model_version,
+                                           str(lease.params.get(SEGMENT_PARAM, "")))
             return shard_results(decision, lease.ids, lease.array, node_name,
                                  out.model_version)
         return edge_output(lease.ids, out.label, out.confidence, node_name, out.model_version)

@@ -134,6 +134,31 @@ def test_dequantize_exact(data, dtype, shape):
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.fixture(params=_image.SIMD_VARIANTS)
+def simd(request):
+    """Each instruction set this CPU runs the resize kernels with (the best is restored)."""
+    _image.use_simd(request.param)
+    yield request.param
+    _image.use_simd()
+
+
+@settings(PROPERTY, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                          HealthCheck.function_scoped_fixture])
+@given(images=image_batches(), out_h=st.integers(1, 80), out_w=st.integers(1, 80))
+def test_every_simd_variant_resizes_bit_exact(simd, images, out_h, out_w):
+    np.testing.assert_array_equal(cy.resize_bilinear(images, out_h, out_w),
+                                  ref.resize_bilinear(images, out_h, out_w))
+
+
+def test_simd_variants_are_named_and_a_bad_name_is_refused():
+    assert _image.SIMD == _image.SIMD_VARIANTS[0] == ext.SIMD
+    assert set(_image.SIMD_VARIANTS) <= {"avx512", "avx2", "sse2", "neon", "generic"}
+    for bad in ("mmx", "", 7, "avx512\x00x", "AVX512"):
+        with pytest.raises(ValueError, match="^name: "):
+            _image.use_simd(bad)
+    assert _image.SIMD_VARIANTS[0] == _image.SIMD  # unchanged
+
+
 @PROPERTY
 @given(
     data=st.data(),

@@ -142,3 +142,30 @@ def test_inputs_are_not_modified(impl):
     impl.softmax(logits)
     impl.postprocess(logits, None, None)
     np.testing.assert_array_equal(logits, [[3.0, 1.0, 2.0]])
+
+
+def test_bad_preprocess_parameters_are_refused_after_good_ones_equal_to_them(impl):
+    """The compiled preprocess remembers parameters it has checked; one that compares equal
+    to them but is not valid (True for 1, 0.0 for 0, a shorter list) is still refused."""
+    good = (IMG, 4, 4, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 1, 0, "int8")
+    for _ in range(2):
+        impl.preprocess(*good)
+    for index, bad, exc, name in [
+        (5, True, TypeError, "scale"),
+        (6, False, TypeError, "zero_point"),
+        (6, 0.0, TypeError, "zero_point"),
+        (3, [0.5, 0.5], ValueError, "mean"),
+        (4, np.array([0.25, 0.25, 0.0]), ValueError, "std"),
+        (7, "int16", ValueError, "dtype"),
+    ]:
+        args = list(good)
+        args[index] = bad
+        with pytest.raises(exc, match=f"^{name}"):
+            impl.preprocess(*args)
+    # many different parameter sets: all answered, the memory of them stays bounded
+    for k in range(100):
+        impl.preprocess(IMG, 2, 2, [k / 100], [0.25], 1, 0, "uint8")
+    if impl.name == "cython":
+        from ext import _image
+
+        assert len(_image._PLANS) <= _image._MAX_PLANS

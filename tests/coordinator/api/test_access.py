@@ -6,7 +6,7 @@ import pytest
 
 from coordinator.api.access import ACCESS, required_role
 from edgeshard.auth import ADMIN, INFER, JOBS, OPEN
-from protos import fleet_pb2
+from protos import examples_pb2, fleet_pb2
 
 
 @pytest.mark.parametrize("method, role", [
@@ -20,6 +20,7 @@ from protos import fleet_pb2
     ("/edgeshard.v1.Fleet/ListNodes", INFER), ("/edgeshard.v1.Fleet/Drain", ADMIN),
     ("/edgeshard.v1.Jobs/Submit", JOBS), ("/edgeshard.v1.Jobs/Cancel", JOBS),
     ("/edgeshard.v1.Rollouts/Status", ADMIN), ("/edgeshard.v1.Rollouts/Rollback", ADMIN),
+    ("/edgeshard.v1.Examples/Export", ADMIN),
     ("/edgeshard.v1.Fleet/SomethingNew", ADMIN), ("/x.Y/Z", ADMIN),
 ])
 def test_each_method_needs_its_role_and_anything_unlisted_needs_admin(method, role):
@@ -27,6 +28,7 @@ def test_each_method_needs_its_role_and_anything_unlisted_needs_admin(method, ro
 
 
 def test_every_control_rpc_is_in_the_table():
-    for service in ("Fleet", "Jobs", "Rollouts"):
-        for method in fleet_pb2.DESCRIPTOR.services_by_name[service].methods:
+    for file, service in ((fleet_pb2, "Fleet"), (fleet_pb2, "Jobs"), (fleet_pb2, "Rollouts"),
+                          (examples_pb2, "Examples")):
+        for method in file.DESCRIPTOR.services_by_name[service].methods:
             assert f"/edgeshard.v1.{service}/{method.name}" in ACCESS

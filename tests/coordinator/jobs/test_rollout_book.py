@@ -39,12 +39,13 @@ def test_a_version_5_sqlite_store_gains_rollouts(tmp_path):
     JobStore(path).close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE rollouts")
+    db.execute("DROP TABLE hard_examples")  # version 7
     db.execute("PRAGMA user_version=5")
     db.commit()
     db.close()
     store = JobStore(path)  # upgraded in place
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         RolloutBook(store.database).save(ROW)
         assert RolloutBook(store.database).load() == [ROW]
     finally:
@@ -54,6 +55,7 @@ def test_a_version_5_sqlite_store_gains_rollouts(tmp_path):
 def test_a_version_5_postgresql_store_gains_rollouts(pg_url):
     store = JobStore(pg_url)
     store.database.write(lambda db: (db.execute("DROP TABLE rollouts"),
+                                     db.execute("DROP TABLE hard_examples"),
                                      db.execute("UPDATE edgeshard_schema SET version = 5")))
     store.close()
     store = JobStore(pg_url)

@@ -1,0 +1,104 @@
+"""Hard examples in the job store (schema version 7), on SQLite and PostgreSQL: written,
+read back page by page, bounded per model; the background writer never blocks."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+
+import numpy as np
+
+from coordinator.cascade.audit import Comparison
+from coordinator.jobs.examples import ExampleBook, ExampleWriter
+from coordinator.jobs.schema import SCHEMA_VERSION
+from coordinator.jobs.store import JobStore
+
+
+def comparison(n, model="m", start=0, source="audit"):
+    ids = [f"{model}-{start + k}" for k in range(n)]
+    items = (np.arange(n * 4, dtype=np.uint8) + start).reshape(n, 2, 2)
+    return Comparison(model, "3", "cam-1", source, ids, items, np.arange(n) % 3,
+                      np.full(n, 0.95, np.float32), np.arange(n) % 2,
+                      np.full(n, 0.5, np.float32))
+
+
+def test_examples_round_trip_and_only_the_newest_are_kept_per_model(store_location):
+    store = JobStore(store_location)
+    try:
+        book = ExampleBook(store.database, keep=5)
+        assert book.add([comparison(4), comparison(3, model="other")]) == 7
+        assert book.add([comparison(3, start=4, source="escalated")]) == 3
+        assert book.counts() == {"m": 5, "other": 3}
+        first = book.page("m", limit=2)
+        rest = book.page("m", after_seq=first[-1].seq)
+        examples = first + rest
+        assert [e.item_id for e in examples] == [f"m-{k}" for k in range(2, 7)]
+        e = examples[-1]  # m-6: the third item of the second write
+        assert (e.source, e.version, e.segment, e.edge_label, e.cloud_label) == (
+            "escalated", "3", "cam-1", 2, 0)
+        assert e.item.dtype == np.uint8 and e.item.shape == (2, 2)
+        np.testing.assert_array_equal(e.item, comparison(3, start=4).items[2])
+        assert abs(e.edge_confidence - 0.95) < 1e-6 and abs(e.cloud_confidence - 0.5) < 1e-6
+        assert book.page("missing") == []
+    finally:
+        store.close()
+
+
+def test_a_version_6_sqlite_store_gains_hard_examples(tmp_path):
+    path = str(tmp_path / "jobs.db")
+    JobStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE hard_examples")
+    db.execute("PRAGMA user_version=6")
+    db.commit()
+    db.close()
+    store = JobStore(path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert ExampleBook(store.database).add([comparison(2)]) == 2
+    finally:
+        store.close()
+
+
+def test_a_version_6_postgresql_store_gains_hard_examples(pg_url):
+    store = JobStore(pg_url)
+    store.database.write(lambda db: (db.execute("DROP TABLE hard_examples"),
+                                     db.execute("UPDATE edgeshard_schema SET version = 6")))
+    store.close()
+    store = JobStore(pg_url)
+    try:
+        assert ExampleBook(store.database).add([comparison(2)]) == 2
+        version = store.database.read(
+            lambda db: db.execute("SELECT version FROM edgeshard_schema").fetchone()[0])
+        assert version == SCHEMA_VERSION
+    finally:
+        store.close()
+
+
+def test_the_writer_drops_what_does_not_fit_and_survives_a_store_error(tmp_path):
+    store = JobStore(str(tmp_path / "jobs.db"))
+    outcomes = Counter()
+    book = ExampleBook(store.database)
+    writer = ExampleWriter(book, max_items=5,
+                           on_outcome=lambda m, o, n: outcomes.update({o: n}))
+    assert writer.keep(comparison(4))
+    assert not writer.keep(comparison(2))  # full: dropped at once, never waited for
+    assert writer.flush() == 4
+    assert outcomes == {"stored": 4, "dropped": 2}
+    store.close()  # the store goes away: the batch is dropped, counted, nothing raises
+    assert writer.keep(comparison(1))
+    assert writer.flush() == 0
+    assert outcomes == {"stored": 4, "dropped": 3}
+
+
+def test_the_writer_bounds_its_buffer_in_bytes_too(tmp_path):
+    store = JobStore(str(tmp_path / "jobs.db"))
+    try:
+        outcomes = Counter()
+        writer = ExampleWriter(ExampleBook(store.database), max_bytes=20,
+                               on_outcome=lambda m, o, n: outcomes.update({o: n}))
+        assert writer.keep(comparison(4))  # 16 bytes of items
+        assert not writer.keep(comparison(2))  # 8 more would pass 20
+        assert writer.flush() == 4 and outcomes == {"stored": 4, "dropped": 2}
+    finally:
+        store.close()
