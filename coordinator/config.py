@@ -210,6 +210,20 @@ class CoordinatorConfig:
     spool_ttl_s: float = field(default=24 * 3600.0, metadata=_help("spooled item lifetime (s)"))
     """After this long in the spool an escalation's edge answer becomes final (degraded)."""
 
+    drift_psi_warn: float = field(default=0.2, metadata=_help(
+        "population stability index at which a drift window warns (0.1: moderate shift, "
+        "0.25: significant)"))
+    """A (model, version, segment) window whose input or confidence PSI against the
+    version's reference profile reaches this is drifted (gauge, log warning)."""
+
+    drift_ks_warn: float = field(default=0.2, metadata=_help(
+        "Kolmogorov-Smirnov statistic (0..1) at which a drift window warns"))
+    """A window whose input or confidence KS statistic reaches this is drifted."""
+
+    drift_min_items: int = field(default=100, metadata=_help(
+        "items a drift window needs before it is judged"))
+    """Below this many items (over all nodes) a window's PSI is mostly sampling noise:
+    it is not judged, and its PSI and KS gauges are not set."""
     audit: tuple[str, ...] = field(
         default=(), metadata=_help("MODEL=RATE: also ask the cloud about this share (0..1, "
                                    "e.g. 0.01) of MODEL's confidently answered items"))
@@ -350,6 +364,13 @@ class CoordinatorConfig:
         check(self.cloud_cost_per_call >= 0 and self.cloud_cost_per_item >= 0,
               "cloud_cost_per_call", "costs must be >= 0")
         self.cascade_rules()  # validates the cascade and escalation entries
+        check(0 < self.drift_psi_warn <= 100, "drift_psi_warn",
+              f"--drift-psi-warn must be in (0, 100] (0.1 moderate, 0.25 significant), "
+              f"got {self.drift_psi_warn}")
+        check(0 < self.drift_ks_warn <= 1, "drift_ks_warn",
+              f"--drift-ks-warn must be in (0, 1], got {self.drift_ks_warn}")
+        check(1 <= self.drift_min_items <= 10_000_000, "drift_min_items",
+              f"--drift-min-items must be in 1..10000000, got {self.drift_min_items}")
         self.audit_rates()
         for name in ("audit_queue", "agreement_window", "agreement_min_items", "examples_keep"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")

@@ -115,6 +115,7 @@ class CoordinatorMetrics(MetricsEndpoint):
             "Rollouts decided on this coordinator, by decision (promoted, rolled_back)",
             ["model", "decision"], registry=r)
 
+        self._drift_metrics(r)
         # Audit sampling and edge/cloud agreement (docs/CASCADE.md).
         self.audit_items = Counter(
             "edgeshard_coordinator_audit_items",
@@ -214,6 +215,73 @@ class CoordinatorMetrics(MetricsEndpoint):
                 gauge.remove(node)
         self._reported = known
 
+    # -- drift and segments (coordinator.monitoring) -------------------------------------
+    def _drift_metrics(self, r) -> None:
+        labels = ["model", "version", "segment"]
+        self.drift_psi = Gauge(
+            "edgeshard_coordinator_drift_psi",
+            "Population stability index of each drift window against its model version's "
+            "reference profile, by feature (input, confidence)", [*labels, "feature"],
+            registry=r)
+        self.drift_ks = Gauge(
+            "edgeshard_coordinator_drift_ks",
+            "Kolmogorov-Smirnov statistic of each drift window against its reference, by "
+            "feature (input, confidence)", [*labels, "feature"], registry=r)
+        self.drift_mean_shift = Gauge(
+            "edgeshard_coordinator_drift_mean_shift",
+            "Shift of each input channel's mean in a drift window, in reference standard "
+            "deviations", [*labels, "channel"], registry=r)
+        self.drift_items = Gauge(
+            "edgeshard_coordinator_drift_window_items",
+            "Items in each drift window, summed over the nodes", labels, registry=r)
+        self.drift_alert = Gauge(
+            "edgeshard_coordinator_drift_alert",
+            "1 while a drift window is over --drift-psi-warn or --drift-ks-warn", labels,
+            registry=r)
+        self.drift_unprofiled = Gauge(
+            "edgeshard_coordinator_drift_unprofiled",
+            "1 for a model version served without a reference profile (no drift computed)",
+            ["model", "version"], registry=r)
+        self.segment_requests = Counter(
+            "edgeshard_coordinator_segment_requests",
+            "Online requests by model, segment parameter and outcome (ok, error)",
+            ["model", "segment", "outcome"], registry=r)
+        self.segment_items = Counter(
+            "edgeshard_coordinator_segment_items",
+            "Items answered online by model and segment parameter", ["model", "segment"],
+            registry=r)
+        self.segment_escalated = Counter(
+            "edgeshard_coordinator_segment_escalated_items",
+            "Items the cascade escalated to the cloud tier, by model and segment parameter",
+            ["model", "segment"], registry=r)
+
+    def drift_reading(self, model: str, version: str, segment: str, reading) -> None:
+        """Set a window's drift gauges from its ``coordinator.monitoring.drift.Reading``
+        (PSI, KS and mean shift only once the window is judged)."""
+        key = (model, version, segment)
+        self.drift_items.labels(*key).set(reading.items)
+        self.drift_alert.labels(*key).set(int(reading.drifted))
+        if not reading.judged:
+            return
+        for feature, value in reading.psi.items():
+            self.drift_psi.labels(*key, feature).set(value)
+        for feature, value in reading.ks.items():
+            self.drift_ks.labels(*key, feature).set(value)
+        for channel, value in enumerate(reading.mean_shift):
+            self.drift_mean_shift.labels(*key, str(channel)).set(value)
+
+    def drift_unprofiled_version(self, model: str, version: str) -> None:
+        """Mark a model version served without a reference profile."""
+        self.drift_unprofiled.labels(model, version).set(1)
+
+    def segment_result(self, model: str, segment: str, outcome: str, items: int = 0,
+                       escalated: int = 0) -> None:
+        """Count an online request of ``segment`` (a bounded label value) by outcome, its
+        answered ``items`` and the ``escalated`` ones."""
+        self.segment_requests.labels(model, segment, outcome).inc()
+        if items:
+            self.segment_items.labels(model, segment).inc(items)
+            self.segment_escalated.labels(model, segment).inc(escalated)
 
 JOB_GAUGES_EVERY = 5  # seconds between reads of the job store's totals
 NODE_STATES = ("candidate", "live", "suspect", "dead", "draining")

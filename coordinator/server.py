@@ -61,6 +61,9 @@ from coordinator.jobs.spool_queue import SpoolQueue
 from coordinator.jobs.store import JobStore
 from coordinator.metrics import CoordinatorMetrics, GaugeLoop
 from coordinator.monitoring.agreement import AgreementTracker
+from coordinator.monitoring.drift import Thresholds
+from coordinator.monitoring.drift_watch import DriftWatch
+from coordinator.monitoring.segments import SegmentLabels
 from coordinator.rollout.controller import Rollouts
 from edgeshard.aio_server import AioServer
 from edgeshard.auth import NODE, Authenticator, AuthInterceptor, TokenBook
@@ -133,6 +136,15 @@ class CoordinatorServer:
         self.replayer: SpoolReplayer | None = None
         self.rollouts: Rollouts | None = None
         self.shadow: Shadow | None = None
+        # Drift windows from heartbeats, judged against each version's reference profile;
+        # segment names become bounded metric label values.
+        self.segments = SegmentLabels()
+        self.drift = DriftWatch(
+            Thresholds(config.drift_psi_warn, config.drift_ks_warn, config.drift_min_items),
+            on_reading=lambda model, version, segment, reading: self.metrics.drift_reading(
+                model, version, self.segments.label(model, segment), reading),
+            on_unprofiled=self.metrics.drift_unprofiled_version,
+            stale_s=max(30.0, 3 * config.dead_after_s))
         self.auditor: Auditor | None = None  # audit sampling, with --audit
         self.examples: ExampleWriter | None = None  # hard examples, with a cascade
 
@@ -174,7 +186,8 @@ class CoordinatorServer:
         self.shadow = Shadow(cfg.shadow_concurrency, on_outcome=self.metrics.shadow_outcome)
         self.front = InferenceServicer(
             self.registry, plane, self.clients, cfg.request_timeout_s,
-            CanaryFront(self.rollouts, plane, self.clients, self.shadow, cfg.request_timeout_s))
+            CanaryFront(self.rollouts, plane, self.clients, self.shadow, cfg.request_timeout_s),
+            on_segment=self._segment_result)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # An asyncio server: Watch and FetchResults wait on its loop and hold no thread;
         # unary calls and Submit uploads (at most max_streams) run on 32 + max_streams
@@ -195,7 +208,8 @@ class CoordinatorServer:
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.registry, self.membership, cfg.heartbeat_interval_s,
                           cloud=self.cloud_info, store_fault=lambda: self.store.fault,
-                          authenticator=self.authenticator, on_denied=self.metrics.denied),
+                          authenticator=self.authenticator, on_denied=self.metrics.denied,
+                          on_drift=self.drift.report),
             self._server)
         fleet_pb2_grpc.add_JobsServicer_to_server(
             JobsServicer(jobs, cfg.max_streams, self.authenticator, cfg.max_followers),
@@ -315,6 +329,11 @@ class CoordinatorServer:
                         "the spool until it does", cfg.cloud, ", ".join(missing))
         else:
             log.info("cloud tier %s serves %s", cfg.cloud, ", ".join(models))
+
+    def _segment_result(self, model: str, segment: str, outcome: str, items: int,
+                        escalated: int) -> None:
+        self.metrics.segment_result(model, self.segments.label(model, segment), outcome,
+                                    items, escalated)
 
     def cloud_info(self) -> CloudTierStatus | None:
         """The cloud tier's state for ListNodes, or None without a cascade."""

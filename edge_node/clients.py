@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from edge_node.drift import Reference, WindowSnapshot
 from edgeshard.tls import handshake_hint
 from edgeshard.transport import open_channel
 from protos import fleet_pb2, fleet_pb2_grpc
@@ -49,8 +50,11 @@ class CoordinatorLink:
                  models: Callable[[], dict[str, list[str]]], load: Callable[[], LoadReport],
                  software_version: str = "",
                  credentials: grpc.ChannelCredentials | None = None,
-                 join_token: str | None = None, processes: int = 1):
+                 join_token: str | None = None, processes: int = 1,
+                 drift: Callable[[], tuple[list[Reference], list[WindowSnapshot]]]
+                 | None = None):
         self.address = address
+        self._drift = drift  # the drift references and windows for heartbeats
         self.node_id = node_id
         self.node_address = node_address
         self.processes = processes
@@ -104,12 +108,15 @@ class CoordinatorLink:
         load = self._load()
         models = self._models_pb()
         changed = models != self._sent_models  # versions swapped since the last report
+        references, windows = self._drift() if self._drift is not None else ([], [])
         response = self._stub.Heartbeat(fleet_pb2.HeartbeatRequest(
             node_id=self.node_id, epoch=self.epoch,
             load=fleet_pb2.NodeLoad(queue_depth=load.queue_depth, in_flight=load.in_flight,
                                     ewma_latency_ms=load.ewma_latency_ms,
                                     capacity=load.capacity),
             models=models if changed else None,
+            drift_references=[_reference_pb(r) for r in references],
+            drift_windows=[_window_pb(w) for w in windows],
         ), timeout=RPC_TIMEOUT_S)
         self._sent_models = models
         if response.draining != self.drained:
@@ -147,6 +154,35 @@ class CoordinatorLink:
                     interval = None  # re-register once it answers again
                 self._stop.wait(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+
+def _reference_pb(ref: Reference) -> fleet_pb2.DriftReference:
+    """A version's reference profile as a heartbeat carries it (no stats: no profile)."""
+    msg = fleet_pb2.DriftReference(model=ref.model, version=ref.version)
+    p = ref.profile
+    if p is not None:
+        inp = p.input
+        stats = msg.reference
+        stats.items = p.items
+        stats.count.extend(inp.count)
+        stats.total.extend(c * m for c, m in zip(inp.count, inp.mean, strict=True))
+        stats.total_sq.extend(c * (s * s + m * m)
+                              for c, m, s in zip(inp.count, inp.mean, inp.std, strict=True))
+        stats.input_lo, stats.input_hi = inp.histogram.lo, inp.histogram.hi
+        stats.input_histogram.extend(inp.histogram.counts)
+        if p.confidence is not None:
+            stats.confidence_lo, stats.confidence_hi = p.confidence.lo, p.confidence.hi
+            stats.confidence_histogram.extend(p.confidence.counts)
+    return msg
+
+
+def _window_pb(w: WindowSnapshot) -> fleet_pb2.DriftWindow:
+    """A drift window as a heartbeat carries it (the bins are the reference's)."""
+    return fleet_pb2.DriftWindow(model=w.model, version=w.version, segment=w.segment,
+                                 window=fleet_pb2.DriftStats(
+                                     items=w.items, count=w.count, total=w.total,
+                                     total_sq=w.total_sq, input_histogram=w.histogram,
+                                     confidence_histogram=w.confidence or ()))
 
 
 def close_links(links: list[CoordinatorLink]) -> None:

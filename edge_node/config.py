@@ -184,6 +184,21 @@ class NodeConfig:
     """How many of each model's newest loaded versions stay loaded, at start and after a
     swap; requests pinned to an unloaded version get NOT_FOUND."""
 
+    drift_sample_every: int = field(default=1, metadata={"help": (
+        "drift statistics on every k-th request of a profiled model version (1: every "
+        "request; 0: off)")})
+    """Requests of a version with a ``profile.json`` whose inputs and confidences enter
+    the drift window: 1 in this many (``edge_node.drift``); 0 keeps no statistics."""
+
+    drift_window_items: int = field(default=1000, metadata={"help": (
+        "items in each rolling drift window (per model version and segment)")})
+    """The newest this many items (at least) make a drift window; older ones leave it."""
+
+    drift_max_segments: int = field(default=16, metadata={"help": (
+        "segments with their own drift window per model version (later ones share one)")})
+    """Distinct ``segment`` request parameters kept apart per version; further segments
+    are pooled under ``_other`` so memory and heartbeats stay bounded."""
+
     delegate: str | None = field(default=None, metadata={"help": (
         "external TFLite delegate library (path or soname, e.g. libedgetpu.so.1) for every "
         "model whose config.toml names no [delegate]; a model it cannot run stays on the CPU"),
@@ -227,6 +242,12 @@ class NodeConfig:
         check(0 <= self.max_streams <= 1024, "max_streams", "must be in 0..1024")
         check(0 <= self.model_poll_s <= 86400, "model_poll_s", "must be in 0..86400 seconds")
         check(self.keep_versions >= 1, "keep_versions", "must be >= 1")
+        check(self.drift_sample_every >= 0, "drift_sample_every",
+              f"--drift-sample-every must be >= 0 (0: off), got {self.drift_sample_every}")
+        check(1 <= self.drift_window_items <= 1_000_000, "drift_window_items",
+              f"--drift-window-items must be in 1..1000000, got {self.drift_window_items}")
+        check(1 <= self.drift_max_segments <= 1000, "drift_max_segments",
+              f"--drift-max-segments must be in 1..1000, got {self.drift_max_segments}")
         check(self.max_batch_delay_ms >= 0, "max_batch_delay_ms", "must be >= 0")
         check(self.grace_seconds >= 0, "grace_seconds", "must be >= 0")
         check(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")

@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_node.batcher import Batcher, Request
 from edge_node.config import NodeConfig
+from edge_node.drift import DriftWindows
 from edge_node.errors import (
     DeadlineExceededError,
     EdgeNodeError,
@@ -60,6 +61,9 @@ class InferenceEngine:
         self.repository = repository
         self.metrics = metrics or NodeMetrics()
         self.stats = StatsBook()
+        self.drift = DriftWindows(config.drift_sample_every, config.drift_window_items,
+                                  config.drift_max_segments)
+        self._drift_failed = False
         self.versions = {v.key: v for v in repository.ready_versions()}
         default_delay = config.max_batch_delay_ms / 1000.0
         self._delays = {
@@ -180,7 +184,8 @@ class InferenceEngine:
               timeout: float | None = None,
               parameters: Mapping[str, Any] | None = None) -> InferResult:
         """Run one request; ``timeout`` is the seconds left of the caller's deadline and
-        ``parameters`` the request's parameters (a task may act on some, e.g. ``dequantize``).
+        ``parameters`` the request's parameters (a task may act on some, e.g. ``dequantize``;
+        ``segment`` names the drift window the request counts in).
         """
         t_start = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -213,6 +218,8 @@ class InferenceEngine:
                 ) from None
             req.timings.preprocess = pre
             arrays = task.respond(arrays, parameters or {})
+            if mv.profile is not None:
+                self._observe(mv, inputs, arrays, (parameters or {}).get("segment", ""))
             outcome = "success"
             return InferResult(
                 mv, {o.name: a for o, a in zip(task.outputs, arrays, strict=True)}, req)
@@ -222,6 +229,20 @@ class InferenceEngine:
         finally:
             self._finished(mv, outcome, time.perf_counter() - t_start,
                            req.timings if outcome == "success" else None)
+
+    def _observe(self, mv: ModelVersion, inputs: dict[str, np.ndarray],
+                 arrays: tuple[np.ndarray, ...], segment: str) -> None:
+        """Count an answered request in its drift window; a failure there is logged once
+        and never fails the request."""
+        task = mv.task
+        try:
+            self.drift.observe(mv, segment, inputs.get(task.inputs[0].name),
+                               task.confidences(arrays))
+        except Exception:
+            if not self._drift_failed:
+                self._drift_failed = True
+                log.exception("drift statistics failed for %s version %s (the request was "
+                              "answered; logged once)", *mv.key)
 
     def _finished(self, mv: ModelVersion, outcome: str, total: float, timings) -> None:
         """Account one request in the gauges, metrics, statistics and latency EWMA."""

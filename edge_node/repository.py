@@ -33,7 +33,15 @@ from edge_node.runtime import (
     check_delegate,
 )
 from edge_node.tasks import Signature, Task, TaskContext, make_task
-from edgeshard.manifest import CALIBRATION_FILE, CONFIG_ENTRY, MODEL_FILE, FileDigest, ManifestError
+from edgeshard.manifest import (
+    CALIBRATION_FILE,
+    CONFIG_ENTRY,
+    MODEL_FILE,
+    PROFILE_FILE,
+    FileDigest,
+    ManifestError,
+)
+from edgeshard.profile import DriftProfile, ProfileError, parse_profile
 from edgeshard.signing import SigningPolicy, verify_version
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,7 @@ class ModelVersion:
     signed_by: str = ""  # key id of the trusted key that verified the manifest ("": none)
     delegate: DelegateSpec | None = None  # the external delegate in use (None: the CPU)
     delegate_fallback: str = ""  # why a configured delegate is not in use ("": it is)
+    profile: DriftProfile | None = None  # drift reference from profile.json (None: none)
 
     @property
     def runs_on(self) -> str:
@@ -120,6 +129,9 @@ def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | Non
     calibration = _read_optional(version_dir / CALIBRATION_FILE)
     if calibration is not None:
         read[CALIBRATION_FILE] = calibration
+    profile_bytes = _read_optional(version_dir / PROFILE_FILE)
+    if profile_bytes is not None:
+        read[PROFILE_FILE] = profile_bytes
     try:
         manifest = verify_version(version_dir, spec.name, read, policy)
     except ManifestError as exc:
@@ -127,6 +139,18 @@ def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | Non
     signed_by = manifest.key_id if manifest and manifest.signed and policy.trust.keys else ""
     trial = TFLiteModel(content, source=str(path))
     temperature = _parse_temperature(calibration, version_dir / CALIBRATION_FILE)
+    profile = None
+    if profile_bytes is not None:
+        try:
+            profile = parse_profile(profile_bytes, str(version_dir / PROFILE_FILE))
+        except ProfileError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if profile.confidence is not None and abs(profile.temperature - temperature) > 1e-6:
+            log.warning("model %s version %s: %s holds confidences at temperature %g but the "
+                        "version serves %g: confidence drift is measured against another "
+                        "scale (remake it: edge-coordinator profile --model %s)", spec.name,
+                        version_dir.name, PROFILE_FILE, profile.temperature, temperature,
+                        spec.name)
     signature = _signature(spec, content, trial, path)
     task = make_task(spec.task, TaskContext(
         name=spec.name, signature=signature, options=spec.options,
@@ -146,7 +170,7 @@ def load_version(spec: ModelSpec, version_dir: Path, policy: SigningPolicy | Non
     return ModelVersion(
         spec, version_dir.name, path, content, signature, task,
         FileDigest.of(content).sha256, temperature=temperature, signed_by=signed_by,
-        delegate=delegate, delegate_fallback=fallback,
+        delegate=delegate, delegate_fallback=fallback, profile=profile,
     )
 
 

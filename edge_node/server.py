@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 import ext
 from edge_node.clients import CoordinatorLink, LoadReport, close_links
 from edge_node.config import NodeConfig
+from edge_node.drift import merge_windows, read_windows, write_windows
 from edge_node.engine import InferenceEngine
 from edge_node.errors import ModelLoadError
 from edge_node.hotswap import ModelManager
@@ -166,6 +168,27 @@ class EdgeNodeServer:
                           ewma_latency_ms=self.engine.latency_ewma_ms,
                           capacity=self.config.capacity)
 
+    def drift_report(self):
+        """The reference profiles of the loaded versions and the drift windows, for
+        heartbeats (``edge_node.drift``): with several serving processes, the sum of
+        every process's windows."""
+        refs, windows = self.engine.drift.snapshot(list(self.engine.versions.values()))
+        if self.role.drift_dir:
+            windows = merge_windows(
+                windows + read_windows(Path(self.role.drift_dir), self.role.index))
+        return refs, windows
+
+    def _share_drift(self) -> None:
+        """A serving process that does not heartbeat publishes its drift windows every
+        second for the one that does."""
+        directory = Path(self.role.drift_dir)
+        while not self._stopped.wait(1.0):
+            try:
+                _, windows = self.engine.drift.snapshot(list(self.engine.versions.values()))
+                write_windows(directory, self.role.index, windows)
+            except OSError as exc:
+                log.warning("cannot share drift windows in %s: %s", directory, exc)
+
     def _host_towards(self, coordinator: str) -> str:
         """The host a coordinator should dial us at: ``advertise_address`` or a specific
         ``host``; for a wildcard bind, the local address of the route to the coordinator
@@ -194,13 +217,17 @@ class EdgeNodeServer:
         process per node does)."""
         cfg = self.config
         if not self.role.announces:
+            if self.role.drift_dir:
+                threading.Thread(target=self._share_drift, name="drift-share",
+                                 daemon=True).start()
             return
         for coordinator in cfg.coordinator:
             address = f"{self._host_towards(coordinator)}:{self.port}"
             link = CoordinatorLink(coordinator, self.node_id, address, self.models_served,
                                    self.load_report, software_version=VERSION,
                                    credentials=self._link_credentials,
-                                   join_token=cfg.join_token, processes=self.role.count)
+                                   join_token=cfg.join_token, processes=self.role.count,
+                                   drift=self.drift_report)
             self._links.append(link)
             link.start()
         if cfg.advertise:

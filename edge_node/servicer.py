@@ -12,6 +12,7 @@ import threading
 from concurrent import futures
 
 from edge_node import errors, topk
+from edge_node.drift import check_segment
 from edge_node.engine import InferenceEngine
 from edge_node.hotswap import ModelManager
 from edge_node.repository import ModelVersion
@@ -194,10 +195,11 @@ class NodeServicer(InferenceServicer):
         if dequantize is not None and not isinstance(dequantize, bool):
             raise errors.InvalidInputError(
                 "parameters.dequantize", f"must be a bool, got {dequantize!r}")
+        segment = check_segment(parameters.get_param(request.parameters, "segment"))
         arrays = codec.decode_inputs(request)
         result = self.engine.infer(
             request.model_name, request.model_version, arrays, timeout=timeout,
-            parameters={"dequantize": bool(dequantize)},
+            parameters={"dequantize": bool(dequantize), "segment": segment},
         )
         outputs = result.outputs
         for name, k in class_counts.items():

@@ -22,10 +22,12 @@ The supervisor:
 
 Only child 0 registers with the coordinators and advertises by zeroconf: the fleet sees
 one node with the capacity of all its processes (``--capacity``, default 4 per worker per
-process). Each child's heartbeat load and ``ModelStatistics`` are its own; the
-metrics page has the node's totals. Triton's repository load and unload calls would
-reach one child only and are refused with FAILED_PRECONDITION; new versions are picked
-up by every child with ``--model-poll-s``.
+process); the other children write their drift windows to a shared directory every
+second and child 0's heartbeats carry the sum (``edge_node.drift``). Each child's
+heartbeat load and ``ModelStatistics`` are its own; the metrics page has the node's
+totals. Triton's repository load and unload calls would reach one child only and are
+refused with FAILED_PRECONDITION; new versions are picked up by every child with
+``--model-poll-s``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 ROLE_ENV = "EDGE_NODE_PROCESS"  # "INDEX/COUNT", set by the supervisor in each child
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
+DRIFT_DIR_ENV = "EDGE_NODE_DRIFT_DIR"  # where the children share their drift windows
 START_TIMEOUT_S = 120.0
 RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, most
 
@@ -62,6 +65,7 @@ class ProcessRole:
 
     index: int = 0
     count: int = 1
+    drift_dir: str = ""  # the children's drift windows meet here ("": a lone node)
 
     @property
     def announces(self) -> bool:
@@ -86,7 +90,7 @@ class ProcessRole:
             raise ValueError(f"{ROLE_ENV}: expected INDEX/COUNT, got {value!r}") from None
         if not 0 <= index < count:
             raise ValueError(f"{ROLE_ENV}: index must be in 0..COUNT-1, got {value!r}")
-        return cls(index, count)
+        return cls(index, count, env.get(DRIFT_DIR_ENV, ""))
 
 
 class ChildStartError(ModelLoadError):
@@ -111,6 +115,8 @@ class Supervisor:
         self._dir = Path(tempfile.mkdtemp(prefix="edge-node-"))
         self._metrics_dir = self._dir / "metrics"
         self._metrics_dir.mkdir()
+        self._drift_dir = self._dir / "drift"
+        self._drift_dir.mkdir()
         self._children: list[subprocess.Popen | None] = [None] * config.processes
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -134,7 +140,7 @@ class Supervisor:
     def _spawn(self, index: int) -> subprocess.Popen:
         self._ready_path(index).unlink(missing_ok=True)
         env = {**os.environ, ROLE_ENV: f"{index}/{self.config.processes}",
-               METRICS_DIR_ENV: str(self._metrics_dir)}
+               METRICS_DIR_ENV: str(self._metrics_dir), DRIFT_DIR_ENV: str(self._drift_dir)}
         child = subprocess.Popen([sys.executable, "-m", "edge_node", *self._child_args(index)],
                                  env=env, stdin=subprocess.DEVNULL)
         log.info("serving process %d/%d started (pid %d)", index, self.config.processes,

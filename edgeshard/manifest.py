@@ -21,7 +21,8 @@ A model version ``<repo>/<model>/<version>/`` carries ``manifest.json``:
     }
 
 ``files`` lists every file the node reads for the version, by its path relative to the
-version directory: ``model.tflite``, ``calibration.json`` when there is one, and the
+version directory: ``model.tflite``, ``calibration.json`` and ``profile.json`` (the drift
+reference, ``edgeshard.profile``) when there are, and the
 model's ``../config.toml`` (shared by its versions: editing it changes what each version
 serves, so each version's signature covers it). Top-level ``sha256``/``size`` repeat
 ``model.tflite``'s for nodes that predate signing. ``key_id`` names the signing key
@@ -56,11 +57,12 @@ MANIFEST_FORMAT = "edgeshard.manifest.v1"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.tflite"
 CALIBRATION_FILE = "calibration.json"
+PROFILE_FILE = "profile.json"  # the drift reference profile (edgeshard.profile)
 CONFIG_ENTRY = "../config.toml"  # the model's config, as seen from a version directory
 SIGNATURE_FIELD = "signature"
 # Files a node reads for a version, in the order they are listed; only model.tflite is
 # required.
-VERSION_FILES = (MODEL_FILE, CALIBRATION_FILE, CONFIG_ENTRY)
+VERSION_FILES = (MODEL_FILE, CALIBRATION_FILE, PROFILE_FILE, CONFIG_ENTRY)
 # Fields the signer sets; everything else in an existing manifest is carried along.
 RESERVED = frozenset({"format", "model", "version", "files", "sha256", "size", "key_id",
                       "signed_at", SIGNATURE_FIELD})

@@ -1,8 +1,10 @@
-"""edgeshard's numeric core: image preprocessing, (de)quantization, score and box math.
+"""edgeshard's numeric core: image preprocessing, (de)quantization, score and box math,
+and the window statistics of drift monitoring.
 
 Two implementations with identical signatures and results:
 
-* ``"cython"``: the compiled kernels in ``ext._image``, ``ext._scores`` and ``ext._boxes``
+* ``"cython"``: the compiled kernels in ``ext._image``, ``ext._scores``, ``ext._boxes`` and
+  ``ext._drift``
   (GIL released while they run);
 * ``"reference"``: ``ext._reference``, vectorized NumPy, which is the spec.
 
@@ -19,7 +21,8 @@ import logging
 import os
 
 from ext import _reference
-from ext._results import Confidence as Confidence  # re-exported (the spec's result type)
+from ext._results import Confidence as Confidence  # re-exported (the spec's result types)
+from ext._results import WindowStats as WindowStats
 
 # The reference is the spec, so the public API is its API (less a table helper the
 # kernels do not export), plus the name of the implementation in use.
@@ -29,18 +32,18 @@ log = logging.getLogger(__name__)
 
 
 def _select():
-    """Return ``(name, image_module, scores_module, boxes_module)`` for the implementation."""
+    """Return ``(name, image, scores, boxes, drift modules)`` for the implementation."""
     if os.environ.get("EDGESHARD_PUREPYTHON") == "1":
-        return "reference", _reference, _reference, _reference
+        return "reference", _reference, _reference, _reference, _reference
     try:
-        from ext import _boxes, _image, _scores
+        from ext import _boxes, _drift, _image, _scores
     except ImportError as exc:
         log.warning("ext: compiled kernels unavailable (%s); using the NumPy reference", exc)
-        return "reference", _reference, _reference, _reference
-    return "cython", _image, _scores, _boxes
+        return "reference", _reference, _reference, _reference, _reference
+    return "cython", _image, _scores, _boxes, _drift
 
 
-IMPLEMENTATION, _image_impl, _scores_impl, _boxes_impl = _select()
+IMPLEMENTATION, _image_impl, _scores_impl, _boxes_impl, _drift_impl = _select()
 SIMD = getattr(_image_impl, "SIMD", "none")
 
 resize_bilinear = _image_impl.resize_bilinear
@@ -54,3 +57,4 @@ confidence = _scores_impl.confidence
 postprocess = _scores_impl.postprocess
 decode_boxes = _boxes_impl.decode_boxes
 nms = _boxes_impl.nms
+window_stats = _drift_impl.window_stats

@@ -16,10 +16,11 @@ Conventions shared by all functions:
 import numpy as np
 
 from ext import _validate
-from ext._results import Confidence
+from ext._results import Confidence, WindowStats
 
 __all__ = [
     "Confidence",
+    "WindowStats",
     "axis_table",
     "confidence",
     "decode_boxes",
@@ -32,6 +33,7 @@ __all__ = [
     "quantize",
     "resize_bilinear",
     "softmax",
+    "window_stats",
 ]
 
 WEIGHT_BITS = 11  # bilinear weights are integers in [0, 2048]
@@ -338,3 +340,29 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, score_thres
         if not kept or not (_iou(box, int(i), np.asarray(kept)) > iou_t).any():
             kept.append(int(i))
     return np.asarray(kept, dtype=np.int64)
+
+
+def window_stats(x: np.ndarray, channels: int, lo: float, hi: float,
+                 bins: int) -> WindowStats:
+    """Per-channel counts, sums and sums of squares, and a histogram, of ``x`` (drift).
+
+    ``x`` is uint8, int8 or float32 of any shape, read in C order as ``[-1, channels]``:
+    flat value ``i`` belongs to channel ``i % channels`` (the last axis of an NHWC image
+    batch). NaN and +-inf are skipped. Each finite value ``v`` (as float64) falls in bin
+    ``floor((v - lo) * (bins / (hi - lo)))`` clamped to ``[0, bins - 1]`` (values outside
+    ``[lo, hi)`` land in the end bins). Sums run in float64: exact for the integer dtypes;
+    for float32 within rtol 1e-9 of any summation order. An empty ``x`` gives zeros.
+    """
+    arr, c, low, high, n = _validate.stats_args(x, channels, lo, hi, bins)
+    v = arr.reshape(-1, c).astype(np.float64)
+    finite = np.isfinite(v)
+    z = np.where(finite, v, 0.0)
+    scale = float(n) / (high - low)
+    idx = np.floor((v[finite] - low) * scale)
+    idx = np.clip(idx, 0.0, float(n - 1)).astype(np.int64)
+    return WindowStats(
+        finite.sum(axis=0).astype(np.int64),
+        z.sum(axis=0),
+        (z * z).sum(axis=0),
+        np.bincount(idx, minlength=n).astype(np.int64),
+    )

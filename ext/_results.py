@@ -16,3 +16,19 @@ class Confidence(NamedTuple):
     """Shannon entropy in nats, with 0 * log 0 = 0."""
     normalized_entropy: np.ndarray
     """``entropy / ln K`` in [0, 1] for valid distributions; 0 when K == 1."""
+
+
+class WindowStats(NamedTuple):
+    """Statistics of a batch of values for drift monitoring (``ext.window_stats``).
+
+    Counts and sums add up over batches, so a rolling window is the sum of its batches.
+    """
+
+    count: np.ndarray
+    """int64 ``[C]``: finite values per channel (NaN and +-inf are skipped)."""
+    total: np.ndarray
+    """float64 ``[C]``: sum of the finite values per channel."""
+    total_sq: np.ndarray
+    """float64 ``[C]``: sum of their squares per channel."""
+    histogram: np.ndarray
+    """int64 ``[bins]``: finite values per bin over all channels."""

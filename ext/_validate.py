@@ -224,3 +224,30 @@ def box_scale(value: object, name: str = "scale") -> tuple[float, float, float, 
         raise ValueError(f"{name}: expected 4 numbers (x, y, w, h), got {len(items)}")
     x, y, w, h = (positive(v, f"{name}[{i}]") for i, v in enumerate(items))
     return x, y, w, h
+
+
+STATS_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float32))
+MAX_BINS = 4096
+
+
+def stats_args(value: object, channels: object, lo: object, hi: object,
+               bins: object) -> tuple[np.ndarray, int, float, float, int]:
+    """Return ``(x as C-contiguous uint8/int8/float32, channels, lo, hi, bins)`` for
+    ``window_stats``: ``x.size`` a multiple of ``channels``, ``lo < hi`` finite, ``bins`` in
+    [1, MAX_BINS]."""
+    arr = _array(value, "x")
+    _dtype(arr, "x", STATS_DTYPES)
+    c = _int(channels, "channels")
+    if c < 1:
+        raise ValueError(f"channels: must be >= 1, got {c}")
+    if arr.size % c:
+        raise ValueError(f"x: {arr.size} values do not split into {c} channels")
+    low, high = _finite_float(lo, "lo"), _finite_float(hi, "hi")
+    if not low < high:
+        raise ValueError(f"lo/hi: need lo < hi, got {low} and {high}")
+    if not math.isfinite(high - low):
+        raise ValueError(f"lo/hi: range {low}..{high} is too wide")
+    n = _int(bins, "bins")
+    if not 1 <= n <= MAX_BINS:
+        raise ValueError(f"bins: must be in [1, {MAX_BINS}], got {n}")
+    return _contiguous(arr).reshape(-1), c, low, high, n

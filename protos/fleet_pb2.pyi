@@ -51,16 +51,66 @@ class RegisterResponse(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "epoch", "load", "models")
+    __slots__ = ("node_id", "epoch", "load", "models", "drift_references", "drift_windows")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     epoch: int
     load: NodeLoad
     models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
-    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ...) -> None: ...
+    drift_references: _containers.RepeatedCompositeFieldContainer[DriftReference]
+    drift_windows: _containers.RepeatedCompositeFieldContainer[DriftWindow]
+    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., drift_references: _Optional[_Iterable[_Union[DriftReference, _Mapping]]] = ..., drift_windows: _Optional[_Iterable[_Union[DriftWindow, _Mapping]]] = ...) -> None: ...
+
+class DriftStats(_message.Message):
+    __slots__ = ("items", "count", "total", "total_sq", "input_lo", "input_hi", "input_histogram", "confidence_lo", "confidence_hi", "confidence_histogram")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SQ_FIELD_NUMBER: _ClassVar[int]
+    INPUT_LO_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HI_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_LO_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_HI_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    items: int
+    count: _containers.RepeatedScalarFieldContainer[int]
+    total: _containers.RepeatedScalarFieldContainer[float]
+    total_sq: _containers.RepeatedScalarFieldContainer[float]
+    input_lo: float
+    input_hi: float
+    input_histogram: _containers.RepeatedScalarFieldContainer[int]
+    confidence_lo: float
+    confidence_hi: float
+    confidence_histogram: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, items: _Optional[int] = ..., count: _Optional[_Iterable[int]] = ..., total: _Optional[_Iterable[float]] = ..., total_sq: _Optional[_Iterable[float]] = ..., input_lo: _Optional[float] = ..., input_hi: _Optional[float] = ..., input_histogram: _Optional[_Iterable[int]] = ..., confidence_lo: _Optional[float] = ..., confidence_hi: _Optional[float] = ..., confidence_histogram: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DriftReference(_message.Message):
+    __slots__ = ("model", "version", "reference")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    reference: DriftStats
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., reference: _Optional[_Union[DriftStats, _Mapping]] = ...) -> None: ...
+
+class DriftWindow(_message.Message):
+    __slots__ = ("model", "version", "segment", "window")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    segment: str
+    window: DriftStats
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., segment: _Optional[str] = ..., window: _Optional[_Union[DriftStats, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("reregister", "draining")

@@ -81,6 +81,26 @@ ROWS = [
             ("sum by (model, outcome) (rate(edgeshard_coordinator_audit_items_total[5m]))",
              "{{model}} {{outcome}}")]),
     ]),
+    ("Drift and segments", [
+        ("Input drift (PSI) by segment", "short", [
+            ("max by (model, version, segment) "
+             "(edgeshard_coordinator_drift_psi{feature=\"input\"})",
+             "{{model}} v{{version}} {{segment}}")]),
+        ("Confidence drift (PSI) by segment", "short", [
+            ("max by (model, version, segment) "
+             "(edgeshard_coordinator_drift_psi{feature=\"confidence\"})",
+             "{{model}} v{{version}} {{segment}}")]),
+        ("Error rate by segment", "percentunit", [
+            ("sum by (model, segment) "
+             "(rate(edgeshard_coordinator_segment_requests_total{outcome=\"error\"}[5m])) / "
+             "sum by (model, segment) (rate(edgeshard_coordinator_segment_requests_total[5m]))",
+             "{{model}} {{segment}}")]),
+        ("Escalation rate by segment", "percentunit", [
+            ("sum by (model, segment) "
+             "(rate(edgeshard_coordinator_segment_escalated_items_total[5m])) / "
+             "sum by (model, segment) (rate(edgeshard_coordinator_segment_items_total[5m]))",
+             "{{model}} {{segment}}")]),
+    ]),
     ("Processes", [
         ("Resident memory", "bytes", [
             ("process_resident_memory_bytes{job=~\"edgeshard-.*\"}", "{{job}} {{instance}}")]),

@@ -17,6 +17,8 @@ from coordinator.dataplane import OnlineAnswer
 from coordinator.fleet.registry import NodeRecord
 from coordinator.jobs.model import JobProgress, ResultRow
 from coordinator.jobs.submission import JobRequest
+from coordinator.monitoring.drift import Stats
+from coordinator.monitoring.drift_watch import NodeDrift
 from coordinator.monitoring.segments import SegmentError, check_segment
 from protos import codec, fleet_pb2, oip_pb2, parameters
 
@@ -211,3 +213,19 @@ def result_record(r: ResultRow, provisional: bool = False) -> fleet_pb2.ResultRe
         node=r.node, model_version=r.model_version,
         extra_json=json.dumps(r.extra) if r.extra else "", provisional=provisional,
         outputs=outputs)
+
+
+# -- drift -------------------------------------------------------------------------------
+def drift_stats(msg: fleet_pb2.DriftStats) -> Stats:
+    """Drift statistics (a reference profile or a node's window) from a heartbeat."""
+    return Stats(msg.items, tuple(msg.count), tuple(msg.total), tuple(msg.total_sq),
+                 tuple(msg.input_histogram), tuple(msg.confidence_histogram))
+
+
+def node_drift(request: fleet_pb2.HeartbeatRequest) -> NodeDrift:
+    """The drift references and windows a heartbeat carries."""
+    return NodeDrift(
+        {(r.model, r.version): drift_stats(r.reference) if r.HasField("reference") else None
+         for r in request.drift_references},
+        {(w.model, w.version, w.segment): drift_stats(w.window)
+         for w in request.drift_windows})

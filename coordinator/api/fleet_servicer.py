@@ -16,6 +16,7 @@ from coordinator.errors import (
 from coordinator.fleet.admission import MAX_ADDRESS_CHARS, Credentials, check_node_id
 from coordinator.fleet.membership import Membership
 from coordinator.fleet.registry import Registry
+from coordinator.monitoring.drift_watch import NodeDrift
 from edgeshard.auth import NODE, Authenticator, AuthError
 from edgeshard.rpc import guarded
 from protos import fleet_pb2, fleet_pb2_grpc
@@ -35,8 +36,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                  cloud: Callable[[], CloudTierStatus | None] = lambda: None,
                  store_fault: Callable[[], str | None] = lambda: None,
                  authenticator: Authenticator | None = None,
-                 on_denied: Callable[[str, str], None] = lambda method, code: None):
+                 on_denied: Callable[[str, str], None] = lambda method, code: None,
+                 on_drift: Callable[[str, NodeDrift], None] | None = None):
         self.registry = registry
+        self.on_drift = on_drift  # (node id, its drift report) of an accepted heartbeat
         self.authenticator = authenticator
         self.on_denied = on_denied  # (method, status name) of a refused node: metrics
         self.membership = membership
@@ -90,6 +93,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         known, drained = self.membership.heartbeat(
             request.node_id, request.epoch, load.queue_depth, load.in_flight,
             load.ewma_latency_ms, load.capacity, convert.models(request.models) or None)
+        if known and self.on_drift is not None and (request.drift_references
+                                                    or request.drift_windows):
+            self.on_drift(request.node_id, convert.node_drift(request))
         return fleet_pb2.HeartbeatResponse(reregister=not known, draining=drained)
 
     @guard

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 from coordinator import errors
@@ -40,8 +41,11 @@ class InferenceServicer(InferenceServicerBase):
 
     def __init__(self, registry: Registry, plane: DataPlane, clients: ClientPool,
                  request_timeout: float, canary: CanaryFront | None = None,
-                 stream_workers: int = 32):
+                 stream_workers: int = 32,
+                 on_segment: Callable[[str, str, str, int, int], None] | None = None):
         self.registry = registry
+        # (model, segment, outcome "ok"/"error", items, escalated) of each online request
+        self.on_segment = on_segment
         self.plane = plane
         self.clients = clients
         self.request_timeout = request_timeout
@@ -117,7 +121,18 @@ class InferenceServicer(InferenceServicerBase):
                 item_ids=lambda n: convert.online_ids(request, n), segment=segment,
                 version_of=lambda response: response.model_version)
 
-        answer = run(request) if self.canary is None else self.canary.infer(request, run)
+        try:
+            answer = run(request) if self.canary is None else self.canary.infer(request, run)
+        except Exception:
+            if self.on_segment is not None:
+                self.on_segment(request.model_name, segment, "error", 0, 0)
+            raise
+        if self.on_segment is not None:
+            decision = answer.decision
+            items = (len(decision.labels) if decision is not None
+                     else _rows(answer.response))
+            escalated = int(decision.escalated.sum()) if decision is not None else 0
+            self.on_segment(request.model_name, segment, "ok", items, escalated)
         return convert.infer_response(answer, requested)
 
     # -- gRPC ------------------------------------------------------------------------------
@@ -176,3 +191,10 @@ class InferenceServicer(InferenceServicerBase):
     def close(self) -> None:
         """Stop the stream pool (after the gRPC server stopped)."""
         self.stream_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _rows(response: oip_pb2.ModelInferResponse) -> int:
+    """Items in a node's answer: the first output's batch dimension (1 without one)."""
+    for output in response.outputs:
+        return int(output.shape[0]) if output.shape else 1
+    return 1

@@ -57,7 +57,7 @@ from coordinator.cli.calibration_data import (
 from coordinator.cli.calibration_result import CalibrationResult, ThresholdChoice
 from coordinator.cli.interrupt import close_client
 from edgeshard.errors import PeerStatusError
-from edgeshard.manifest import ManifestError, read_manifest
+from edgeshard.manifest import PROFILE_FILE, ManifestError, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,9 @@ def main(args) -> int:
                            credentials=None if node else args.credentials,
                            token=None if node else args.token,
                            examples=examples, serve_fitted=args.write)
+        profile = None
+        if version_dir is not None:  # the drift reference, at the temperature written
+            profile = _profile(edge, args, node is not None, examples, result)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"edge-coordinator calibrate: {exc}", file=sys.stderr)
         return 2
@@ -306,7 +309,31 @@ def main(args) -> int:
             print(f"note: {version_dir} is signed, and its signature does not cover this "
                   f"file: sign it again (edge-coordinator sign-model --key KEY "
                   f"{version_dir}), or nodes with --require-signed refuse the version")
+        from coordinator.cli.profile import write_profile
+
+        for line in write_profile(profile, version_dir / PROFILE_FILE)[:1]:
+            print(line + " (drift reference at the new temperature)")
     return 0
+
+
+def _profile(edge: str, args, local: bool, examples: Examples | None,
+             result: CalibrationResult):
+    """The drift reference profile of the fitting data, its confidences at the fitted
+    temperature (``coordinator.cli.profile``)."""
+    from coordinator.cli.profile import profile_at
+
+    ex = examples if examples is not None else shipped_examples()
+    clients = ClientPool(credentials=None if local else args.credentials,
+                         token=None if local else args.token)
+    try:
+        return profile_at(clients, edge, args.model, ex.fit_x,
+                          f"the {ex.fit_name} of calibrate ({len(ex.fit_x)} examples)",
+                          rescale=result.temperature / result.temperature_before)
+    except grpc.RpcError as exc:
+        raise _peer_failure("edge server", edge, exc.code().name, exc.details(),
+                            examples is not None) from None
+    finally:
+        close_client(clients)
 
 
 def _user_examples(args) -> Examples | None:

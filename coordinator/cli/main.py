@@ -137,6 +137,10 @@ def parser() -> argparse.ArgumentParser:
     add_tls_flags(cal)
     add_token_flag(cal)
 
+    from coordinator.cli.profile import add_parser as profile_parser
+
+    profile_parser(sub, add_tls_flags, add_token_flag)
+
     from coordinator.cli.certs import add_arguments as certs_arguments
 
     certs_arguments(sub.add_parser(
@@ -309,6 +313,10 @@ def run_command(args, argv: list[str] | None) -> int:
         from coordinator.cli.rollout import main as rollout_main
 
         return rollout_main(args)
+    if args.command == "profile":
+        from coordinator.cli.profile import main as profile_main
+
+        return profile_main(args)
     if args.command == "export-examples":
         from coordinator.cli.examples import main as examples_main
 

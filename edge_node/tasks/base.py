@@ -164,6 +164,11 @@ class Task:
         """The model's outputs for a batch -> this task's outputs, row-aligned, in order."""
         raise NotImplementedError
 
+    def confidences(self, outputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
+        """The top-1 confidence per row of a request's outputs, for drift monitoring
+        (None: this task gives none)."""
+        return None
+
     def respond(self, outputs: tuple[np.ndarray, ...],
                 parameters: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
         """One request's outputs, adjusted by its request ``parameters`` (default: as is)."""

@@ -185,6 +185,11 @@ class ClassificationTask(Task):
                                self.context.temperature, self.apply_softmax)
 
 
+    def confidences(self, outputs: tuple[np.ndarray, ...]) -> np.ndarray | None:
+        """The ``confidence`` output (top-1 probability per row)."""
+        return outputs[2]
+
+
 def _table(context: TaskContext, key: str) -> dict:
     value = context.options.get(key, {})
     if not isinstance(value, dict):

@@ -42,6 +42,9 @@ def test_section_in_file(tmp_path):
     ({"max_streams": "2000"}, "max_streams"),
     ({"log_level": "LOUD"}, "log_level"),
     ({"max_message_bytes": "10"}, "max_message_bytes"),
+    ({"drift_sample_every": "-1"}, "drift_sample_every"),
+    ({"drift_window_items": "0"}, "drift_window_items"),
+    ({"drift_max_segments": "0"}, "drift_max_segments"),
 ])
 def test_bad_values_name_the_field(flags, field):
     with pytest.raises(SettingsError, match=f"^{field}:"):

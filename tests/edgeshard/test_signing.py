@@ -64,8 +64,9 @@ def node_reads(version_dir):
     """What a node reads for the version: the same names the manifest uses."""
     read = {"model.tflite": (version_dir / "model.tflite").read_bytes(),
             "../config.toml": (version_dir.parent / "config.toml").read_bytes()}
-    if (version_dir / "calibration.json").exists():
-        read["calibration.json"] = (version_dir / "calibration.json").read_bytes()
+    for name in ("calibration.json", "profile.json"):
+        if (version_dir / name).exists():
+            read[name] = (version_dir / name).read_bytes()
     return read
 
 
@@ -156,7 +157,8 @@ def test_round_trip_covers_model_version_files_and_key(model_dir, key):
     model = (vdir / "model.tflite").read_bytes()
     assert manifest["files"]["model.tflite"] == {"sha256": hashlib.sha256(model).hexdigest(),
                                                  "size": len(model)}
-    assert set(manifest["files"]) == {"model.tflite", "../config.toml"}
+    # the shipped version carries a drift reference profile: signed like the model
+    assert set(manifest["files"]) == {"model.tflite", "profile.json", "../config.toml"}
     assert manifest["sha256"] == legacy["sha256"]  # what nodes before signing check
     assert manifest["created_by"] == legacy["created_by"]  # metadata carried, and signed
     signature = base64.b64decode(manifest["signature"])

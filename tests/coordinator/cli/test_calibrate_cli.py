@@ -37,6 +37,13 @@ def test_calibrate_picks_a_threshold_that_meets_the_acceptance(tmp_path, shipped
     calibration = json.loads((repo / "mnist_edge" / "1" / "calibration.json").read_text())
     assert calibration["temperature"] == pytest.approx(doc["summary"]["temperature"])
     assert calibration["threshold"] == chosen["threshold"]
+    # ... and the drift reference, its confidences at the temperature just written
+    from edgeshard.profile import parse_profile
+
+    profile = parse_profile((repo / "mnist_edge" / "1" / "profile.json").read_bytes(), "p")
+    assert profile.temperature == pytest.approx(calibration["temperature"])
+    assert profile.items == 500 and profile.confidence.total == 500
+    assert "drift reference at the new temperature" in out.stdout
 
 
 def test_calibrate_rejects_unknown_policy_and_unreachable_target(tmp_path):
