@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edge_node.config import NodeConfig, build
 from edge_node.errors import ModelLoadError
-from edge_node.supervisor import ProcessRole, Supervisor
+from edge_node.supervisor import ProcessRole, Supervisor, follow_supervisor
 from edgeshard import VERSION
 from edgeshard.keys import KeyFileError
 from edgeshard.lifecycle import run_until_signal
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         role = ProcessRole.from_env(os.environ)
+        if role.shares_port:
+            follow_supervisor(os.environ)
     except ValueError as exc:
         print(f"edge-node: {exc}", file=sys.stderr)
         return 2

@@ -53,6 +53,8 @@ from edgeshard.errors import BindError
 log = logging.getLogger(__name__)
 
 ROLE_ENV = "EDGE_NODE_PROCESS"  # "INDEX/COUNT", set by the supervisor in each child
+SUPERVISOR_ENV = "EDGE_NODE_SUPERVISOR"  # the supervisor's pid, likewise
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 DRIFT_DIR_ENV = "EDGE_NODE_DRIFT_DIR"  # where the children share their drift windows
 START_TIMEOUT_S = 120.0
@@ -91,6 +93,23 @@ class ProcessRole:
         if not 0 <= index < count:
             raise ValueError(f"{ROLE_ENV}: index must be in 0..COUNT-1, got {value!r}")
         return cls(index, count, env.get(DRIFT_DIR_ENV, ""))
+
+
+def follow_supervisor(env: dict | os._Environ) -> None:
+    """In a serving process: get SIGTERM (and drain) when the supervisor dies, even by
+    SIGKILL, so no child outlives it (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a no-op).
+    Exits at once if the supervisor is already gone."""
+    supervisor = env.get(SUPERVISOR_ENV)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to be told when the supervisor dies (errno %d)",
+                    ctypes.get_errno())
+    if str(os.getppid()) != supervisor:  # it died before the prctl
+        raise SystemExit("edge-node: the supervisor of this serving process is gone")
 
 
 class ChildStartError(ModelLoadError):
@@ -140,6 +159,7 @@ class Supervisor:
     def _spawn(self, index: int) -> subprocess.Popen:
         self._ready_path(index).unlink(missing_ok=True)
         env = {**os.environ, ROLE_ENV: f"{index}/{self.config.processes}",
+               SUPERVISOR_ENV: str(os.getpid()),
                METRICS_DIR_ENV: str(self._metrics_dir), DRIFT_DIR_ENV: str(self._drift_dir)}
         child = subprocess.Popen([sys.executable, "-m", "edge_node", *self._child_args(index)],
                                  env=env, stdin=subprocess.DEVNULL)

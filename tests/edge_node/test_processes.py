@@ -203,3 +203,13 @@ def test_grpc_keeps_serving_a_client_whose_process_died(start, shipped_repositor
         assert answered == 5
     finally:
         client.close()
+
+
+def test_children_do_not_outlive_a_supervisor_killed_with_sigkill(start, shipped_repository):
+    node = start(shipped_repository, "--processes", "2", "--workers", "1")
+    children = node.info["processes"]
+    node.kill()  # SIGKILL: the supervisor cannot pass anything on
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in children), "a serving process outlived its supervisor"
