@@ -263,7 +263,9 @@ def served_ours(addresses: list[str], model: str, images: np.ndarray, batch: int
     lock = threading.Lock()
 
     def make_call(i: int):
-        client = OIPClient(addresses[i % len(addresses)])
+        # a TCP connection per client thread, as separate client processes would have
+        # (gRPC otherwise shares one between channels to the same address)
+        client = OIPClient(addresses[i % len(addresses)], own_connection=True)
         with lock:
             clients.append(client)
         client.wait_ready(10)
@@ -288,7 +290,10 @@ def served_triton(address: str, model: str, images: np.ndarray, batch: int, thre
     lock = threading.Lock()
 
     def make_call(_: int):
-        client = tc.InferenceServerClient(address)
+        client = tc.InferenceServerClient(address, channel_args=[
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.use_local_subchannel_pool", 1)])  # a connection of its own, as above
         with lock:
             clients.append(client)
         x = np.ascontiguousarray(images[:batch])
