@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from coordinator.cascade.cloud import CloudTier
 from coordinator.cascade.policies import hash_uniform
+from edgeshard.buffer import BoundedBuffer
 
 log = logging.getLogger(__name__)
 
@@ -116,32 +116,20 @@ class Auditor:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
-        self._tasks: deque[AuditTask] = deque()
-        self._queued = 0
-        self._bytes = 0
-        self._cond = threading.Condition()
-        self._closed = False
+        self._queue: BoundedBuffer[AuditTask] = BoundedBuffer(
+            max_items, max_bytes, lambda t: (len(t.ids), int(t.items.nbytes)))
         self._thread: threading.Thread | None = None
 
     @property
     def queued(self) -> int:
         """Items waiting for the worker."""
-        with self._cond:
-            return self._queued
+        return self._queue.items
 
     def offer(self, task: AuditTask) -> bool:
         """Queue ``task`` if it fits, without waiting; False (dropped, counted) otherwise."""
-        n, size = len(task.ids), int(task.items.nbytes)
-        with self._cond:
-            fits = (not self._closed and self._queued + n <= self.max_items
-                    and self._bytes + size <= self.max_bytes)
-            if fits:
-                self._tasks.append(task)
-                self._queued += n
-                self._bytes += size
-                self._cond.notify()
+        fits = self._queue.put(task)
         if not fits:
-            self.on_outcome(task.model, "queue_full", n)
+            self.on_outcome(task.model, "queue_full", len(task.ids))
         return fits
 
     def start(self) -> None:
@@ -151,32 +139,30 @@ class Auditor:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker; items still queued are dropped."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._queue.close()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _take(self) -> list[AuditTask]:
         """The oldest task's cloud model's tasks, up to the cloud's batch size in items
         (a task larger than that alone); waits for one; [] once closed."""
-        with self._cond:
-            while not self._tasks and not self._closed:
-                self._cond.wait()
-            if self._closed:
+        def one_batch(tasks) -> list[AuditTask]:
+            if not tasks:
                 return []
-            model, room, taken, kept = self._tasks[0].cloud_model, self.cloud.max_batch, [], []
-            while self._tasks:
-                task = self._tasks.popleft()
+            model, room, taken = tasks[0].cloud_model, self.cloud.max_batch, []
+            for task in tasks:
                 if task.cloud_model == model and (not taken or len(task.ids) <= room):
                     taken.append(task)
                     room -= len(task.ids)
-                else:
-                    kept.append(task)
-            self._tasks.extendleft(reversed(kept))
-            self._queued -= sum(len(t.ids) for t in taken)
-            self._bytes -= sum(int(t.items.nbytes) for t in taken)
             return taken
+
+        while True:
+            self._queue.wait()
+            if self._queue.closed:
+                return []
+            taken = self._queue.take(one_batch)
+            if taken:
+                return taken
 
     def _run(self) -> None:
         while True:

@@ -28,6 +28,7 @@ import numpy as np
 
 from coordinator.cascade.audit import Comparison
 from coordinator.jobs.database import Database, Tx
+from edgeshard.buffer import BoundedBuffer
 
 log = logging.getLogger(__name__)
 
@@ -159,27 +160,16 @@ class ExampleWriter:
         self.max_bytes = max_bytes
         self.interval_s = interval_s
         self.on_outcome = on_outcome
-        self._pending: list[Comparison] = []
-        self._items = 0
-        self._bytes = 0
-        self._cond = threading.Condition()
-        self._closed = False
+        self._buffer: BoundedBuffer[Comparison] = BoundedBuffer(
+            max_items, max_bytes, lambda c: (len(c.ids), int(np.asarray(c.items).nbytes)))
         self._failing = False
         self._thread: threading.Thread | None = None
 
     def keep(self, c: Comparison) -> bool:
         """Buffer ``c`` for writing if it fits, without waiting; False (dropped) otherwise."""
-        n, size = len(c.ids), int(np.asarray(c.items).nbytes)
-        with self._cond:
-            fits = (not self._closed and self._items + n <= self.max_items
-                    and self._bytes + size <= self.max_bytes)
-            if fits:
-                self._pending.append(c)
-                self._items += n
-                self._bytes += size
-                self._cond.notify()
+        fits = self._buffer.put(c)
         if not fits:
-            self.on_outcome(c.model, "dropped", n)
+            self.on_outcome(c.model, "dropped", len(c.ids))
         return fits
 
     def start(self) -> None:
@@ -189,16 +179,13 @@ class ExampleWriter:
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is buffered, then stop."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._buffer.close()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def flush(self) -> int:
         """Write the buffered comparisons now; returns the rows written (0 on failure)."""
-        with self._cond:
-            batch, self._pending, self._items, self._bytes = self._pending, [], 0, 0
+        batch = self._buffer.take()
         if not batch:
             return 0
         try:
@@ -218,10 +205,8 @@ class ExampleWriter:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                if not self._pending and not self._closed:
-                    self._cond.wait()
-                closed = self._closed
+            self._buffer.wait()
+            closed = self._buffer.closed
             if not closed:
                 time.sleep(self.interval_s)  # gather a batch: one transaction for many
             self.flush()
