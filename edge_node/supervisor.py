@@ -140,7 +140,7 @@ class Supervisor:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._metrics_server = None
+        self._metrics = None  # a MetricsEndpoint, with --metrics-port
         self._restarted = None  # a Counter, once /metrics is served
 
     # -- children ---------------------------------------------------------------------------
@@ -228,9 +228,8 @@ class Supervisor:
             clean = clean and child.returncode == 0
         if self._watcher is not None:
             self._watcher.join(timeout=2)
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+        if self._metrics is not None:
+            self._metrics.close()
         shutil.rmtree(self._dir, ignore_errors=True)
         log.info("edge node stopped%s", "" if clean else " (some work was cut off)")
         return clean
@@ -267,33 +266,23 @@ class Supervisor:
                         self._restarted.inc()
 
     def _serve_metrics(self, host: str, port: int) -> int:
-        from prometheus_client import (
-            CollectorRegistry,
-            Counter,
-            Gauge,
-            ProcessCollector,
-            start_http_server,
-        )
+        from prometheus_client import Counter, Gauge
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self._metrics_dir))
-        ProcessCollector(registry=registry)  # the supervisor's own process_* series
+        from edgeshard.prometheus import MetricsEndpoint
+
+        # the supervisor's own process_* series, the children's files, and its own two
+        endpoint = self._metrics = MetricsEndpoint()
+        MultiProcessCollector(endpoint.registry, path=str(self._metrics_dir))
         self._restarted = Counter("edgeshard_node_process_restarts",
                                   "Serving processes restarted after they died (--processes)",
-                                  registry=registry)
+                                  registry=endpoint.registry)
         live = Gauge("edgeshard_node_serving_processes",
                      "Serving processes running (--processes; one that died and awaits "
-                     "its restart is not counted)", registry=registry)
+                     "its restart is not counted)", registry=endpoint.registry)
         live.set_function(lambda: sum(1 for c in self._children
                                       if c is not None and c.poll() is None))
-        try:
-            self._metrics_server, _ = start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            raise BindError("metrics_port", f"{host}:{port}", exc.strerror or str(exc)) from None
-        bound = self._metrics_server.server_port
-        log.info("metrics of all serving processes on http://%s:%d/metrics", host, bound)
-        return bound
+        return endpoint.serve(host, port)
 
     def _write_ready_file(self) -> None:
         path = self.config.ready_file
