@@ -159,3 +159,22 @@ def test_serving_processes_share_windows_through_a_directory(tmp_path, version):
     assert merged["cam"].items == 6 and sum(merged["cam"].confidence) == 6
     assert merged["cam"].count == (6 * 784,) and merged["other"].items == 1
     assert read_windows(tmp_path, 0, max_age=-1) == []  # a dead process's file is stale
+
+
+def test_a_large_input_is_read_by_every_kth_row_keeping_channels_in_step():
+    from edge_node.drift import MAX_VALUES_PER_REQUEST, _rows_sample
+
+    small = np.zeros((2, 28, 28), np.uint8)
+    assert _rows_sample(small) is small  # small inputs are read whole
+    frame = np.zeros((1, 480, 640, 3), np.uint8)
+    frame[..., 1] = 7  # channel 1 everywhere
+    frame[:, 1::2] = 200  # odd rows differ: a row stride must not lose the channel order
+    sample = _rows_sample(frame)
+    assert sample.flags.c_contiguous and sample.shape[0] == 1 and sample.shape[2:] == (640, 3)
+    assert sample.size <= MAX_VALUES_PER_REQUEST * 1.1
+    assert sample.shape[1] >= 30
+    rows = np.arange(480)[::480 // sample.shape[1] + (480 % sample.shape[1] > 0)]
+    np.testing.assert_array_equal(sample, frame[:, rows[:sample.shape[1]]])
+    table = np.zeros((100_000, 4), np.float32)  # 2-D: every k-th item
+    assert _rows_sample(table).shape[1] == 4
+    assert _rows_sample(table).size <= MAX_VALUES_PER_REQUEST
