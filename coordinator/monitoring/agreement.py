@@ -9,10 +9,11 @@ model; on escalated items it is lower by design, and its change is the signal.
 Algorithm: for each key ``(model, version, segment, source)`` the last ``window``
 comparisons are kept as booleans (a ring; oldest dropped first) with a running count of
 agreements, so ``record`` is O(items) and ``fraction`` O(1). A key's agreement is defined
-only once it holds at least ``min_items`` comparisons (``None`` before). A key is *low*
-while its agreement is defined and below ``warn_below``; ``record`` returns the change of
-that state (``"low"`` when it starts, ``"recovered"`` when it ends, else ``None``), so a
-caller warns once per crossing rather than on every item.
+only once it holds at least ``min_items`` comparisons (``None`` before). An ``audit`` key
+is *low* while its agreement is defined and below ``warn_below`` (an ``escalated`` key
+never is: its agreement is low by design, so only its gauge is reported); ``record``
+returns the change of that state (``"low"`` when it starts, ``"recovered"`` when it
+ends, else ``None``), so a caller warns once per crossing rather than on every item.
 
 Pure: no I/O, no clock, no threads of its own; a lock makes one tracker shareable by the
 threads that record into it. Bad arguments raise ``ValueError`` naming the argument.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 SOURCES = ("audit", "escalated")
+JUDGED = "audit"  # the source whose low agreement warns (escalated items disagree by design)
 
 
 class AgreementKey(NamedTuple):
@@ -115,5 +117,5 @@ class AgreementTracker:
     def _stat(self, key: AgreementKey, w: _Window) -> AgreementStat:
         items = len(w.ring)
         fraction = w.agreed / items if items >= self.min_items else None
-        low = fraction is not None and fraction < self.warn_below
+        low = key.source == JUDGED and fraction is not None and fraction < self.warn_below
         return AgreementStat(key, items, w.agreed, fraction, low)

@@ -50,3 +50,11 @@ def test_bad_arguments_name_themselves(kwargs, message):
 def test_an_unknown_source_is_refused():
     with pytest.raises(ValueError, match="source"):
         AgreementTracker().record(KEY._replace(source="shadow"), [True])
+
+
+def test_escalated_items_are_reported_but_never_judged_low():
+    t = AgreementTracker(window=10, min_items=2, warn_below=0.9)
+    stat, change = t.record(KEY._replace(source="escalated"), [False] * 5)
+    assert stat.fraction == 0.0 and not stat.low and change is None
+    stat, change = t.record(KEY, [False] * 5)  # the same on audited items warns
+    assert stat.low and change == "low"
