@@ -54,7 +54,8 @@ class NodeConfig:
         "--tls-cert's common name, else HOST:PORT); a join token's name must match it")})
     """Name of this node in responses and metrics; defaults to ``<hostname>:<port>``."""
 
-    workers: int = field(default=0, metadata={"help": "inference threads (0: one per core)"})
+    workers: int = field(default=0, metadata={"help": (
+        "inference threads per serving process (0: one per core, divided among --processes)")})
     """Worker threads, each with its own interpreter per model version; 0 = CPU count."""
 
     processes: int = field(default=1, metadata={"help": (
@@ -73,8 +74,9 @@ class NodeConfig:
     )
     """Requests waiting for a worker beyond which new ones are refused with RESOURCE_EXHAUSTED."""
 
-    max_streams: int = field(
-        default=8, metadata={"help": "open ModelStreamInfer streams before RESOURCE_EXHAUSTED"}
+    max_infer_streams: int = field(
+        default=8, metadata={"help": "open ModelStreamInfer streams per serving process before "
+                             "RESOURCE_EXHAUSTED (0: streaming off)"}
     )
     """Triton's bidirectional ``ModelStreamInfer`` streams served at once (each holds a gRPC
     handler thread while open; up to 16 requests of each run concurrently); 0 turns
@@ -102,7 +104,8 @@ class NodeConfig:
     """When set, a JSON file with the bound ports is written once the node is SERVING."""
 
     capacity: int = field(
-        default=0, metadata={"help": "outstanding requests to advertise (0: 4 x workers)"}
+        default=0, metadata={"help": "outstanding requests the node advertises, all its "
+                             "processes together (0: 4 x workers x processes)"}
     )
     """How many requests the coordinator may keep in flight here; 0 = 4 per worker."""
 
@@ -239,7 +242,7 @@ class NodeConfig:
             f"must be >= 1, got {self.interpreter_threads}",
         )
         check(self.max_queue_size >= 1, "max_queue_size", "must be >= 1")
-        check(0 <= self.max_streams <= 1024, "max_streams", "must be in 0..1024")
+        check(0 <= self.max_infer_streams <= 1024, "max_infer_streams", "must be in 0..1024")
         check(0 <= self.model_poll_s <= 86400, "model_poll_s", "must be in 0..86400 seconds")
         check(self.keep_versions >= 1, "keep_versions", "must be >= 1")
         check(self.drift_sample_every >= 0, "drift_sample_every",

@@ -97,9 +97,9 @@ class EdgeNodeServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # Each open ModelStreamInfer stream holds a handler thread: they get their own.
         self._server = create_server(
-            max(8, 2 * cfg.workers + 4) + cfg.max_streams, "edge-grpc",
+            max(8, 2 * cfg.workers + 4) + cfg.max_infer_streams, "edge-grpc",
             message_options(cfg.max_message_bytes),
-            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers + cfg.max_streams,
+            maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers + cfg.max_infer_streams,
             reuse_port=self.role.shares_port)
         self._stream_pool = futures.ThreadPoolExecutor(
             max(8, 4 * cfg.workers), thread_name_prefix="edge-stream")
@@ -112,7 +112,7 @@ class EdgeNodeServer:
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)
         self.models = ModelManager(self.repository, self.engine, cfg.keep_versions)
         self.servicer = NodeServicer(self.engine, self.node_id, self.models,
-                                     self._stream_pool, cfg.max_streams,
+                                     self._stream_pool, cfg.max_infer_streams,
                                      processes=self.role.count)
         add_inference_servicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -299,10 +299,13 @@ class NodeServicer(InferenceServicer):
 
     @_guard
     def ModelStreamInfer(self, request_iterator, context):
-        if self.max_streams == 0 or not self._streams.acquire(blocking=False):
+        if self.max_streams == 0:
             raise errors.OverloadedError(
-                f"{self.max_streams} ModelStreamInfer streams are open, the most this node "
-                "serves at once (--max-streams); close one, or use ModelInfer")
+                "ModelStreamInfer is off on this node (--max-infer-streams 0); use ModelInfer")
+        if not self._streams.acquire(blocking=False):
+            raise errors.OverloadedError(
+                f"{self.max_streams} ModelStreamInfer streams are open, the most this serving "
+                "process takes at once (--max-infer-streams); close one, or use ModelInfer")
         try:
             yield from streaming.serve_stream(
                 request_iterator, lambda r: self.model_infer(r, time_left(context)),

@@ -95,7 +95,7 @@ def test_requests_of_one_stream_run_concurrently_and_all_are_answered(node, hold
 def test_more_streams_than_allowed_are_refused_and_zero_turns_streaming_off(
         start, shipped_repository, holdout):
     images, _ = holdout
-    proc = start(shipped_repository, "--max-streams", "1", "--workers", "1")
+    proc = start(shipped_repository, "--max-infer-streams", "1", "--workers", "1")
     channel = grpc.insecure_channel(proc.address)
     stub = InferenceStub(channel)
     gate = threading.Event()
@@ -110,7 +110,7 @@ def test_more_streams_than_allowed_are_refused_and_zero_turns_streaming_off(
         with pytest.raises(grpc.RpcError) as err:
             list(stub.ModelStreamInfer(iter([image_request(images[:1], "second")]), timeout=10))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "--max-streams" in err.value.details()
+        assert "--max-infer-streams" in err.value.details()
         gate.set()
         assert list(first) == []
         # the slot is free again once the first stream ended
@@ -120,10 +120,11 @@ def test_more_streams_than_allowed_are_refused_and_zero_turns_streaming_off(
     finally:
         gate.set()
         channel.close()
-    off = start(shipped_repository, "--max-streams", "0", "--workers", "1", name="off")
+    off = start(shipped_repository, "--max-infer-streams", "0", "--workers", "1", name="off")
     with pytest.raises(grpc.RpcError) as err:
         stream_all(off.address, [image_request(images[:1], "x")])
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "off on this node (--max-infer-streams 0)" in err.value.details()
 
 
 
