@@ -4,9 +4,10 @@ daemons.
 A client (``tritonclient.grpc``'s ``start_stream`` / ``async_stream_infer``,
 ``perf_analyzer --streaming``) keeps one stream open and writes requests into it; each
 request is answered with one ``ModelStreamInferResponse``: ``infer_response`` on
-success, ``error_message`` on failure (with ``infer_response`` carrying only the
-request's ``model_name``, ``model_version`` and ``id``, so a client can tell which
-request failed). A failed request does not end the stream. As in Triton, requests of one
+success, ``error_message`` on failure (``"CODE: message (request id 'ID')"``, with
+``infer_response`` carrying only the request's ``model_name``, ``model_version`` and
+``id``, so a client can tell which request failed; tritonclient passes a stream callback
+the message alone). A failed request does not end the stream. As in Triton, requests of one
 stream run concurrently (up to ``max_in_flight`` at a time, which also bounds how far a
 client may write ahead: gRPC flow control holds the rest) and **responses come in the
 order they finish**, which may differ from the order of the requests: match them by
@@ -52,8 +53,10 @@ def answer(request: oip_pb2.ModelInferRequest, infer: Infer, process: str,
         code, message = status_for(exc, process)
         if code is grpc.StatusCode.INTERNAL:
             log.exception("ModelStreamInfer: request %r failed", request.id)
+        # tritonclient hands a stream callback the error text alone: it names the request
+        which = f" (request id {request.id!r})" if request.id else ""
         return oip_pb2.ModelStreamInferResponse(
-            error_message=f"{code.name}: {message}",
+            error_message=f"{code.name}: {message}{which}",
             infer_response=oip_pb2.ModelInferResponse(
                 model_name=request.model_name, model_version=request.model_version,
                 id=request.id))

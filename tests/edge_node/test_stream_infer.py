@@ -74,6 +74,7 @@ def test_a_bad_request_gets_an_error_and_the_stream_goes_on(node, holdout):
     assert by_id["bad-shape"].error_message.startswith("INVALID_ARGUMENT: ")
     assert "inputs[0].shape" in by_id["bad-shape"].error_message
     assert by_id["no-model"].error_message.startswith("NOT_FOUND: ")
+    assert by_id["no-model"].error_message.endswith("(request id 'no-model')")
     assert by_id["no-model"].infer_response.model_name == "no-such-model"
     for i in range(3):
         ok = by_id[f"ok-{i}"]
