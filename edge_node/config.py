@@ -66,6 +66,14 @@ class NodeConfig:
     that dies and drains them all on SIGTERM (``edge_node.supervisor``). ``workers`` is per
     process (0: the cores divided among the processes)."""
 
+    max_connection_age_s: float = field(default=30.0, metadata={"help": (
+        "with --processes > 1: close each client connection gracefully after this long "
+        "(+-10%%), so clients reconnect and the kernel spreads them over the processes "
+        "again, e.g. after a restart (0: never)")})
+    """With several serving processes the kernel hands each connection to one of them, once;
+    gRPC's ``max_connection_age`` sends GOAWAY after this long (calls in flight and open
+    streams finish; new calls go on a new connection), so the spread follows restarts."""
+
     interpreter_threads: int = field(default=1, metadata={"help": "threads per interpreter"})
     """Threads each TFLite interpreter may use (XNNPACK)."""
 
@@ -99,7 +107,8 @@ class NodeConfig:
 
     ready_file: Path | None = field(
         default=None,
-        metadata={"help": "write {grpc_port, http_port, metrics_port, pid} JSON when ready"}
+        metadata={"help": "write {grpc_port, http_port, metrics_port, pid, node_id} JSON when "
+                          "ready (with --processes: also the children's pids)"}
     )
     """When set, a JSON file with the bound ports is written once the node is SERVING."""
 
@@ -234,6 +243,8 @@ class NodeConfig:
             if getattr(self, name) is not None:
                 check_port(name, getattr(self, name))
         check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        check(0 <= self.max_connection_age_s <= 86400, "max_connection_age_s",
+              f"must be in 0..86400 seconds (0: never), got {self.max_connection_age_s}")
         check(0 <= self.processes <= 256, "processes",
               f"must be in 0..256 (0: one per core), got {self.processes}")
         check(

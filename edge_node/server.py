@@ -96,9 +96,12 @@ class EdgeNodeServer:
             )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # Each open ModelStreamInfer stream holds a handler thread: they get their own.
+        options = message_options(cfg.max_message_bytes)
+        if self.role.shares_port and cfg.max_connection_age_s:
+            # GOAWAY after a while: reconnecting clients are spread over the processes anew
+            options.append(("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)))
         self._server = create_server(
-            max(8, 2 * cfg.workers + 4) + cfg.max_infer_streams, "edge-grpc",
-            message_options(cfg.max_message_bytes),
+            max(8, 2 * cfg.workers + 4) + cfg.max_infer_streams, "edge-grpc", options,
             maximum_concurrent_rpcs=cfg.max_queue_size + 4 * cfg.workers + cfg.max_infer_streams,
             reuse_port=self.role.shares_port)
         self._stream_pool = futures.ThreadPoolExecutor(

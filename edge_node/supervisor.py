@@ -58,6 +58,7 @@ PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 DRIFT_DIR_ENV = "EDGE_NODE_DRIFT_DIR"  # where the children share their drift windows
 START_TIMEOUT_S = 120.0
+DIR_PREFIX = "edge-node-"  # + the supervisor's pid: its private directory
 RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, most
 
 
@@ -131,7 +132,8 @@ class Supervisor:
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self.node_id = ""
-        self._dir = Path(tempfile.mkdtemp(prefix="edge-node-"))
+        _remove_stale_dirs()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
         self._metrics_dir = self._dir / "metrics"
         self._metrics_dir.mkdir()
         self._drift_dir = self._dir / "drift"
@@ -264,6 +266,8 @@ class Supervisor:
                     restart_at[index], started[index] = None, now
                     if self._restarted is not None:
                         self._restarted.inc()
+                    if self.config.ready_file:
+                        self._write_ready_file()  # its "processes" pids changed
 
     def _serve_metrics(self, host: str, port: int) -> int:
         from prometheus_client import Counter, Gauge
@@ -293,6 +297,21 @@ class Supervisor:
             "processes": [c.pid for c in self._children if c is not None],
         }))
         os.replace(tmp, path)
+
+
+def _remove_stale_dirs() -> None:
+    """Remove the private directories of supervisors that died without cleaning up
+    (SIGKILL): ``edge-node-<pid>-*`` under the temporary directory, for a pid that is gone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+        try:
+            pid = int(path.name[len(DIR_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue  # not one of ours
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, another user's
 
 
 def _check_free(host: str, port: int, field: str) -> None:

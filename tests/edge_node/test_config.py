@@ -38,6 +38,7 @@ def test_section_in_file(tmp_path):
     ({"max_queue_size": "0"}, "max_queue_size"),
     ({"max_infer_streams": "-1"}, "max_infer_streams"),
     ({"processes": "-1"}, "processes"),
+    ({"max_connection_age_s": "-1"}, "max_connection_age_s"),
     ({"processes": "300"}, "processes"),
     ({"max_infer_streams": "2000"}, "max_infer_streams"),
     ({"log_level": "LOUD"}, "log_level"),

@@ -129,7 +129,7 @@ def test_processes_share_the_port_metrics_restart_and_drain(
 def test_the_node_registers_once_and_the_coordinator_reaches_every_process(fleet, holdout):
     # 16 connections to the 2 processes: all on one of them has odds of 2 in 65,536
     fleet.start_coordinator("--connections-per-process", "8")
-    proc = fleet.add_node("multi", "--processes", "2")  # add_node gives --workers 1
+    proc = fleet.add_node("multi", "--processes", "2", "--max-connection-age-s", "2")
     (node,) = fleet.wait_live(1)
     assert node.node_id == "multi"
     assert node.load.capacity == 4 * 1 * 2
@@ -147,6 +147,31 @@ def test_the_node_registers_once_and_the_coordinator_reaches_every_process(fleet
     # The coordinator opened several connections to the node: both processes served.
     seen = {successes_seen(proc.address) for _ in range(12)}
     assert max(seen) < 60, f"one process served every request: {seen}"
+
+    # A restarted process gets the coordinator's traffic again: connections are closed
+    # after --max-connection-age-s and spread anew when the clients reconnect.
+    import json
+
+    old = proc.info["processes"]
+    os.kill(old[1], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = json.loads(proc.ready_file.read_text())["processes"]
+        if pids[1] != old[1]:
+            break
+        time.sleep(0.1)
+    assert pids[0] == old[0] and pids[1] != old[1], "the ready file names the new process"
+    client = tc.InferenceServerClient(fleet.coordinator.address)
+    try:
+        end = time.monotonic() + 8  # a few connection ages
+        while time.monotonic() < end:
+            inp = tc.InferInput("image", [1, 28, 28], "UINT8")
+            inp.set_data_from_numpy(images[:1])
+            client.infer(EDGE, [inp])
+    finally:
+        client.close()
+    seen = {successes_seen(proc.address) for _ in range(16)}
+    assert len(seen) == 2 and min(seen) > 0, f"the restarted process served nothing: {seen}"
 
 
 def test_a_taken_port_is_refused_before_any_process_starts(busy_port, shipped_repository):
@@ -213,3 +238,17 @@ def test_children_do_not_outlive_a_supervisor_killed_with_sigkill(start, shipped
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in children), "a serving process outlived its supervisor"
+
+
+def test_a_dead_supervisors_private_directory_is_removed_by_the_next_one(start,
+                                                                          shipped_repository):
+    import tempfile
+    from pathlib import Path
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = Path(tempfile.mkdtemp(prefix=f"edge-node-{int(gone.stdout)}-"))
+    (stale / "metrics").mkdir()
+    node = start(shipped_repository, "--processes", "2", "--workers", "1")
+    assert not stale.exists()
+    assert node.stop(grace=5) == 0
