@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-runs", type=int, default=200, help="calls per figure, at least")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="time per figure, at least")
     args = parser.parse_args(argv)
+    if args.min_runs < 1 or args.min_seconds < 0:
+        parser.error("--min-runs must be >= 1 and --min-seconds >= 0")
 
     check_agreement()
     rows, reference_us = [], {}

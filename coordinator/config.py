@@ -225,8 +225,9 @@ class CoordinatorConfig:
     """Below this many items (over all nodes) a window's PSI is mostly sampling noise:
     it is not judged, and its PSI and KS gauges are not set."""
     audit: tuple[str, ...] = field(
-        default=(), metadata=_help("MODEL=RATE: also ask the cloud about this share (0..1, "
-                                   "e.g. 0.01) of MODEL's confidently answered items"))
+        default=(), metadata={**_help("MODEL=RATE: also ask the cloud about this share (0..1, "
+                                      "e.g. 0.01) of MODEL's confidently answered items"),
+                              "metavar": "MODEL=RATE"})
     """Audit sampling per cascaded model: a share of the items the edge answered with
     confidence goes to the cloud too, in the background (the answer never waits), within
     the cloud budget and after escalations; picked by a stable hash of the item id."""
@@ -337,7 +338,7 @@ class CoordinatorConfig:
         check(self.max_in_flight >= 1, "max_in_flight", "must be >= 1")
         check(1 <= self.max_streams <= 1024, "max_streams", "must be in 1..1024")
         check(1 <= self.connections_per_process <= 64, "connections_per_process",
-              "must be in 1..64")
+              f"must be in 1..64, got {self.connections_per_process}")
         check(1 <= self.max_followers <= 100_000, "max_followers", "must be in 1..100000")
         check(0 <= self.max_queued <= 1024, "max_queued", "must be in 0..1024")
         check(1 <= self.shadow_concurrency <= 256, "shadow_concurrency", "must be in 1..256")

@@ -112,7 +112,7 @@ def test_serve_config_errors_name_the_field(tmp_path):
     out = subprocess.run([sys.executable, "-m", "coordinator", "serve", "--state-dir",
                           str(tmp_path), "--connections-per-process", "0"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "connections_per_process: must be in 1..64" in out.stderr
+    assert out.returncode == 2 and "connections_per_process: must be in 1..64, got 0" in out.stderr
     help_text = subprocess.run([sys.executable, "-m", "coordinator", "serve", "--help"],
                                capture_output=True, text=True, timeout=60).stdout
     assert "--discover" in help_text and "EDGESHARD_STATE_DIR" in help_text
