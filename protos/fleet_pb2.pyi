@@ -125,7 +125,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "state", "source", "models", "load", "weight", "last_seen_s_ago", "epoch", "shards_done", "items_done", "outstanding")
+    __slots__ = ("node_id", "address", "state", "source", "models", "load", "weight", "last_seen_s_ago", "epoch", "shards_done", "items_done", "outstanding", "processes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class NodeInfo(_message.Message):
     SHARDS_DONE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_DONE_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     state: str
@@ -150,7 +151,8 @@ class NodeInfo(_message.Message):
     shards_done: int
     items_done: int
     outstanding: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., weight: _Optional[float] = ..., last_seen_s_ago: _Optional[float] = ..., epoch: _Optional[int] = ..., shards_done: _Optional[int] = ..., items_done: _Optional[int] = ..., outstanding: _Optional[int] = ...) -> None: ...
+    processes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., weight: _Optional[float] = ..., last_seen_s_ago: _Optional[float] = ..., epoch: _Optional[int] = ..., shards_done: _Optional[int] = ..., items_done: _Optional[int] = ..., outstanding: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes", "cloud", "store_fault")

@@ -164,7 +164,7 @@ def node_info(rec: NodeRecord, now: float) -> fleet_pb2.NodeInfo:
         weight=rec.weight,
         last_seen_s_ago=(now - rec.last_heard) if rec.last_heard else -1.0,
         epoch=rec.epoch, shards_done=rec.shards_done, items_done=rec.items_done,
-        outstanding=rec.outstanding,
+        outstanding=rec.outstanding, processes=rec.processes,
     )
 
 

@@ -65,6 +65,7 @@ def print_nodes(nodes, as_json: bool, cloud=None, store_fault: str = "") -> None
             "node_id": n.node_id, "address": n.address, "state": n.state, "source": n.source,
             "models": {m.name: list(m.versions) for m in n.models}, "weight": n.weight,
             "outstanding": n.outstanding, "items_done": n.items_done,
+            "capacity": n.load.capacity, "processes": max(1, n.processes),
             "latency_ms": n.load.ewma_latency_ms, "last_seen_s_ago": n.last_seen_s_ago,
         } for n in nodes], indent=2))
         return

@@ -133,6 +133,7 @@ def test_the_node_registers_once_and_the_coordinator_reaches_every_process(fleet
     (node,) = fleet.wait_live(1)
     assert node.node_id == "multi"
     assert node.load.capacity == 4 * 1 * 2
+    assert node.processes == 2
     time.sleep(1)  # a second heartbeat: still one node
     assert [n.node_id for n in fleet.client.nodes()] == ["multi"]
     images, _ = holdout
