@@ -80,7 +80,9 @@ def run(items: int, nodes: int, shard_size: int, timeout: float,
         if profile is not None:  # py-spy (pip install py-spy) samples the first coordinator
             import subprocess
 
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(pids[0]), "--format",
+            # the py-spy next to this interpreter (a venv's bin/ is often not on PATH)
+            py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+            spy = subprocess.Popen([py_spy, "record", "--pid", str(pids[0]), "--format",
                                     "raw", "--rate", "200", "--nonblocking", "-o",
                                     str(profile)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -79,17 +79,52 @@ class ItemSource:
     def from_arrays(cls, ids: Sequence[str] | None, array: np.ndarray,
                     path: str | None = None) -> ItemSource:
         """Validate an in-memory ``[N, ...]`` array and its ids (None: the row indices)."""
+        return cls.from_parts(ids, [np.asarray(array)], path)
+
+    @classmethod
+    def from_parts(cls, ids: Sequence[str] | None, parts: Sequence[np.ndarray],
+                   path: str | None = None) -> ItemSource:
+        """Items given as consecutive arrays ``[n_k, ...]`` of one dtype and item shape
+        (a Submit stream's messages), without joining them: a batch within one part is a
+        view of it, one that spans parts is copied from them. ``JobInputError`` when the
+        parts disagree or hold no items."""
         where = path or "<array>"
-        array = np.asarray(array)
-        _check_array(array, where, "array")
-        ids = [str(i) for i in range(len(array))] if ids is None else _check_ids(ids, len(array),
-                                                                                 where)
+        parts = [p for p in parts if len(p)] or list(parts[:1])  # empty messages add nothing
+        if not parts:
+            raise JobInputError(f"{where}: no items; a job needs at least one item",
+                                path=where)
+        for k, part in enumerate(parts):
+            _check_array(part, where, "array" if len(parts) == 1 else f"array part {k}")
+            if part.dtype != parts[0].dtype or part.shape[1:] != parts[0].shape[1:]:
+                raise JobInputError(
+                    f"{where}: array part {k}: dtype {part.dtype} and item shape "
+                    f"{list(part.shape[1:])} differ from the first part's "
+                    f"({parts[0].dtype}, {list(parts[0].shape[1:])}); every item of a job "
+                    "shares them", path=where)
+        count = sum(len(p) for p in parts)
+        ids = [str(i) for i in range(count)] if ids is None else _check_ids(ids, count, where)
 
         def read(size: int) -> Iterator[np.ndarray]:
-            for start in range(0, len(array), size):
-                yield np.ascontiguousarray(array[start:start + size])
+            pending: list[np.ndarray] = []  # pieces of the batch being gathered
+            have = 0
+            for part in parts:
+                start = 0
+                while start < len(part):
+                    piece = part[start:start + size - have]
+                    start += len(piece)
+                    if not pending and len(piece) == size:
+                        yield np.ascontiguousarray(piece)  # a view when the part is
+                        continue
+                    pending.append(piece)
+                    have += len(piece)
+                    if have == size:
+                        yield np.concatenate(pending)
+                        pending, have = [], 0
+            if pending:
+                yield np.ascontiguousarray(pending[0]) if len(pending) == 1 else \
+                    np.concatenate(pending)
 
-        return cls(ids, array.dtype, tuple(array.shape[1:]), path, read)
+        return cls(ids, parts[0].dtype, tuple(parts[0].shape[1:]), path, read)
 
 
 def load_items(path: str | os.PathLike) -> ItemSource:

@@ -10,6 +10,8 @@ share the store, ``heartbeat`` / ``requeue_orphans`` (leases of a replica that d
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import logging
 import time
@@ -224,6 +226,23 @@ def _to_lease(taken: tuple | None, node_id: str) -> Lease | None:
     ids = msgpack.unpackb(item_ids)
     return Lease(job_id, shard_id, attempt, model, ids, npy_items(*payload, len(ids)),
                  json.loads(params), node_id, expires)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as .npy bytes (format 1.0, C order): what ``numpy.save`` writes, with the
+    header made once per dtype and shape (``numpy.save`` formats it anew each time) and
+    the data copied once."""
+    array = np.ascontiguousarray(array)
+    header = _npy_header(np.lib.format.dtype_to_descr(array.dtype), array.shape)
+    return b"".join((header, array.reshape(-1).view(np.uint8)))
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False,
+                                               "shape": shape})
+    return out.getvalue()
 
 
 def npy_items(dtype: str, item_shape: str, blob: bytes, count: int) -> np.ndarray:

@@ -20,23 +20,39 @@ from collections.abc import Callable
 
 
 class Subscription:
-    """One follower's interest in one job; ``wait`` returns early after a change."""
+    """One follower's interest in one job; ``wait`` returns early after a change.
+
+    A change while the follower is not waiting (it is reading the job, or pacing its
+    updates) is only remembered: the next ``wait`` returns at once. The event loop is
+    woken only for a follower that waits, once per wait, so a job committing hundreds of
+    shards a second costs its followers' loop a wake-up per update they send, not one per
+    commit.
+    """
 
     def __init__(self, signals: JobSignals, job_id: str, loop: asyncio.AbstractEventLoop):
         self._signals = signals
         self.job_id = job_id
         self.loop = loop
         self.event = asyncio.Event()
+        self.changed = False  # a change not yet returned by wait (under the signals' lock)
+        self.waiting = False  # in wait, not yet woken (under the signals' lock)
 
     async def wait(self, timeout: float) -> bool:
         """Wait until the job changed since the last wait (True) or ``timeout`` seconds
         passed (False)."""
+        with self._signals._lock:
+            if self.changed:
+                self.changed = False
+                return True
+            self.waiting = True
         try:
             await asyncio.wait_for(self.event.wait(), timeout)
             return True
         except TimeoutError:
             return False
         finally:
+            with self._signals._lock:
+                self.waiting = self.changed = False
             self.event.clear()
 
     def close(self) -> None:
@@ -70,11 +86,16 @@ class JobSignals:
 
     def notify(self, job_id: str) -> None:
         """The job changed: wake its followers (from any thread)."""
+        wake = []
         with self._lock:
-            subs = list(self._subs.get(job_id, ()))
+            subs = self._subs.get(job_id, ())
             if subs:
                 self._changed[job_id] = self._clock()
-        for sub in subs:
+            for sub in subs:
+                if sub.waiting and not sub.changed:
+                    wake.append(sub)  # waiting and not yet woken: wake it, once
+                sub.changed = True
+        for sub in wake:
             with contextlib.suppress(RuntimeError):  # its loop closed: the server stopped
                 sub.loop.call_soon_threadsafe(sub.event.set)
 

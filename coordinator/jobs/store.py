@@ -31,7 +31,6 @@ times fails its job; lost nodes and expired leases do not count as failures.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -54,7 +53,7 @@ from coordinator.errors import (
 from coordinator.jobs import spool
 from coordinator.jobs.database import Database, SQLiteDatabase, Tx, open_database
 from coordinator.jobs.items import ItemSource
-from coordinator.jobs.leases import ShardLeases, _to_lease
+from coordinator.jobs.leases import ShardLeases, _to_lease, npy_bytes
 from coordinator.jobs.model import (
     CompleteOutcome,
     JobInfo,
@@ -208,7 +207,7 @@ class JobStore(ShardLeases, JobQueries):
                     "VALUES (?, ?, 'queued', ?, ?) RETURNING shard_id",
                     (new_id, shards, len(ids), bytes(len(ids)))).fetchone()[0]
                 db.execute("INSERT INTO shard_data (shard_id, item_ids, payload) "
-                           "VALUES (?, ?, ?)", (shard_id, msgpack.packb(ids), _npy_bytes(array)))
+                           "VALUES (?, ?, ?)", (shard_id, msgpack.packb(ids), npy_bytes(array)))
                 shards += 1
             db.execute("UPDATE jobs SET digest = ? WHERE job_id = ?", (digest.hexdigest(), new_id))
             return JobInfo(new_id, model, JobState.RUNNING, len(source), shards, now,
@@ -345,8 +344,3 @@ def _digest_batch(digest: Any, ids: list[str], array: np.ndarray) -> None:
     digest.update(msgpack.packb(ids))
     digest.update(np.ascontiguousarray(array).data)
 
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()

@@ -102,9 +102,9 @@ class Submission:
         if len(shapes) > 1:
             raise JobInputError(f"items: every batch must share dtype and item shape, got "
                                 f"{sorted((d, list(s)) for d, s in shapes)}")
-        arrays = self._arrays
-        array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        if request.total_items and request.total_items != len(array):
+        received = sum(len(a) for a in self._arrays)
+        if request.total_items and request.total_items != received:
             raise JobInputError(f"total_items: header said {request.total_items}, "
-                                f"received {len(array)} (stream cut short?)")
-        return request, ItemSource.from_arrays(self._ids, array, path="items")
+                                f"received {received} (stream cut short?)")
+        # not joined into one array: each shard is copied once, when it is stored
+        return request, ItemSource.from_parts(self._ids, self._arrays, path="items")

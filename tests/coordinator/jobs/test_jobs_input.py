@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.errors import JobInputError
 from coordinator.jobs.items import ItemSource, load_items
+from coordinator.jobs.leases import npy_bytes
 
 
 def collect(source: ItemSource, size: int) -> tuple[list[str], np.ndarray]:
@@ -248,3 +253,46 @@ def test_input_changed_between_passes(tmp_path):
     write_msgpack(path, [image_item(i) for i in range(2)])
     with pytest.raises(JobInputError, match="changed while it was being read"):
         collect(source, 3)
+
+
+# -- items given in parts (a Submit stream's messages) ----------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 9), min_size=1, max_size=8).filter(lambda s: sum(s) > 0),
+       batch=st.integers(1, 12))
+def test_parts_give_the_same_batches_as_one_array(sizes, batch):
+    whole = np.arange(sum(sizes) * 6, dtype=np.int16).reshape(-1, 2, 3)
+    cuts = np.cumsum([0, *sizes])
+    parts = [whole[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    got = list(ItemSource.from_parts(None, parts).batches(batch))
+    want = list(ItemSource.from_arrays(None, whole).batches(batch))
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]
+    for (_, a), (_, b) in zip(got, want, strict=True):
+        assert a.flags.c_contiguous and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_batch_inside_one_part_is_a_view_of_it():
+    part = np.arange(8 * 4, dtype=np.uint8).reshape(8, 4)
+    (_, first), (_, second) = ItemSource.from_parts(None, [part]).batches(4)
+    assert np.shares_memory(first, part) and np.shares_memory(second, part)
+
+
+def test_parts_that_disagree_are_refused_naming_the_part():
+    with pytest.raises(JobInputError, match="array part 1: dtype float32"):
+        ItemSource.from_parts(None, [np.zeros((2, 3), np.uint8), np.zeros((2, 3), np.float32)])
+    with pytest.raises(JobInputError, match="no items"):
+        ItemSource.from_parts(None, [])
+    with pytest.raises(JobInputError, match="2 ids for 3 items"):
+        ItemSource.from_parts(["a", "b"], [np.zeros((1, 3)), np.zeros((2, 3))], path="items")
+
+
+@settings(max_examples=100, deadline=None)
+@given(dtype=st.sampled_from(["uint8", "int8", "float32", "float16", "int64", "bool"]),
+       shape=st.lists(st.integers(0, 5), min_size=1, max_size=4))
+def test_npy_bytes_are_what_numpy_save_writes(dtype, shape):
+    array = np.zeros(shape, dtype)
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    assert npy_bytes(array) == out.getvalue()
+    assert npy_bytes(array) == out.getvalue()  # the cached header too
