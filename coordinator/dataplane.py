@@ -6,7 +6,8 @@ the edge's probabilities from its answer, and the request's items are functions 
 layer supplies, so the message is forwarded without decoding unless the cascade needs it.
 
 ``infer``: the forwarder routes the call (admission, waiting for room, one retry on
-another node); without a cascade rule for the model the node's answer is final. With one,
+another node); without a cascade rule for the model the node's answer is final (and
+``infer_async`` does that on the API server's event loop, with no thread hand-off). With one,
 the cascade decides per item within what is left of the caller's deadline; a cloud
 refusal of the items as malformed is the caller's error (``PeerStatusError``). The cascade
 needs class probabilities: a rule for a model whose nodes serve it as another task
@@ -27,7 +28,7 @@ import numpy as np
 from coordinator import errors
 from coordinator.cascade.decision import Cascade, Decision
 from coordinator.fleet.catalog import CLASSIFICATION
-from coordinator.fleet.forwarder import Forwarder, NodeCall
+from coordinator.fleet.forwarder import AsyncNodeCall, Forwarder, NodeCall, RunBlocking
 from coordinator.fleet.registry import NodeRecord
 from edgeshard.errors import PeerStatusError
 
@@ -106,6 +107,17 @@ class DataPlane:
                                   f"cloud tier refused the escalated items: "
                                   f"{decision.refusal.details}")
         return OnlineAnswer(done.answer, done.node, done.retried, probabilities, decision)
+
+    async def infer_async(self, model: str, version: str, routing_key: str, timeout: float,
+                          call: AsyncNodeCall, run_blocking: RunBlocking) -> OnlineAnswer:
+        """``infer`` for a model without a cascade rule, on an event loop: the node's
+        answer is final (``Forwarder.forward_async``). Raises what ``forward_async``
+        raises; ``ValueError`` for a cascaded model (its requests go through ``infer``)."""
+        if self.cascaded(model):
+            raise ValueError(f"model {model!r} has a cascade rule: use DataPlane.infer")
+        done = await self.forwarder.forward_async(model, version, routing_key, timeout, call,
+                                                  run_blocking)
+        return OnlineAnswer(done.answer, done.node, done.retried)
 
     def node_for(self, model: str, version: str = "") -> NodeRecord:
         """A live node serving ``model`` for a control call (metadata, config), whatever

@@ -19,6 +19,7 @@ import threading
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.api.access import required_role
+from coordinator.api.aio_clients import AioNodeChannels
 from coordinator.api.canary import CanaryFront, Shadow
 from coordinator.api.clients import (
     ClientPool,
@@ -97,7 +98,8 @@ class CoordinatorServer:
                                  expire_after=config.expire_after_s)
         # TLS files are read here, before anything starts: a wrong path fails at once.
         self._server_tls = server_credentials(config.tls_files)
-        self.clients = ClientPool(config.max_message_bytes, channel_credentials(config.tls_files),
+        self._client_tls = channel_credentials(config.tls_files)
+        self.clients = ClientPool(config.max_message_bytes, self._client_tls,
                                   connections_per_process=config.connections_per_process)
         self.router = Router(self.registry, config.epsilon)
         self.forwarder = Forwarder(self.registry, self.router, config.max_in_flight,
@@ -184,10 +186,13 @@ class CoordinatorServer:
                                           on_change=self.dispatcher.notify)
         plane = DataPlane(self.forwarder, self.cascade, self.catalog.task)
         self.shadow = Shadow(cfg.shadow_concurrency, on_outcome=self.metrics.shadow_outcome)
+        # the online front's own channels to the nodes, on the API server's event loop
+        channels = AioNodeChannels(cfg.max_message_bytes, self._client_tls,
+                                   cfg.connections_per_process)
         self.front = InferenceServicer(
             self.registry, plane, self.clients, cfg.request_timeout_s,
             CanaryFront(self.rollouts, plane, self.clients, self.shadow, cfg.request_timeout_s),
-            on_segment=self._segment_result)
+            on_segment=self._segment_result, channels=channels)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # An asyncio server: Watch and FetchResults wait on its loop and hold no thread;
         # unary calls and Submit uploads (at most max_streams) run on 32 + max_streams
@@ -201,6 +206,7 @@ class CoordinatorServer:
                           max_shard_bytes=cfg.max_message_bytes - MESSAGE_HEADROOM,
                           cascaded=lambda model: (self.cascade is not None
                                                   and self.cascade.rule(model) is not None))
+        self._server.at_stop(channels.close)
         self.port = self._server.add_port(f"{cfg.host}:{cfg.port}", self._server_tls)
         self.dispatcher.address = f"{cfg.host}:{self.port}"
         self.membership.own = own_addresses(cfg.host, self.port)

@@ -69,6 +69,7 @@ class AioServer:
                                                     thread_name_prefix=thread_name_prefix)
         self._blocking = futures.ThreadPoolExecutor(max_workers=blocking_workers,
                                                     thread_name_prefix=f"{thread_name_prefix}-io")
+        self._at_stop: list[Callable[[], Awaitable[None]]] = []
         self._server: grpc.aio.Server = self.on_loop(lambda: grpc.aio.server(
             migration_thread_pool=self._handlers, interceptors=list(interceptors),
             options=[*options, ("grpc.so_reuseport", 0)]))
@@ -88,6 +89,11 @@ class AioServer:
     async def run_blocking(self, fn: Callable[..., T], *args) -> T:
         """For coroutines on the loop: ``fn(*args)`` on the blocking pool, awaited."""
         return await self._loop.run_in_executor(self._blocking, fn, *args)
+
+    def at_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Have ``stop`` await ``close()`` on the loop once the server has stopped (to close
+        what handlers opened on the loop, e.g. grpc.aio channels)."""
+        self._at_stop.append(close)
 
     # -- what code building a grpc.Server calls ----------------------------------------------
     def add_generic_rpc_handlers(self, handlers) -> None:
@@ -126,6 +132,8 @@ class AioServer:
 
         async def stop() -> None:
             await self._server.stop(grace)
+            for close in self._at_stop:
+                await close()
 
         def finished(_: futures.Future) -> None:  # on the loop's thread
             self._handlers.shutdown(wait=False, cancel_futures=True)

@@ -90,7 +90,8 @@ def guarded(process: str, log: logging.Logger) -> Callable[[Callable], Callable]
     """Decorator for servicer methods: an exception becomes the status ``status_for`` maps
     it to; INTERNAL ones (anything unexpected) are logged with their traceback and answered
     with a generic message. Works for unary and server-streaming handlers, plain or
-    ``async`` (a grpc.aio server runs the plain ones on its thread pool)."""
+    ``async`` (a grpc.aio server runs the plain ones on its thread pool, the coroutines on
+    its event loop)."""
 
     def decorate(method: Callable) -> Callable:
         def answer(context, exc: Exception) -> tuple[grpc.StatusCode, str]:
@@ -116,6 +117,15 @@ def guarded(process: str, log: logging.Logger) -> Callable[[Callable], Callable]
                 except Exception as exc:  # noqa: BLE001 - the table decides
                     await context.abort(*answer(context, exc))
             return async_stream
+
+        if inspect.iscoroutinefunction(method):
+            @functools.wraps(method)
+            async def async_unary(self, request, context):
+                try:
+                    return await method(self, request, context)
+                except Exception as exc:  # noqa: BLE001 - the table decides
+                    await context.abort(*answer(context, exc))
+            return async_unary
 
         if inspect.isgeneratorfunction(method):
             @functools.wraps(method)

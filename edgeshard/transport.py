@@ -72,6 +72,17 @@ def open_channel(address: str, options: Sequence[ChannelOption] = (),
     return channel
 
 
+def open_aio_channel(address: str, options: Sequence[ChannelOption] = (),
+                     credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """``open_channel`` for coroutines: a ``grpc.aio`` channel, bound to the running event
+    loop (open, use and close it on that loop's thread). No bearer token: the coordinator
+    calls its nodes with none."""
+    merged = list({**dict(RECONNECT_OPTIONS), **dict(options)}.items())
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=merged)
+    return grpc.aio.insecure_channel(address, options=merged)
+
+
 def add_port(server: grpc.Server, address: str,
              credentials: grpc.ServerCredentials | None = None, field: str = "port") -> int:
     """Bind ``server`` to ``address`` (``host:port``, port 0 picks a free one).

@@ -125,6 +125,17 @@ class CanaryFront:
                                                            stable_labels))
         return answer
 
+    def unrouted(self, request: oip_pb2.ModelInferRequest) -> bool:
+        """True when no rollout arm counts ``request`` (its model has no running rollout,
+        or it pins a version outside one): its version is pinned as the rollout says (in
+        place) and it needs nothing else from here. False: it goes through ``infer``."""
+        route = self.rollouts.route(request.model_name, request.model_version,
+                                    allow_shadow=False)
+        if route.arm:
+            return False
+        request.model_version = route.version
+        return True
+
     def _count(self, model: str, route: Route, answer: OnlineAnswer, seconds: float) -> None:
         confidences = output_or_none(answer.response, "confidence")
         confidences = () if confidences is None else np.asarray(confidences).reshape(-1)

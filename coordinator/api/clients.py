@@ -27,6 +27,13 @@ DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 64  # to one node address
 
 
+def connections_for(node: NodeRecord, per_process: int) -> int:
+    """How many TCP connections to keep to ``node``: one, or ``per_process`` for each of
+    its serving processes (the kernel gives each connection to one of them at random),
+    at most ``MAX_CONNECTIONS``."""
+    return 1 if node.processes <= 1 else min(MAX_CONNECTIONS, per_process * node.processes)
+
+
 class OIPClient:
     """A channel to one OIP server, with the calls the coordinator needs; TLS with
     ``credentials`` (``edgeshard.tls.channel_credentials``), else plaintext. With
@@ -202,10 +209,7 @@ class ClientPool:
     def for_node(self, node: NodeRecord) -> OIPClient:
         """The client for a call to ``node``: with several serving processes, the next of
         its connections."""
-        if node.processes <= 1:
-            return self.get(node.address)
-        return self.get(node.address,
-                        min(MAX_CONNECTIONS, self.connections_per_process * node.processes))
+        return self.get(node.address, connections_for(node, self.connections_per_process))
 
     def probe_as(self, address: str, node_id: str,
                  timeout: float) -> dict[str, tuple[str, ...]] | None:

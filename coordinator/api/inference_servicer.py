@@ -15,9 +15,10 @@ from concurrent import futures
 
 from coordinator import errors
 from coordinator.api import convert
+from coordinator.api.aio_clients import AioNodeChannels, node_call_async
 from coordinator.api.canary import CanaryFront
 from coordinator.api.clients import ClientPool, fleet_statistics, node_call
-from coordinator.dataplane import DataPlane
+from coordinator.dataplane import DataPlane, OnlineAnswer
 from coordinator.fleet.registry import Registry
 from edgeshard import VERSION, streaming
 from edgeshard.rpc import guarded, time_left
@@ -35,14 +36,19 @@ class InferenceServicer(InferenceServicerBase):
     """``inference.GRPCInferenceService`` for the fleet. ``ready`` is set once the
     coordinator serves and cleared when it drains; ``request_timeout`` (seconds) is the
     deadline of a call whose client set none; ``canary`` routes and counts the requests
-    of models with a rollout. ``ModelStreamInfer`` (for a grpc.aio server) runs the
-    requests of at most ``MAX_INFER_STREAMS`` open streams on a pool of
-    ``stream_workers`` threads; a stream holds no thread while it waits."""
+    of models with a rollout.
+
+    On a grpc.aio server (``channels`` given), ``ModelInfer`` of a model without a cascade
+    rule or a running rollout is routed, forwarded and answered on the event loop; the
+    rest (the cascade's cloud calls, rollout counting, waiting for room in a full fleet)
+    and the requests of at most ``MAX_INFER_STREAMS`` open ``ModelStreamInfer`` streams run
+    on a pool of ``blocking_workers`` threads; a stream holds no thread while it waits."""
 
     def __init__(self, registry: Registry, plane: DataPlane, clients: ClientPool,
                  request_timeout: float, canary: CanaryFront | None = None,
-                 stream_workers: int = 32,
-                 on_segment: Callable[[str, str, str, int, int], None] | None = None):
+                 blocking_workers: int = 64,
+                 on_segment: Callable[[str, str, str, int, int], None] | None = None,
+                 channels: AioNodeChannels | None = None):
         self.registry = registry
         # (model, segment, outcome "ok"/"error", items, escalated) of each online request
         self.on_segment = on_segment
@@ -51,8 +57,9 @@ class InferenceServicer(InferenceServicerBase):
         self.request_timeout = request_timeout
         self.canary = canary
         self.ready = threading.Event()
-        self.stream_pool = futures.ThreadPoolExecutor(stream_workers,
-                                                      thread_name_prefix="coord-stream")
+        self.channels = channels
+        self.blocking_pool = futures.ThreadPoolExecutor(blocking_workers,
+                                                        thread_name_prefix="coord-front")
         self._streams = 0  # open ModelStreamInfer streams (counted on the event loop)
 
     # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
@@ -124,16 +131,52 @@ class InferenceServicer(InferenceServicerBase):
         try:
             answer = run(request) if self.canary is None else self.canary.infer(request, run)
         except Exception:
-            if self.on_segment is not None:
-                self.on_segment(request.model_name, segment, "error", 0, 0)
+            self._count_segment(request.model_name, segment, None)
             raise
-        if self.on_segment is not None:
-            decision = answer.decision
-            items = (len(decision.labels) if decision is not None
-                     else _rows(answer.response))
-            escalated = int(decision.escalated.sum()) if decision is not None else 0
-            self.on_segment(request.model_name, segment, "ok", items, escalated)
+        self._count_segment(request.model_name, segment, answer)
         return convert.infer_response(answer, requested)
+
+    async def model_infer_async(self, request: oip_pb2.ModelInferRequest,
+                                timeout: float | None = None) -> oip_pb2.ModelInferResponse:
+        """``model_infer`` for a coroutine on the server's event loop: the node's answer
+        is final for a model without a cascade rule or a running rollout, and such a
+        request holds no thread (waiting for room in a full fleet excepted); any other
+        request runs ``model_infer`` on the blocking pool."""
+        loop = asyncio.get_running_loop()
+
+        def run_blocking(fn, *args):
+            return loop.run_in_executor(self.blocking_pool, fn, *args)
+
+        if not self.ready.is_set():
+            raise errors.ShuttingDownError("coordinator is not ready (starting or draining)")
+        model = request.model_name
+        if (self.channels is None or self.plane.cascaded(model)
+                or (self.canary is not None and not self.canary.unrouted(request))):
+            return await run_blocking(self.model_infer, request, timeout)
+        requested = codec.requested_outputs(request)
+        segment = convert.segment(request)
+        try:
+            answer = await self.plane.infer_async(
+                model, request.model_version, convert.routing_key(request),
+                self.request_timeout if timeout is None else timeout,
+                node_call_async(self.channels, "ModelInfer", request), run_blocking)
+        except Exception:
+            self._count_segment(model, segment, None)
+            raise
+        self._count_segment(model, segment, answer)
+        return convert.infer_response(answer, requested)
+
+    def _count_segment(self, model: str, segment: str, answer: OnlineAnswer | None) -> None:
+        """Tell ``on_segment`` one online request's outcome (None: it failed)."""
+        if self.on_segment is None:
+            return
+        if answer is None:
+            self.on_segment(model, segment, "error", 0, 0)
+            return
+        decision = answer.decision
+        items = len(decision.labels) if decision is not None else _rows(answer.response)
+        escalated = int(decision.escalated.sum()) if decision is not None else 0
+        self.on_segment(model, segment, "ok", items, escalated)
 
     # -- gRPC ------------------------------------------------------------------------------
     @guard
@@ -165,8 +208,8 @@ class InferenceServicer(InferenceServicerBase):
         return self.model_statistics(request, time_left(context))
 
     @guard
-    def ModelInfer(self, request, context):
-        return self.model_infer(request, time_left(context))
+    async def ModelInfer(self, request, context):
+        return await self.model_infer_async(request, time_left(context))
 
     @guard
     async def ModelStreamInfer(self, request_iterator, context):
@@ -178,7 +221,7 @@ class InferenceServicer(InferenceServicerBase):
         loop = asyncio.get_running_loop()
 
         def run_blocking(fn, *args):
-            return loop.run_in_executor(self.stream_pool, fn, *args)
+            return loop.run_in_executor(self.blocking_pool, fn, *args)
 
         try:
             async for response in streaming.serve_stream_async(
@@ -189,8 +232,8 @@ class InferenceServicer(InferenceServicerBase):
             self._streams -= 1
 
     def close(self) -> None:
-        """Stop the stream pool (after the gRPC server stopped)."""
-        self.stream_pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the blocking pool (after the gRPC server stopped)."""
+        self.blocking_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _rows(response: oip_pb2.ModelInferResponse) -> int:

@@ -1,10 +1,11 @@
 """Run one call on a fleet node: admission, per-node accounting, one retry elsewhere.
 
 Both doors to the nodes use it: the online inference front (``Forwarder.forward``: pick a
-node, call it, retry once on another node) and the job dispatcher (``Forwarder.call``: a
-shard on the node that leased it). The call itself is a function the transport layer
-supplies; it raises ``edgeshard.errors.PeerStatusError`` when the node answers with an
-error status, so nothing here imports gRPC.
+node, call it, retry once on another node; ``forward_async`` does the same on an event
+loop) and the job dispatcher (``Forwarder.call``: a shard on the node that leased it).
+The call itself is a function the transport layer supplies; it raises
+``edgeshard.errors.PeerStatusError`` when the node answers with an error status, so
+nothing here imports gRPC.
 
 Failure behaviour: a node that answers UNAVAILABLE is marked suspect (no new work until a
 health check passes); UNAVAILABLE or DEADLINE_EXCEEDED is retried once on another node
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -36,6 +37,10 @@ T = TypeVar("T")
 
 # call(node, timeout_s) -> the node's answer; raises PeerStatusError on an error status.
 NodeCall = Callable[[NodeRecord, float], T]
+# The same as a coroutine function, for the event loop (``Forwarder.forward_async``).
+AsyncNodeCall = Callable[[NodeRecord, float], Awaitable[T]]
+# run_blocking(fn, *args) -> awaitable of fn(*args) run on a thread (loop.run_in_executor).
+RunBlocking = Callable[..., Awaitable]
 
 MIN_RETRY_S = 0.005  # below this much time left, a retry could not finish anyway
 
@@ -76,17 +81,11 @@ class Forwarder:
         counters); a ``PeerStatusError`` of UNAVAILABLE marks the node suspect. Any
         exception propagates unchanged.
         """
-        self.registry.acquire(node.address)
-        started = time.monotonic()
+        started = self._begin(node)
         try:
             answer = call(node, timeout)
-        except PeerStatusError as exc:
-            self.registry.release(node.address, None)
-            if exc.status == "UNAVAILABLE":
-                self.registry.probe_failed(node.address)
-            raise
-        except BaseException:
-            self.registry.release(node.address, None)
+        except BaseException as exc:
+            self._failed(node, exc)
             raise
         self.registry.release(node.address, time.monotonic() - started, items=items,
                               shard=shard)
@@ -112,15 +111,62 @@ class Forwarder:
                 try:
                     answer = self.call(node, call, deadline - started)
                 except PeerStatusError as exc:
-                    self._observe(node.node_id, exc.status, started)
-                    if exc.retryable and not tried and deadline - time.monotonic() > MIN_RETRY_S:
-                        log.info("retrying on another node: %s answered %s",
-                                 node.node_id, exc.status)
-                        tried.add(node.address)
+                    if self._retry(node, exc, started, tried, deadline):
                         continue
                     raise
                 self._observe(node.node_id, "OK", started)
                 return Forwarded(answer, node, retried=bool(tried))
+
+    async def forward_async(self, model: str, version: str, routing_key: str,
+                            timeout: float, call: AsyncNodeCall[T],
+                            run_blocking: RunBlocking) -> Forwarded[T]:
+        """``forward`` for a coroutine on an event loop, with a coroutine ``call``: the
+        same admission, choice, retry and accounting, and nothing blocks the loop. Only
+        waiting for room in a full fleet takes a thread, through ``run_blocking(fn,
+        *args)`` (e.g. ``loop.run_in_executor``). A cancelled call releases its node."""
+        deadline = time.monotonic() + timeout
+        tried: set[str] = set()
+        with self.admission:
+            while True:
+                try:
+                    node = self.router.choose(model, version, routing_key, frozenset(tried))
+                except FleetSaturatedError:
+                    node = await run_blocking(self._choose, model, version, routing_key,
+                                              frozenset(tried), deadline - MIN_RETRY_S)
+                started = self._begin(node)
+                try:
+                    answer = await call(node, deadline - started)
+                except BaseException as exc:
+                    self._failed(node, exc)
+                    if isinstance(exc, PeerStatusError) and self._retry(node, exc, started,
+                                                                        tried, deadline):
+                        continue
+                    raise
+                self.registry.release(node.address, time.monotonic() - started)
+                self._observe(node.node_id, "OK", started)
+                return Forwarded(answer, node, retried=bool(tried))
+
+    def _begin(self, node: NodeRecord) -> float:
+        """A call to ``node`` starts: its outstanding count is raised; the start time."""
+        self.registry.acquire(node.address)
+        return time.monotonic()
+
+    def _failed(self, node: NodeRecord, exc: BaseException) -> None:
+        """A call to ``node`` failed: release it uncounted; UNAVAILABLE makes it suspect."""
+        self.registry.release(node.address, None)
+        if isinstance(exc, PeerStatusError) and exc.status == "UNAVAILABLE":
+            self.registry.probe_failed(node.address)
+
+    def _retry(self, node: NodeRecord, exc: PeerStatusError, started: float,
+               tried: set[str], deadline: float) -> bool:
+        """Record a node's error; True when the call goes to another node (a retryable
+        status, no retry yet, time left), with ``node`` added to ``tried``."""
+        self._observe(node.node_id, exc.status, started)
+        if exc.retryable and not tried and deadline - time.monotonic() > MIN_RETRY_S:
+            log.info("retrying on another node: %s answered %s", node.node_id, exc.status)
+            tried.add(node.address)
+            return True
+        return False
 
     def _choose(self, model: str, version: str, routing_key: str, tried: frozenset[str],
                 deadline: float) -> NodeRecord:

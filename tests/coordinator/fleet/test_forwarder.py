@@ -6,6 +6,7 @@ No transport: the node call is a plain function that answers or raises
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -48,6 +49,27 @@ def forwarder(registry, seen) -> Forwarder:
                      on_result=lambda node, status, _seconds: seen.append((node, status)))
 
 
+@pytest.fixture(params=["sync", "async"])
+def route(request):
+    """``Forwarder.forward``, or ``forward_async`` driven on an event loop (the call made a
+    coroutine, waiting for room on the loop's executor): both must behave alike."""
+    if request.param == "sync":
+        return lambda fwd, *args, **kwargs: fwd.forward(*args, **kwargs)
+
+    def drive(fwd, model, version, routing_key, timeout, call):
+        async def call_async(node, seconds):
+            return call(node, seconds)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            return await fwd.forward_async(model, version, routing_key, timeout, call_async,
+                                           lambda fn, *args: loop.run_in_executor(None, fn,
+                                                                                  *args))
+        return asyncio.run(main())
+
+    return drive
+
+
 class FailFirst:
     """A node call that fails its first ``failures`` calls with ``status``, then answers."""
 
@@ -69,9 +91,9 @@ def outstanding(registry: Registry) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("status", ["UNAVAILABLE", "DEADLINE_EXCEEDED"])
-def test_retryable_status_is_retried_once_on_another_node(forwarder, registry, seen, status):
+def test_retryable_status_is_retried_once_on_another_node(forwarder, registry, seen, status, route):
     call = FailFirst(status)
-    out = forwarder.forward("m", "", "", timeout=5.0, call=call)
+    out = route(forwarder, "m", "", "", timeout=5.0, call=call)
     assert isinstance(out, Forwarded)
     assert len(call.calls) == 2
     first, second = call.calls
@@ -84,19 +106,19 @@ def test_retryable_status_is_retried_once_on_another_node(forwarder, registry, s
     assert outstanding(registry) == {"a:1": 0, "b:1": 0}
 
 
-def test_first_try_success_is_not_marked_retried(forwarder, registry, seen):
+def test_first_try_success_is_not_marked_retried(forwarder, registry, seen, route):
     call = FailFirst("UNAVAILABLE", failures=0)
-    out = forwarder.forward("m", "1", "", timeout=5.0, call=call)
+    out = route(forwarder, "m", "1", "", timeout=5.0, call=call)
     assert out.retried is False
     assert call.calls == [out.node.address]
     assert seen == [(out.node.node_id, "OK")]
     assert all(r.state == LIVE for r in registry.snapshot())
 
 
-def test_invalid_argument_goes_back_to_the_caller_without_retry(forwarder, registry, seen):
+def test_invalid_argument_goes_back_to_the_caller_without_retry(forwarder, registry, seen, route):
     call = FailFirst("INVALID_ARGUMENT")
     with pytest.raises(PeerStatusError) as info:
-        forwarder.forward("m", "", "", timeout=5.0, call=call)
+        route(forwarder, "m", "", "", timeout=5.0, call=call)
     assert info.value.status == "INVALID_ARGUMENT"
     assert not info.value.retryable
     assert len(call.calls) == 1
@@ -106,19 +128,19 @@ def test_invalid_argument_goes_back_to_the_caller_without_retry(forwarder, regis
     assert outstanding(registry) == {"a:1": 0, "b:1": 0}
 
 
-def test_second_retryable_failure_propagates(forwarder, registry, seen):
+def test_second_retryable_failure_propagates(forwarder, registry, seen, route):
     call = FailFirst("DEADLINE_EXCEEDED", failures=2)
     with pytest.raises(PeerStatusError) as info:
-        forwarder.forward("m", "", "", timeout=5.0, call=call)
+        route(forwarder, "m", "", "", timeout=5.0, call=call)
     assert info.value.status == "DEADLINE_EXCEEDED"
     assert len(call.calls) == 2 and len(set(call.calls)) == 2  # one retry, never a third try
     assert [status for _, status in seen] == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"]
     assert outstanding(registry) == {"a:1": 0, "b:1": 0}
 
 
-def test_unavailable_marks_the_node_suspect(forwarder, registry):
+def test_unavailable_marks_the_node_suspect(forwarder, registry, route):
     call = FailFirst("UNAVAILABLE")
-    out = forwarder.forward("m", "", "", timeout=5.0, call=call)
+    out = route(forwarder, "m", "", "", timeout=5.0, call=call)
     failed = call.calls[0]
     assert registry.get(failed).state == SUSPECT
     assert registry.get(out.node.address).state == LIVE
@@ -126,7 +148,7 @@ def test_unavailable_marks_the_node_suspect(forwarder, registry):
     assert [r.address for r in registry.routable("m")] == [out.node.address]
     later = FailFirst("UNAVAILABLE", failures=0)
     for _ in range(5):
-        forwarder.forward("m", "", "", timeout=5.0, call=later)
+        route(forwarder, "m", "", "", timeout=5.0, call=later)
     assert set(later.calls) == {out.node.address}
     registry.probe_ok(failed)
     assert registry.get(failed).state == LIVE
@@ -140,7 +162,7 @@ def test_other_statuses_do_not_mark_the_node_suspect(forwarder, registry, status
     assert registry.get("a:1").state == LIVE
 
 
-def test_unavailable_on_the_only_node_leaves_no_node_for_the_retry():
+def test_unavailable_on_the_only_node_leaves_no_node_for_the_retry(route):
     """With one node the retry finds nobody: the router's NoNodeAvailableError reaches the
     caller (the node is suspect by then)."""
     reg = Registry(suspect_after=30.0, dead_after=60.0, clock=Clock())
@@ -149,7 +171,7 @@ def test_unavailable_on_the_only_node_leaves_no_node_for_the_retry():
     fwd = Forwarder(reg, Router(reg), max_in_flight=2)
     call = FailFirst("UNAVAILABLE")
     with pytest.raises(NoNodeAvailableError, match="already failed"):
-        fwd.forward("m", "", "", timeout=5.0, call=call)
+        route(fwd, "m", "", "", timeout=5.0, call=call)
     assert call.calls == ["s:1"]
     assert reg.get("s:1").state == SUSPECT and reg.get("s:1").outstanding == 0
 
@@ -197,20 +219,20 @@ def test_call_failure_releases_the_node_without_counting(forwarder, registry, er
     assert after.state == (SUSPECT if getattr(error, "status", "") == "UNAVAILABLE" else LIVE)
 
 
-def test_outstanding_returns_to_zero_after_forward_success_and_failure(forwarder, registry):
-    forwarder.forward("m", "", "", timeout=5.0, call=FailFirst("UNAVAILABLE", failures=0))
+def test_outstanding_returns_to_zero_after_forward_success_and_failure(forwarder, registry, route):
+    route(forwarder, "m", "", "", timeout=5.0, call=FailFirst("UNAVAILABLE", failures=0))
     assert outstanding(registry) == {"a:1": 0, "b:1": 0}
     with pytest.raises(PeerStatusError):
-        forwarder.forward("m", "", "", timeout=5.0, call=FailFirst("INVALID_ARGUMENT"))
+        route(forwarder, "m", "", "", timeout=5.0, call=FailFirst("INVALID_ARGUMENT"))
     assert outstanding(registry) == {"a:1": 0, "b:1": 0}
     with pytest.raises(KeyError):
-        forwarder.forward("m", "", "", timeout=5.0,
+        route(forwarder, "m", "", "", timeout=5.0,
                           call=lambda node, timeout: {}["missing"])
     assert outstanding(registry) == {"a:1": 0, "b:1": 0}
     assert forwarder.admission.current == 0
 
 
-def test_admission_refuses_at_max_in_flight(registry, seen):
+def test_admission_refuses_at_max_in_flight(registry, seen, route):
     fwd = Forwarder(registry, Router(registry), max_in_flight=1,
                     on_result=lambda node, status, _s: seen.append((node, status)))
     inner: list[BaseException] = []
@@ -218,36 +240,37 @@ def test_admission_refuses_at_max_in_flight(registry, seen):
     def call(node: NodeRecord, timeout: float) -> str:
         assert fwd.admission.current == 1
         try:  # a second online request while this one is in flight
-            fwd.forward("m", "", "", timeout=1.0, call=FailFirst("UNAVAILABLE", failures=0))
+            fwd.forward("m", "", "", timeout=1.0,
+                        call=FailFirst("UNAVAILABLE", failures=0))  # sync: same admission
         except FleetSaturatedError as exc:
             inner.append(exc)
         return "outer"
 
-    out = fwd.forward("m", "", "", timeout=5.0, call=call)
+    out = route(fwd, "m", "", "", timeout=5.0, call=call)
     assert out.answer == "outer"
     assert len(inner) == 1 and "limit of 1" in str(inner[0])
     assert seen == [(out.node.node_id, "OK")]  # the refused request reached no node
     assert fwd.admission.current == 0
     # the slot is free again
-    assert fwd.forward("m", "", "", timeout=1.0,
+    assert route(fwd, "m", "", "", timeout=1.0,
                        call=FailFirst("UNAVAILABLE", failures=0)).answer.startswith("answer")
 
 
-def test_admission_slot_is_released_when_the_call_fails(registry):
+def test_admission_slot_is_released_when_the_call_fails(registry, route):
     fwd = Forwarder(registry, Router(registry), max_in_flight=1)
     for _ in range(3):
         with pytest.raises(PeerStatusError):
-            fwd.forward("m", "", "", timeout=1.0, call=FailFirst("INVALID_ARGUMENT"))
+            route(fwd, "m", "", "", timeout=1.0, call=FailFirst("INVALID_ARGUMENT"))
     assert fwd.admission.current == 0
 
 
-def test_no_retry_when_the_deadline_is_spent(forwarder, registry, seen):
+def test_no_retry_when_the_deadline_is_spent(forwarder, registry, seen, route):
     def slow_unavailable(node: NodeRecord, timeout: float) -> str:
         time.sleep(timeout + 0.01)  # used up the caller's whole deadline
         raise PeerStatusError("UNAVAILABLE", "down")
 
     with pytest.raises(PeerStatusError):
-        forwarder.forward("m", "", "", timeout=0.02, call=slow_unavailable)
+        route(forwarder, "m", "", "", timeout=0.02, call=slow_unavailable)
     assert len(seen) == 1  # no second attempt after the deadline
 
 
@@ -262,28 +285,53 @@ def one_slot() -> Registry:
     return reg
 
 
-def test_a_request_waits_for_a_slot_and_gets_it_when_one_frees(one_slot):
+def test_a_request_waits_for_a_slot_and_gets_it_when_one_frees(one_slot, route):
     import threading
 
     forwarder = Forwarder(one_slot, Router(one_slot), max_in_flight=8)
     one_slot.acquire("a:1")  # the node's one slot is taken
     threading.Timer(0.2, one_slot.release, ("a:1", 0.01)).start()
-    done = forwarder.forward("m", "", "", 5.0, lambda node, timeout: node.node_id)
+    done = route(forwarder, "m", "", "", 5.0, lambda node, timeout: node.node_id)
     assert done.answer == "node-a" and forwarder.queued == 0
 
 
-def test_a_request_is_refused_when_no_slot_frees_within_its_deadline(one_slot):
+def test_a_request_is_refused_when_no_slot_frees_within_its_deadline(one_slot, route):
     forwarder = Forwarder(one_slot, Router(one_slot), max_in_flight=8)
     one_slot.acquire("a:1")
     with pytest.raises(FleetSaturatedError) as err:
-        forwarder.forward("m", "", "", 0.3, lambda node, timeout: "never")
+        route(forwarder, "m", "", "", 0.3, lambda node, timeout: "never")
     assert "at capacity for as long as the request could wait" in str(err.value)
     assert forwarder.queued == 0 and forwarder.admission.current == 0
 
 
-def test_the_wait_queue_is_bounded(one_slot):
+def test_the_wait_queue_is_bounded(one_slot, route):
     forwarder = Forwarder(one_slot, Router(one_slot), max_in_flight=8, max_queued=0)
     one_slot.acquire("a:1")
     with pytest.raises(FleetSaturatedError) as err:
-        forwarder.forward("m", "", "", 5.0, lambda node, timeout: "never")
+        route(forwarder, "m", "", "", 5.0, lambda node, timeout: "never")
     assert "could wait" not in str(err.value)  # refused at once: no room in the queue
+
+
+def test_a_cancelled_async_call_releases_its_node_and_admission(forwarder, registry, seen):
+    """The caller of an online request went away: the awaited node call is cancelled."""
+    async def main():
+        started = asyncio.Event()
+
+        async def hang(node: NodeRecord, timeout: float) -> str:
+            started.set()
+            await asyncio.sleep(60)
+            return "never"
+
+        task = asyncio.create_task(forwarder.forward_async(
+            "m", "", "", 5.0, hang, lambda fn, *args: asyncio.to_thread(fn, *args)))
+        await started.wait()
+        assert sum(outstanding(registry).values()) == 1 and forwarder.admission.current == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert outstanding(registry) == {"a:1": 0, "b:1": 0}
+    assert forwarder.admission.current == 0
+    assert seen == []  # no outcome to count: neither an answer nor a node's error
+    assert all(r.state == LIVE for r in registry.snapshot())
