@@ -52,6 +52,7 @@ from coordinator.fleet.router import Router
 from coordinator.jobs.dispatcher import Dispatcher
 from coordinator.jobs.drains import DrainBook
 from coordinator.jobs.examples import ExampleBook, ExampleWriter
+from coordinator.jobs.members import MemberBook
 from coordinator.jobs.replayer import SpoolReplayer
 from coordinator.jobs.rollouts import RolloutBook
 from coordinator.jobs.runner import ShardRunner
@@ -163,6 +164,8 @@ class CoordinatorServer:
         drains = DrainBook(self.store.database)
         self.membership.record_drain, self.membership.recorded_drains = (drains.record,
                                                                           drains.drained)
+        if self.store.database.shared:  # replicas: a node registered with one is everyone's
+            self.membership.share_members = MemberBook(self.store.database).share
         book = RolloutBook(self.store.database)
         self.rollouts = Rollouts(book.load, book.save, cfg.rollout_interval_s,
                                  on_change=self.metrics.rollout_changed,

@@ -3,8 +3,10 @@
 One background thread. Each round health-checks every node in parallel (each probe has
 a deadline, so a hung or SIGSTOPped node cannot stall the round), then sweeps the
 registry (live -> suspect -> dead by silence) and recomputes slow-node weights with
-hysteresis. ``register`` and ``discovered`` admit a new node with an immediate health
-check instead of waiting for the next round; ``set_drained`` is the operator's switch.
+hysteresis. With a store shared by replicas, each round also publishes the nodes that
+registered here and takes those registered with other replicas as candidates.
+``register`` and ``discovered`` admit a new node with an immediate health check instead
+of waiting for the next round; ``set_drained`` is the operator's switch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from coordinator.fleet.admission import (
     AWAIT_REGISTRATION,
@@ -24,7 +27,7 @@ from coordinator.fleet.admission import (
     check_node_report,
 )
 from coordinator.fleet.rebalance import SlowNodePolicy
-from coordinator.fleet.registry import NodeRecord, Registry
+from coordinator.fleet.registry import LIVE, NodeRecord, Registry
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,20 @@ Probe = Callable[[str, float], dict[str, tuple[str, ...]] | None]
 # (address, expected node id, timeout_s) -> served models when the node at ``address``
 # is SERVING and its server certificate is for that node id, else None.
 VerifyingProbe = Callable[[str, str, float], dict[str, tuple[str, ...]] | None]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A node as replicas of a shared store tell each other of it."""
+
+    node_id: str
+    address: str
+    capacity: int
+    processes: int = 1
+
+
+# share(ours, heard_within_s) -> every node some replica heard within that many seconds.
+ShareMembers = Callable[[list[Member], float], list[Member]]
 
 
 class Membership:
@@ -63,6 +80,9 @@ class Membership:
         # record(node, drained) and the recorded set, applied every round.
         self.record_drain: Callable[[str, bool], None] | None = None
         self.recorded_drains: Callable[[], set[str]] | None = None
+        # With a store shared by replicas: publish the nodes registered here and learn
+        # those registered with the others (``coordinator.jobs.members``), every round.
+        self.share_members: ShareMembers | None = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="membership", daemon=True)
@@ -196,6 +216,11 @@ class Membership:
                 self.apply_drains(self.recorded_drains())
             except Exception as exc:  # noqa: BLE001 - a store fault must not stop probing
                 log.debug("recorded drains unavailable: %s", exc)
+        if self.share_members is not None:
+            try:
+                self._share()
+            except Exception as exc:  # noqa: BLE001 - a store fault must not stop probing
+                log.debug("shared membership unavailable: %s", exc)
         now = self.registry.clock()
         futures = [self._pool.submit(self.probe_now, rec.address,
                                      self._probe_keeps_alive(rec, now))
@@ -213,6 +238,19 @@ class Membership:
                      rec.node_id, rec.address, self.registry.expire_after)
         weights = self.slow_policy.update(self.registry.latencies(), time.monotonic())
         self.registry.set_weights(weights)
+
+    def _share(self) -> None:
+        """Publish the live nodes registered here; add those other replicas heard (within
+        ``suspect_after``) as candidates, for this round's health checks to admit."""
+        ours = [Member(r.node_id, r.address, r.capacity, r.processes)
+                for r in self.registry.snapshot() if r.source == "registered" and r.state == LIVE]
+        known = {r.address for r in self.registry.snapshot()}
+        for m in self.share_members(ours, self.registry.suspect_after):
+            if m.address not in known and m.address not in self.own:
+                self.registry.add_candidate(m.address, "replica", node_id=m.node_id,
+                                            capacity=m.capacity, processes=m.processes)
+                log.info("node %s at %s: registered with another replica; probing it",
+                         m.node_id, m.address)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -40,7 +40,7 @@ class NodeRecord:
 
     address: str
     node_id: str
-    source: str  # seed | registered | discovered
+    source: str  # seed | registered | discovered | replica (registered with another)
     state: str = CANDIDATE
     drained: bool = False
     epoch: int = 0
@@ -101,11 +101,12 @@ class Registry:
     # -- discovery of candidates -----------------------------------------------------------
     def add_candidate(self, address: str, source: str, node_id: str = "",
                       models: dict[str, tuple[str, ...]] | None = None,
-                      capacity: int | None = None) -> NodeRecord:
+                      capacity: int | None = None, processes: int | None = None
+                      ) -> NodeRecord:
         """Add (or update) a node at ``address`` as a candidate; returns a copy of its record.
 
         An existing record keeps its state; it takes ``node_id`` only if it had none yet, and
-        ``models`` / ``capacity`` when given.
+        ``models`` / ``capacity`` / ``processes`` when given.
         """
         with self._lock:
             rec = self._nodes.get(address)
@@ -117,6 +118,8 @@ class Registry:
                 rec.models = dict(models)
             if capacity:
                 rec.capacity = capacity
+            if processes:
+                rec.processes = processes
             return replace(rec)
 
     def register(self, node_id: str, address: str, models: dict[str, tuple[str, ...]],

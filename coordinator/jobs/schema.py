@@ -10,7 +10,9 @@ open, 1 final result, 2 in the spool: what makes each result exactly-once) and
 ``replicas`` (coordinator processes sharing the store, with their last heartbeat) and
 ``drained_nodes`` (operator drains, kept across restarts and seen by every replica) and,
 since version 6, ``rollouts`` (each model's version labels and canary decision) and, since
-version 7, ``hard_examples`` (escalated and audited items with the cloud's answers). Until
+version 7, ``hard_examples`` (escalated and audited items with the cloud's answers) and,
+since version 8, ``fleet_members`` (the nodes each replica heard, for the others:
+``coordinator.jobs.members``). Until
 version 3 results were one row per item (``results``); version 4 converts them.
 
 SQLite keeps the version in ``PRAGMA user_version`` and upgrades step by step; a
@@ -31,7 +33,7 @@ from coordinator.jobs.examples import EXAMPLES_SCHEMA, POSTGRES_EXAMPLES_SCHEMA
 from coordinator.jobs.model import ResultBatch
 from coordinator.jobs.results import INSERT_BLOCK, encode_body
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCHEMA = """
 CREATE TABLE jobs (
@@ -286,6 +288,19 @@ CREATE INDEX jobs_running ON jobs (num) WHERE state = 'running'
 """
 
 
+# Version 8: the nodes each replica of a shared store heard from (heard_at: the database's
+# clock), so a node registered with one replica is known to all.
+MEMBERS_SCHEMA = """
+CREATE TABLE fleet_members (
+    node_id       TEXT PRIMARY KEY,
+    address       TEXT NOT NULL,
+    capacity      INTEGER NOT NULL,
+    processes     INTEGER NOT NULL,
+    heard_at      DOUBLE PRECISION NOT NULL
+)
+"""
+
+
 def migrate(db: sqlite3.Connection, path: str) -> None:
     """Create the schema in an empty SQLite store or upgrade an older one, in the caller's
     transaction."""
@@ -312,6 +327,9 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
     if version == 6:
         _run(db, EXAMPLES_SCHEMA)
         version = 7
+    if version == 7:
+        _run(db, MEMBERS_SCHEMA)
+        version = 8
     if version == SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     else:
@@ -319,7 +337,7 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
 
 
 def migrate_postgres(tx, location: str) -> None:
-    """Create the schema in an empty PostgreSQL store (or upgrade a version 4 to 6 one), in
+    """Create the schema in an empty PostgreSQL store (or upgrade a version 4 to 7 one), in
     the caller's transaction (which holds an advisory lock, so replicas starting together
     do it once)."""
     tx.execute("CREATE TABLE IF NOT EXISTS edgeshard_schema (version INTEGER NOT NULL)")
@@ -328,13 +346,16 @@ def migrate_postgres(tx, location: str) -> None:
         _run(tx, POSTGRES_SCHEMA)
         _run(tx, ROLLOUTS_SCHEMA)
         _run(tx, POSTGRES_EXAMPLES_SCHEMA)
+        _run(tx, MEMBERS_SCHEMA)
         tx.execute("INSERT INTO edgeshard_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-    elif row[0] in (4, 5, 6):
+    elif row[0] in (4, 5, 6, 7):
         if row[0] == 4:  # version 5 added job owners
             _run(tx, OWNERS_SCHEMA)
         if row[0] <= 5:  # version 6 added rollouts
             _run(tx, ROLLOUTS_SCHEMA)
-        _run(tx, POSTGRES_EXAMPLES_SCHEMA)  # version 7 added hard examples
+        if row[0] <= 6:  # version 7 added hard examples
+            _run(tx, POSTGRES_EXAMPLES_SCHEMA)
+        _run(tx, MEMBERS_SCHEMA)  # version 8 added shared membership
         tx.execute("UPDATE edgeshard_schema SET version = ?", (SCHEMA_VERSION,))
     elif row[0] != SCHEMA_VERSION:
         raise _too_new(location, row[0])

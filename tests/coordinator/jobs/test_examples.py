@@ -49,12 +49,13 @@ def test_a_version_6_sqlite_store_gains_hard_examples(tmp_path):
     JobStore(path).close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE hard_examples")
+    db.execute("DROP TABLE fleet_members")  # version 8
     db.execute("PRAGMA user_version=6")
     db.commit()
     db.close()
     store = JobStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         assert ExampleBook(store.database).add([comparison(2)]) == 2
     finally:
         store.close()
@@ -63,6 +64,7 @@ def test_a_version_6_sqlite_store_gains_hard_examples(tmp_path):
 def test_a_version_6_postgresql_store_gains_hard_examples(pg_url):
     store = JobStore(pg_url)
     store.database.write(lambda db: (db.execute("DROP TABLE hard_examples"),
+                                     db.execute("DROP TABLE fleet_members"),  # version 8
                                      db.execute("UPDATE edgeshard_schema SET version = 6")))
     store.close()
     store = JobStore(pg_url)

@@ -558,6 +558,7 @@ def test_a_version_4_postgresql_store_gains_owners(pg_url):
     store.database.write(lambda db: (db.execute("ALTER TABLE jobs DROP COLUMN owner"),
                                      db.execute("DROP TABLE rollouts"),  # a version 6 table
                                      db.execute("DROP TABLE hard_examples"),  # 7
+                                     db.execute("DROP TABLE fleet_members"),  # 8
                                      db.execute("UPDATE edgeshard_schema SET version = 4")))
     store.close()
     store = JobStore(pg_url)  # upgraded in place: the old job is nobody's
@@ -566,7 +567,7 @@ def test_a_version_4_postgresql_store_gains_owners(pg_url):
         assert job(store, n=2, owner="bob").owner == "bob"
         version = store.database.read(
             lambda db: db.execute("SELECT version FROM edgeshard_schema").fetchone()[0])
-        assert version == SCHEMA_VERSION == 7
+        assert version == SCHEMA_VERSION == 8
     finally:
         store.close()
 

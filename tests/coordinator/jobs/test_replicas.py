@@ -11,6 +11,7 @@ import time
 import psycopg
 import pytest
 
+from coordinator.api.clients import OIPClient
 from coordinator.api.control_client import CoordinatorClient
 from coordinator.cli.launcher import start_coordinator, start_node
 from tests.conftest import FAST_MEMBERSHIP
@@ -112,6 +113,30 @@ def test_any_replica_answers_for_a_job_submitted_on_another(tmp_path, pg_url, pr
         assert 0 < len(fetched) < len(truth)
         assert len({r.id for r in fetched}) == len(fetched)
     finally:
+        via_a.close()
+        via_b.close()
+
+
+def test_a_node_registered_with_one_replica_serves_through_every_replica(
+        tmp_path, pg_url, processes, shipped_repository, holdout):
+    a = replica("replica-a", pg_url, tmp_path, processes)
+    b = replica("replica-b", pg_url, tmp_path, processes)
+    processes.append(start_node("n0", shipped_repository, tmp_path, extra_args=[
+        "--coordinator", a.address, "--workers", "1"]))  # registers with A only
+    via_a, via_b = CoordinatorClient(a.address), CoordinatorClient(b.address)
+    online = OIPClient(b.address)
+    try:
+        wait_live(via_a, 1)
+        wait_live(via_b, 1)  # learnt from the store, admitted by B's own health check
+        [seen_by_b] = via_b.nodes()
+        assert (seen_by_b.node_id, seen_by_b.source) == ("n0", "replica")
+        images, labels = holdout
+        answer = online.classify(EDGE, images[:4])
+        assert answer.node == "n0"
+        assert (answer.label == labels[:4]).mean() >= 0.5
+        assert "registered with another replica" in b.log_path.read_text()
+    finally:
+        online.close()
         via_a.close()
         via_b.close()
 
