@@ -109,33 +109,42 @@ class Reference:
 
 
 class _Window:
-    """Sampled batches of one (model, version, segment) and their running sums."""
+    """Sampled batches of one (model, version, segment), the newest ``limit`` items' worth.
+    Adding one is an append (the request path pays no more); the sums are made when the
+    window is read, once per heartbeat."""
 
     def __init__(self, channels: int, bins: int, confidence_bins: int | None):
         self.batches: deque = deque()
         self.items = 0
-        self.count = np.zeros(channels, np.int64)
-        self.total = np.zeros(channels, np.float64)
-        self.total_sq = np.zeros(channels, np.float64)
-        self.histogram = np.zeros(bins, np.int64)
-        self.confidence = None if confidence_bins is None else np.zeros(confidence_bins,
-                                                                         np.int64)
+        self.channels = channels
+        self.bins = bins
+        self.confidence_bins = confidence_bins
 
     def add(self, rows: int, stats: ext.WindowStats, confidence: np.ndarray | None,
             limit: int) -> None:
         self.batches.append((rows, stats, confidence))
-        self._apply(rows, stats, confidence, 1)
+        self.items += rows
         while len(self.batches) > 1 and self.items - self.batches[0][0] >= limit:
-            self._apply(*self.batches.popleft(), -1)
+            self.items -= self.batches.popleft()[0]
 
-    def _apply(self, rows, stats, confidence, sign: int) -> None:
-        self.items += sign * rows
-        self.count += sign * stats.count
-        self.total += sign * stats.total
-        self.total_sq += sign * stats.total_sq
-        self.histogram += sign * stats.histogram
-        if self.confidence is not None and confidence is not None:
-            self.confidence += sign * confidence
+    def snapshot(self, model: str, version: str, segment: str) -> WindowSnapshot:
+        """The window's sums now."""
+        stats = [s for _, s, _ in self.batches]
+
+        def total(values, width: int, dtype) -> np.ndarray:
+            return np.sum(values, axis=0, dtype=dtype) if values else np.zeros(width, dtype)
+
+        confidences = [c for _, _, c in self.batches if c is not None]
+        return WindowSnapshot(
+            model, version, segment, self.items,
+            tuple(int(v) for v in total([s.count for s in stats], self.channels, np.int64)),
+            tuple(float(v) for v in total([s.total for s in stats], self.channels,
+                                          np.float64)),
+            tuple(float(v) for v in total([s.total_sq for s in stats], self.channels,
+                                          np.float64)),
+            tuple(int(v) for v in total([s.histogram for s in stats], self.bins, np.int64)),
+            None if self.confidence_bins is None else tuple(
+                int(v) for v in total(confidences, self.confidence_bins, np.int64)))
 
 
 class DriftWindows:
@@ -212,11 +221,7 @@ class DriftWindows:
                 self._requests.pop(key, None)
             for (model, version), segments in sorted(self._windows.items()):
                 for segment, w in sorted(segments.items()):
-                    out.append(WindowSnapshot(
-                        model, version, segment, w.items, tuple(int(v) for v in w.count),
-                        tuple(float(v) for v in w.total), tuple(float(v) for v in w.total_sq),
-                        tuple(int(v) for v in w.histogram),
-                        None if w.confidence is None else tuple(int(v) for v in w.confidence)))
+                    out.append(w.snapshot(model, version, segment))
         return refs, out
 
 
