@@ -8,8 +8,9 @@ Usage::
 ``online``: a coordinator fronting 2 edge nodes (``--workers 1`` each). The same client
 threads (1 and 4, one ``OIPClient`` each) send single-image and batch-32 requests either
 straight to the nodes (thread i talks to node i mod 2, i.e. client-side balancing over the
-same two nodes) or to the coordinator's OIP front: items/s, p50 / p99 latency and the
-coordinator's overhead (throughput ratio and added p50).
+same two nodes), or through ``bench/relay.py`` (a bare grpc.aio relay: the cost of one
+more Python gRPC hop on this machine), or to the coordinator's OIP front: items/s, p50 /
+p99 latency and the overhead over direct (throughput ratio and added p50).
 
 ``jobs``: the hold-out set repeated ``--repeat`` times (20 -> 20,000 items) as one sharded
 job on 1, 2 and 3 nodes (``--workers 1`` each, a fresh coordinator per run): items/s from
@@ -30,6 +31,7 @@ import argparse
 import json
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -120,36 +122,48 @@ def fleet(nodes: int, workers: int = 1, standalone_workers: int = 0, coordinator
 
 # -- online ----------------------------------------------------------------------------------
 def run_online(model: str, seconds: float, warmup: float, threads: list[int],
-               batches: list[int]) -> list[tuple[Result, Result]]:
+               batches: list[int]) -> list[list[Result]]:
+    """Per (batch, threads): direct to the nodes, through a bare relay, via the
+    coordinator."""
     images, _ = edgeshard_models.load_holdout()
-    pairs = []
+    groups = []
     with fleet(2, workers=1) as f:
         direct = [n.address for n in f.nodes]
-        for batch in batches:
-            for t in threads:
-                d = served_ours(direct, model, images, batch, t, seconds, warmup, f.pids,
-                                "direct (2 nodes)")
-                c = served_ours([f.coordinator.address], model, images, batch, t, seconds,
-                                warmup, f.pids, "via coordinator")
-                pairs.append((d, c))
-    return pairs
+        relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")),
+                                  *direct], stdout=subprocess.PIPE, text=True)
+        try:
+            relayed = [f"127.0.0.1:{int(relay.stdout.readline())}"]
+            pids = [*f.pids, relay.pid]
+            for batch in batches:
+                for t in threads:
+                    groups.append([
+                        served_ours(direct, model, images, batch, t, seconds, warmup, pids,
+                                    "direct (2 nodes)"),
+                        served_ours(relayed, model, images, batch, t, seconds, warmup, pids,
+                                    "bare relay"),
+                        served_ours([f.coordinator.address], model, images, batch, t, seconds,
+                                    warmup, pids, "via coordinator")])
+        finally:
+            relay.kill()
+            relay.wait()
+    return groups
 
 
-def print_online(pairs: list[tuple[Result, Result]], markdown: bool) -> None:
+def print_online(groups: list[list[Result]], markdown: bool) -> None:
     print("online: coordinator + 2 edge nodes (--workers 1 each); direct = thread i -> node "
-          "i mod 2")
+          "i mod 2; bare relay = bench/relay.py (unparsed bytes, round robin, grpc.aio)")
     if markdown:
         print("| path | batch | client threads | items/s | p50 ms | p99 ms "
-              "| coordinator / direct (items/s) | added p50 ms | fleet CPU s/s | client CPU s/s "
+              "| / direct (items/s) | added p50 ms | fleet CPU s/s | client CPU s/s "
               "| other procs CPU s/s |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     else:
         print(f"{'path':<20}{'batch':>6}{'thr':>5}{'items/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'ratio':>8}{'+p50 ms':>9}{'srvCPU':>8}{'cliCPU':>8}{'other':>7}{'err':>5}")
-    for d, c in pairs:
-        for r in (d, c):
-            ratio = fmt(c.items_per_s / d.items_per_s, 3) if r is c else "1"
-            added = fmt(c.pct(50) - d.pct(50), 2) if r is c else "-"
+    for d, *others in groups:
+        for r in (d, *others):
+            ratio = fmt(r.items_per_s / d.items_per_s, 3) if r is not d else "1"
+            added = fmt(r.pct(50) - d.pct(50), 2) if r is not d else "-"
             cpu = fmt(r.node_cpu_s / r.seconds, 2)
             cli = fmt(r.client_cpu_s / r.seconds, 2)
             oth = fmt(r.other_cpu_s / r.seconds, 2)
@@ -313,9 +327,9 @@ def main() -> int:
     print()
     failed = False
     if args.what in ("all", "online"):
-        pairs = run_online(args.model, seconds, warmup, threads, batches)
-        print_online(pairs, args.markdown)
-        failed |= any(r.errors for pair in pairs for r in pair)
+        groups = run_online(args.model, seconds, warmup, threads, batches)
+        print_online(groups, args.markdown)
+        failed |= any(r.errors for group in groups for r in group)
         print()
     if args.what in ("all", "jobs"):
         runs = [run_job(args.model, n, args.repeat, args.shard_size, args.job_timeout)
