@@ -270,6 +270,18 @@ class CoordinatorMetrics(MetricsEndpoint):
         for channel, value in enumerate(reading.mean_shift):
             self.drift_mean_shift.labels(*key, str(channel)).set(value)
 
+    def forget_versions(self, served: set[tuple[str, str]]) -> None:
+        """Remove the per-version series (drift, agreement) of every model version not in
+        ``served`` (``(model, version)`` pairs some known node serves): a version rolled
+        back or unloaded leaves no last value, and no firing alert, behind. A version that
+        comes back gets its series again with its next reading."""
+        for gauge in (self.drift_psi, self.drift_ks, self.drift_mean_shift, self.drift_items,
+                      self.drift_alert, self.drift_unprofiled, self.agreement,
+                      self.agreement_low):
+            for labels in _label_values(gauge):
+                if labels[:2] not in served:
+                    gauge.remove(*labels)
+
     def drift_unprofiled_version(self, model: str, version: str) -> None:
         """Mark a model version served without a reference profile."""
         self.drift_unprofiled.labels(model, version).set(1)
@@ -282,6 +294,12 @@ class CoordinatorMetrics(MetricsEndpoint):
         if items:
             self.segment_items.labels(model, segment).inc(items)
             self.segment_escalated.labels(model, segment).inc(escalated)
+
+def _label_values(gauge: Gauge) -> list[tuple[str, ...]]:
+    """The label values of each series ``gauge`` has now, in its label names' order."""
+    return [tuple(sample.labels.values()) for metric in gauge.collect()
+            for sample in metric.samples]
+
 
 JOB_GAUGES_EVERY = 5  # seconds between reads of the job store's totals
 NODE_STATES = ("candidate", "live", "suspect", "dead", "draining")
@@ -324,6 +342,8 @@ class GaugeLoop:
         nodes = self.registry.snapshot()
         states = collections.Counter(r.display_state for r in nodes)
         m.fleet_load(nodes)
+        m.forget_versions({(model, version) for r in nodes
+                           for model, versions in r.models.items() for version in versions})
         for state in NODE_STATES:
             m.nodes.labels(state).set(states.get(state, 0))
         m.requeued.set(self.dispatcher.requeued)
