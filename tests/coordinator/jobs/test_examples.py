@@ -12,6 +12,7 @@ from coordinator.cascade.audit import Comparison
 from coordinator.jobs.examples import ExampleBook, ExampleWriter
 from coordinator.jobs.schema import SCHEMA_VERSION
 from coordinator.jobs.store import JobStore
+from tests.coordinator.jobs.older_schema import drops_after
 
 
 def comparison(n, model="m", start=0, source="audit"):
@@ -48,14 +49,14 @@ def test_a_version_6_sqlite_store_gains_hard_examples(tmp_path):
     path = str(tmp_path / "jobs.db")
     JobStore(path).close()
     db = sqlite3.connect(path)
-    db.execute("DROP TABLE hard_examples")
-    db.execute("DROP TABLE fleet_members")  # version 8
+    for drop in drops_after(6):
+        db.execute(drop)
     db.execute("PRAGMA user_version=6")
     db.commit()
     db.close()
     store = JobStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert ExampleBook(store.database).add([comparison(2)]) == 2
     finally:
         store.close()
@@ -63,8 +64,7 @@ def test_a_version_6_sqlite_store_gains_hard_examples(tmp_path):
 
 def test_a_version_6_postgresql_store_gains_hard_examples(pg_url):
     store = JobStore(pg_url)
-    store.database.write(lambda db: (db.execute("DROP TABLE hard_examples"),
-                                     db.execute("DROP TABLE fleet_members"),  # version 8
+    store.database.write(lambda db: ([db.execute(d) for d in drops_after(6)],
                                      db.execute("UPDATE edgeshard_schema SET version = 6")))
     store.close()
     store = JobStore(pg_url)

@@ -7,6 +7,7 @@ import time
 from coordinator.fleet.membership import Member
 from coordinator.jobs.members import MemberBook
 from coordinator.jobs.store import JobStore
+from tests.coordinator.jobs.older_schema import drops_after
 
 
 def test_each_replica_learns_the_nodes_the_others_heard(store_location):
@@ -47,12 +48,13 @@ def test_a_version_7_store_gains_the_members_table(store_location):
     JobStore(store_location).close()
     if store_location.startswith("postgresql://"):
         store = JobStore(store_location)
-        store.database.write(lambda db: (db.execute("DROP TABLE fleet_members"),
+        store.database.write(lambda db: ([db.execute(d) for d in drops_after(7)],
                                          db.execute("UPDATE edgeshard_schema SET version = 7")))
         store.close()
     else:
         db = sqlite3.connect(store_location)
-        db.execute("DROP TABLE fleet_members")
+        for drop in drops_after(7):
+            db.execute(drop)
         db.execute("PRAGMA user_version=7")
         db.commit()
         db.close()

@@ -7,6 +7,7 @@ import sqlite3
 from coordinator.jobs.rollouts import RolloutBook
 from coordinator.jobs.schema import SCHEMA_VERSION
 from coordinator.jobs.store import JobStore
+from tests.coordinator.jobs.older_schema import drops_after
 
 ROW = {"model": "mnist_edge", "stable": "1", "canary": "2", "share": 0.2, "shadow": 0.1,
        "margins": {"min_requests": 50, "error_rate": 0.02}, "state": "running",
@@ -38,14 +39,14 @@ def test_a_version_5_sqlite_store_gains_rollouts(tmp_path):
     path = str(tmp_path / "jobs.db")
     JobStore(path).close()
     db = sqlite3.connect(path)
-    db.execute("DROP TABLE rollouts")
-    db.execute("DROP TABLE hard_examples")  # version 7
+    for drop in drops_after(5):
+        db.execute(drop)
     db.execute("PRAGMA user_version=5")
     db.commit()
     db.close()
     store = JobStore(path)  # upgraded in place
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         RolloutBook(store.database).save(ROW)
         assert RolloutBook(store.database).load() == [ROW]
     finally:
@@ -54,8 +55,7 @@ def test_a_version_5_sqlite_store_gains_rollouts(tmp_path):
 
 def test_a_version_5_postgresql_store_gains_rollouts(pg_url):
     store = JobStore(pg_url)
-    store.database.write(lambda db: (db.execute("DROP TABLE rollouts"),
-                                     db.execute("DROP TABLE hard_examples"),
+    store.database.write(lambda db: ([db.execute(d) for d in drops_after(5)],
                                      db.execute("UPDATE edgeshard_schema SET version = 5")))
     store.close()
     store = JobStore(pg_url)
