@@ -276,27 +276,23 @@ class JobStore(ShardLeases, JobQueries):
                 raise InvalidResultError(f"shard {shard_id}: attempt {attempt!r} was never "
                                          f"leased (current attempt {current})")
             ids = msgpack.unpackb(item_ids)
-            where = _positions(shard_id, ids, batches, escalations)
+            # The common case: one batch answering the whole shard in its order.
+            whole = not escalations and len(batches) == 1 and list(batches[0].item_ids) == ids
+            where = None if whole else _positions(shard_id, ids, batches, escalations)
             stale = attempt < current
             given = sum(len(b) for b in batches) + len(escalations)
             if (job_state in (JobState.CANCELLED, JobState.FAILED)
                     or shard_state == ShardState.CANCELLED):
                 return CompleteOutcome(0, 0, stale, discarded=given)
             marks = bytearray(marks if marks is not None else bytes(item_count))
-            fresh = [e for e in escalations if marks[where[e.item_id]] == OPEN]
-            spooled, overflow = spool.admit(db, job_id, shard_id, model, fresh, limits, now)
-            for item in spooled:
-                marks[where[item]] = SPOOLED
-            if overflow:
-                batches.extend(batches_from_rows(overflow))
-            blocks = []
-            for b in batches:
-                keep = []
-                for k, item in enumerate(b.item_ids):
-                    if marks[where[item]] == OPEN:  # first writer wins, also within a batch
-                        marks[where[item]] = FINAL
-                        keep.append(k)
-                blocks.append(subset(b, keep))
+            if whole and not any(marks):  # every item still open: all of them are final
+                marks = bytearray([FINAL]) * item_count
+                blocks, spooled, overflow = batches, [], []
+            else:
+                where = where or _positions(shard_id, ids, batches, escalations)
+                blocks, spooled, overflow = _first_writer_wins(
+                    db, job_id, shard_id, model, batches, escalations, marks, where, limits,
+                    now)
             accepted = sum(len(b) for b in blocks)
             duplicates = given - len(spooled) - accepted
             open_items = marks.count(OPEN)
@@ -324,6 +320,31 @@ class JobStore(ShardLeases, JobQueries):
                                    if taken is not None else None)
 
         return self.database.write(complete)
+
+
+def _first_writer_wins(db: Tx, job_id: str, shard_id: int, model: str,
+                       batches: list[ResultBatch], escalations: Sequence[Escalation],
+                       marks: bytearray, where: dict[str, int], limits: SpoolLimits,
+                       now: float) -> tuple[list[ResultBatch], list[str], list[ResultRow]]:
+    """Mark, in ``marks``, the items ``batches`` answer and ``escalations`` spool, each
+    only while still open (first writer wins, also within a batch); returns the blocks to
+    write (``batches`` cut to what they answered first, plus degraded answers of the
+    escalations the spool had no room for), the spooled ids and those overflowed."""
+    fresh = [e for e in escalations if marks[where[e.item_id]] == OPEN]
+    spooled, overflow = spool.admit(db, job_id, shard_id, model, fresh, limits, now)
+    for item in spooled:
+        marks[where[item]] = SPOOLED
+    if overflow:
+        batches = [*batches, *batches_from_rows(overflow)]
+    blocks = []
+    for b in batches:
+        keep = []
+        for k, item in enumerate(b.item_ids):
+            if marks[where[item]] == OPEN:
+                marks[where[item]] = FINAL
+                keep.append(k)
+        blocks.append(subset(b, keep))
+    return blocks, spooled, overflow
 
 
 def _positions(shard_id: int, ids: list[str], batches: Sequence[ResultBatch],
