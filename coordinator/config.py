@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from coordinator.cascade.rules import CascadeRule, parse_audit, parse_cascade
 from edgeshard import settings
@@ -324,6 +325,13 @@ class CoordinatorConfig:
             check(scheme in ("postgresql", "postgres"), "state_url",  # the value may hold a
                   f"not a PostgreSQL URL (scheme {scheme!r}); give "  # password: not echoed
                   "postgresql://USER@HOST:PORT/DB")
+            try:  # (several hosts, host1:port1,host2:port2, are PostgreSQL's: left alone)
+                parsed = urlsplit(self.state_url) is not None
+            except ValueError:  # brackets of an IPv6 host that do not match
+                parsed = False
+            check(parsed, "state_url", "not a valid URL; give postgresql://USER@HOST:PORT/DB "
+                  "and percent-encode characters such as [ ] / : @ in the user name or "
+                  "password (%5B %5D %2F %3A %40)")
         check(self.replica_timeout_s >= 2.0, "replica_timeout_s",
               f"must be >= 2 (replicas heartbeat every second), got {self.replica_timeout_s}")
         for name in ("heartbeat_interval_s", "probe_interval_s", "probe_timeout_s",

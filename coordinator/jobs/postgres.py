@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRIES = 5
+RECONNECT_ROUND_S = 4.0  # see ConnectionPool(reconnect_timeout=...) below
 
 
 @functools.lru_cache(maxsize=512)
@@ -89,8 +90,12 @@ class PostgresDatabase(Database):
             raise CoordinatorError(
                 f"state_url: cannot connect to PostgreSQL at {self.location}: {reason}; check "
                 "that the server runs, the address, the database and the credentials") from exc
+        # reconnect_timeout: the pool retries a lost server with a back-off that doubles
+        # from 1 s for as long as this; past it, the next call starts a new round at once.
+        # Its default (300 s) let a store come back up to minutes after its server did.
         self.pool = ConnectionPool(url, min_size=1, max_size=max_connections,
                                    timeout=pool_timeout_s, open=False, name="edgeshard-store",
+                                   reconnect_timeout=RECONNECT_ROUND_S,
                                    kwargs={"autocommit": False, "connect_timeout": 3})
         # The pool warns at every failed reconnection (many lines a second while the server
         # is away); the store logs the fault once, and its return.
@@ -225,8 +230,12 @@ def _key(name: str) -> int:
 
 def _redact(url: str) -> str:
     """``url`` without its passwords (in the user part or as ``password=`` in the query),
-    for logs and errors."""
-    parts = urlsplit(url)
+    for logs and errors; a URL that does not parse keeps only its scheme and host part."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{'***@' if '@' in rest else ''}{rest.rpartition('@')[2]}"
     netloc = parts.netloc
     if "@" in netloc:
         creds, host = netloc.rsplit("@", 1)

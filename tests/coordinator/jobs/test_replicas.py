@@ -149,6 +149,10 @@ def test_a_node_registered_with_one_replica_serves_through_every_replica(
      "connection failed"),
     ("postgresql://nobody:SECRET@127.0.0.1:{port}/jobs?password=SECRET", 1,
      "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:{port}/jobs?password=***"),
+    # a raw [ in the password: percent-encode it (found by a newcomer: it was a traceback)
+    ("postgresql://nobody:SE[CRET@127.0.0.1:{port}/jobs", 2,
+     "state_url: not a valid URL; give postgresql://USER@HOST:PORT/DB and percent-encode"),
+    ("postgresql://[bad", 2, "state_url: not a valid URL"),
 ])
 def test_a_bad_state_url_is_refused_naming_it(tmp_path, url, code, message):
     import socket
@@ -165,6 +169,7 @@ def test_a_bad_state_url_is_refused_naming_it(tmp_path, url, code, message):
     assert out.returncode == code, out.stderr
     assert message.format(port=port) in out.stderr
     assert "Traceback" not in out.stderr and "SECRET" not in out.stderr
+    assert "SE[CRET" not in out.stderr
 
 
 def test_a_drain_through_one_replica_reaches_the_others(tmp_path, pg_url, processes,
