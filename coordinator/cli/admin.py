@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from coordinator.jobs.database import STORE_ERROR_PREFIX
 from edgeshard.tls import handshake_hint
 
 COMMANDS = {  # name: (one-line help, --help description)
@@ -158,6 +159,10 @@ def rpc_failure(exc: grpc.RpcError, addresses: str | Sequence[str],
     ``answered`` is the address that gave the error, when known."""
     addresses = (addresses,) if isinstance(addresses, str) else tuple(addresses)
     text = f"{exc.code().name}: {exc.details()}"
+    if (exc.details() or "").startswith(STORE_ERROR_PREFIX):  # an answer: the store is away
+        where = answered or ", ".join(addresses)
+        return (f"{text} (the coordinator at {where} answers, but its job store does not: "
+                "check the database of --state-url, or the state directory's disk)")
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         hint = handshake_hint(exc.details() or "", client_tls)
         if hint:

@@ -96,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     from coordinator.cli.examples import add_parser as examples_parser
 
     examples_parser(sub, with_target)
+    from coordinator.cli.results import add_parser as results_parser
+
+    results_parser(sub, with_target)
 
     cal = sub.add_parser(
         "calibrate", help="fit temperature and pick the escalation threshold",
@@ -317,6 +320,10 @@ def run_command(args, argv: list[str] | None) -> int:
         from coordinator.cli.profile import main as profile_main
 
         return profile_main(args)
+    if args.command == "results":
+        from coordinator.cli.results import main as results_main
+
+        return results_main(args)
     if args.command == "export-examples":
         from coordinator.cli.examples import main as examples_main
 

@@ -35,6 +35,7 @@ from coordinator.cli.interrupt import Interrupted, close_client
 from coordinator.cli.job_monitor import AWAY, JobMonitor
 from coordinator.cli.progress import ProgressBar
 from coordinator.cli.results_file import ResultsFile
+from coordinator.jobs.database import STORE_ERROR_PREFIX
 from coordinator.jobs.items import load_items
 from coordinator.jobs.model import JobState
 from edgeshard.errors import UnavailableError
@@ -132,7 +133,10 @@ class _Waiting:
 
     def reason(self, exc: grpc.RpcError) -> str:
         """Why a call failed, for the waiting line: a TLS mismatch, else the status."""
-        return handshake_hint(exc.details() or "", self.client_tls) or exc.code().name
+        details = exc.details() or ""
+        if details.startswith(STORE_ERROR_PREFIX):  # the coordinator answers; its store does not
+            return f"it answers, but {details.split(';')[0]}"
+        return handshake_hint(details, self.client_tls) or exc.code().name
 
     def _tls_mismatch(self, client: CoordinatorClient, next_step: str) -> str:
         """Ask once; raise ``CoordinatorUnreachable`` at once when the TLS handshake

@@ -31,6 +31,8 @@ from coordinator.errors import StoreFullError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
+STORE_ERROR_PREFIX = "job store: "  # how the store's errors begin (clients look for it)
+
 T = TypeVar("T")
 FAULT_HOLD_S = 2.0  # a write fault is reported until writes succeed this long after it
 
@@ -103,9 +105,9 @@ class Database:
             log.error("job store %s cannot write: %s (%s); work waits and resumes by itself "
                       "when it can write again (logged once)", self.location, self.fault, exc)
         if full:
-            return StoreFullError(f"job store: disk full ({exc}); free space for the store, "
-                                  "writes resume by themselves")
-        return StoreUnavailableError(f"job store: cannot write ({exc}); retry later")
+            return StoreFullError(f"{STORE_ERROR_PREFIX}disk full ({exc}); free space for the "
+                                  "store, writes resume by themselves")
+        return StoreUnavailableError(f"{STORE_ERROR_PREFIX}cannot write ({exc}); retry later")
 
     def _recovered(self) -> None:
         """A write succeeded: the fault is over once none failed for ``FAULT_HOLD_S`` (small

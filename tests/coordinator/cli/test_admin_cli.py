@@ -75,3 +75,49 @@ def test_a_node_address_is_not_mistaken_for_a_coordinator(node):
     out = coordinator("jobs", "--coordinator", node.address, capture_output=True)
     assert out.returncode == 1
     assert out.stderr.rstrip().endswith(f"({node.address} is not a coordinator: an edge node?)")
+
+
+def test_results_prints_or_saves_a_jobs_lines_from_the_coordinator(fleet, holdout, tmp_path):
+    import json
+
+    from coordinator.jobs.items import ItemSource
+
+    fleet.start_coordinator()
+    fleet.add_node("n0")
+    fleet.wait_live(1)
+    images, labels = holdout
+    ids = [f"img-{i}" for i in range(40)]
+    status = fleet.client.submit("mnist_edge", ItemSource.from_arrays(ids, images[:40]), 16)
+    address = fleet.coordinator.address
+    out = coordinator("results", status.job_id, "--follow", "--coordinator", address,
+                      capture_output=True)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(r["id"] for r in lines) == sorted(ids)  # each item once
+    truth = dict(zip(ids, labels[:40].tolist(), strict=True))
+    assert sum(r["label"] == truth[r["id"]] for r in lines) >= 36
+    saved = tmp_path / "results.jsonl"
+    out = coordinator("results", status.job_id, "--output", str(saved), "--coordinator",
+                      address, capture_output=True)
+    assert out.returncode == 0 and out.stdout == "", out.stderr
+    assert [json.loads(x) for x in saved.read_text().splitlines()] == lines
+    # after the first 10 results by sequence number: the other 30
+    out = coordinator("results", status.job_id, "--after-seq", "10", "--coordinator",
+                      address, capture_output=True)
+    assert [json.loads(x) for x in out.stdout.splitlines()] == lines[10:]
+
+
+def test_results_refuses_an_unknown_job_and_bad_arguments(fleet, tmp_path):
+    fleet.start_coordinator()
+    address = fleet.coordinator.address
+    out = coordinator("results", "no-such-job", "--output", str(tmp_path / "r.jsonl"),
+                      "--coordinator", address, capture_output=True)
+    assert out.returncode == 1 and "NOT_FOUND" in out.stderr and "no-such-job" in out.stderr
+    assert not (tmp_path / "r.jsonl").exists()  # nothing made for an unknown job
+    out = coordinator("results", "j", "--after-seq", "-1", "--coordinator", address,
+                      capture_output=True)
+    assert out.returncode == 2 and "--after-seq: must be >= 0" in out.stderr
+    out = coordinator("results", "j", "--output", str(tmp_path / "missing" / "r.jsonl"),
+                      "--coordinator", address, capture_output=True)
+    assert out.returncode == 2 and "--output: cannot write" in out.stderr
+    assert "Traceback" not in out.stderr

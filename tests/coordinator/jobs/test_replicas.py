@@ -6,6 +6,8 @@ the others re-queue the shards its pullers held and finish the job.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import psycopg
@@ -224,6 +226,14 @@ def test_a_database_outage_mid_job_loses_and_repeats_nothing(tmp_path, processes
                 assert time.monotonic() < deadline, "the outage was never reported"
                 time.sleep(0.2)
             assert [n.state for n in client.nodes()] == ["live", "live"]  # still serving
+            # the CLI blames the store, not the coordinator it reached (newcomer review)
+            out = subprocess.run([sys.executable, "-m", "coordinator", "jobs",
+                                  "--coordinator", coordinator.address],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 1, out.stdout
+            assert (f"the coordinator at {coordinator.address} answers, but its job store "
+                    "does not: check the database of --state-url") in out.stderr, out.stderr
+            assert "is a coordinator running" not in out.stderr
             server.resume()
             final = wait_finished(client, status.job_id)
             assert final.state == "done", final
