@@ -3,7 +3,6 @@ read back page by page, bounded per model; the background writer never blocks.""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 
 import numpy as np
@@ -12,7 +11,7 @@ from coordinator.cascade.audit import Comparison
 from coordinator.jobs.examples import ExampleBook, ExampleWriter
 from coordinator.jobs.schema import SCHEMA_VERSION
 from coordinator.jobs.store import JobStore
-from tests.coordinator.jobs.older_schema import drops_after
+from tests.coordinator.jobs.older_schema import make_older, stored_version
 
 
 def comparison(n, model="m", start=0, source="audit"):
@@ -45,34 +44,12 @@ def test_examples_round_trip_and_only_the_newest_are_kept_per_model(store_locati
         store.close()
 
 
-def test_a_version_6_sqlite_store_gains_hard_examples(tmp_path):
-    path = str(tmp_path / "jobs.db")
-    JobStore(path).close()
-    db = sqlite3.connect(path)
-    for drop in drops_after(6):
-        db.execute(drop)
-    db.execute("PRAGMA user_version=6")
-    db.commit()
-    db.close()
-    store = JobStore(path)
+def test_a_version_6_store_gains_hard_examples(store_location):
+    make_older(store_location, 6)
+    store = JobStore(store_location)  # upgraded in place
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert stored_version(store) == SCHEMA_VERSION
         assert ExampleBook(store.database).add([comparison(2)]) == 2
-    finally:
-        store.close()
-
-
-def test_a_version_6_postgresql_store_gains_hard_examples(pg_url):
-    store = JobStore(pg_url)
-    store.database.write(lambda db: ([db.execute(d) for d in drops_after(6)],
-                                     db.execute("UPDATE edgeshard_schema SET version = 6")))
-    store.close()
-    store = JobStore(pg_url)
-    try:
-        assert ExampleBook(store.database).add([comparison(2)]) == 2
-        version = store.database.read(
-            lambda db: db.execute("SELECT version FROM edgeshard_schema").fetchone()[0])
-        assert version == SCHEMA_VERSION
     finally:
         store.close()
 

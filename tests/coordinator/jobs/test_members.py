@@ -6,8 +6,9 @@ import time
 
 from coordinator.fleet.membership import Member
 from coordinator.jobs.members import MemberBook
+from coordinator.jobs.schema import SCHEMA_VERSION
 from coordinator.jobs.store import JobStore
-from tests.coordinator.jobs.older_schema import drops_after
+from tests.coordinator.jobs.older_schema import make_older, stored_version
 
 
 def test_each_replica_learns_the_nodes_the_others_heard(store_location):
@@ -43,23 +44,10 @@ def test_nodes_nobody_heard_lately_are_not_shared_and_later_forgotten(store_loca
 
 
 def test_a_version_7_store_gains_the_members_table(store_location):
-    import sqlite3
-
-    JobStore(store_location).close()
-    if store_location.startswith("postgresql://"):
-        store = JobStore(store_location)
-        store.database.write(lambda db: ([db.execute(d) for d in drops_after(7)],
-                                         db.execute("UPDATE edgeshard_schema SET version = 7")))
-        store.close()
-    else:
-        db = sqlite3.connect(store_location)
-        for drop in drops_after(7):
-            db.execute(drop)
-        db.execute("PRAGMA user_version=7")
-        db.commit()
-        db.close()
+    make_older(store_location, 7)
     store = JobStore(store_location)  # upgraded in place
     try:
+        assert stored_version(store) == SCHEMA_VERSION
         n1 = Member("n1", "10.0.0.1:8001", 8)
         assert MemberBook(store.database).share([n1], 30.0) == [n1]
     finally:
