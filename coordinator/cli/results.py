@@ -4,9 +4,12 @@ The lines are those ``submit`` writes (``coordinator.cli.results_file``): one pe
 in commit order. Without ``--output`` they go to standard output, every output tensor
 inline; with ``--output FILE`` to the file, large outputs to its ``.npz`` sidecar as
 ``submit`` does. ``--follow`` waits for the results of a running job until it finishes;
-``--after-seq N`` starts after the result with sequence number N (a reader that stopped
-can go on where it was). With several ``--coordinator`` addresses the stream moves to the
-next coordinator when one goes away, resuming after the last result it delivered.
+``--after-seq N`` starts after the result with sequence number N: a job's results are
+numbered 1, 2, ... without gaps in commit order, so a reader that stopped after N lines
+goes on with ``--after-seq N``. Without ``--follow``, a running job's results so far are
+written and a note on standard error says the job is still running. With several
+``--coordinator`` addresses the stream moves to the next coordinator when one goes away,
+resuming after the last result it delivered.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ def add_parser(sub, with_target) -> None:
     sp.add_argument("--follow", action="store_true",
                     help="wait for the results of a running job until it finishes")
     sp.add_argument("--after-seq", type=int, default=0, metavar="N",
-                    help="only results after sequence number N (0: from the first)")
+                    help="only results after sequence number N (0: from the first); results "
+                    "are numbered 1, 2, ... in commit order, so N lines already read means "
+                    "--after-seq N")
 
 
 def main(args) -> int:
@@ -45,9 +50,13 @@ def main(args) -> int:
     if args.after_seq < 0:
         print(f"{name}: --after-seq: must be >= 0, got {args.after_seq}", file=sys.stderr)
         return 2
-    if args.output is not None and (args.output.is_dir() or not args.output.parent.is_dir()):
-        print(f"{name}: --output: cannot write {args.output} (a directory, or in a "
-              "directory that does not exist)", file=sys.stderr)
+    if args.output is not None and args.output.is_dir():
+        print(f"{name}: --output: {args.output} is a directory; give a file name",
+              file=sys.stderr)
+        return 2
+    if args.output is not None and not args.output.parent.is_dir():
+        print(f"{name}: --output: cannot write {args.output}: directory "
+              f"{args.output.parent} does not exist", file=sys.stderr)
         return 2
     client = CoordinatorClient(args.coordinator, credentials=args.credentials, token=args.token)
     out = None
@@ -62,6 +71,12 @@ def main(args) -> int:
                 out.write(record)
             else:
                 sys.stdout.write(record.as_json() + "\n")
+        if not args.follow:
+            status = client.get(args.job_id)
+            if status.state == "running":  # what is committed so far: say it is not all
+                print(f"{name}: job {args.job_id} is still running ({status.done_items} of "
+                      f"{status.total_items} items answered); --follow waits for the rest",
+                      file=sys.stderr)
     except grpc.RpcError as exc:
         print(f"{name}: {rpc_failure(exc, args.coordinator, client.address, args.client_tls)}",
               file=sys.stderr)

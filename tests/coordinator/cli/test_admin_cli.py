@@ -119,5 +119,33 @@ def test_results_refuses_an_unknown_job_and_bad_arguments(fleet, tmp_path):
     assert out.returncode == 2 and "--after-seq: must be >= 0" in out.stderr
     out = coordinator("results", "j", "--output", str(tmp_path / "missing" / "r.jsonl"),
                       "--coordinator", address, capture_output=True)
-    assert out.returncode == 2 and "--output: cannot write" in out.stderr
+    assert out.returncode == 2 and "missing does not exist" in out.stderr
+    out = coordinator("results", "j", "--output", str(tmp_path), "--coordinator", address,
+                      capture_output=True)
+    assert out.returncode == 2 and "is a directory" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_results_of_a_running_job_says_they_are_not_all(fleet, holdout):
+    import signal
+
+    import numpy as np
+
+    from coordinator.jobs.items import ItemSource
+
+    fleet.start_coordinator()
+    node = fleet.add_node("n0")
+    fleet.wait_live(1)
+    images = np.tile(holdout[0], (20, 1, 1))  # 20,000 items: seconds of work
+    status = fleet.client.submit("mnist_edge", ItemSource.from_arrays(None, images), 64)
+    node.process.send_signal(signal.SIGSTOP)  # the job cannot finish meanwhile
+    try:
+        out = coordinator("results", status.job_id, "--coordinator",
+                          fleet.coordinator.address, capture_output=True)
+    finally:
+        node.process.send_signal(signal.SIGCONT)
+    assert out.returncode == 0, out.stderr
+    answered = len(out.stdout.splitlines())
+    assert answered < 20_000
+    assert f"job {status.job_id} is still running (" in out.stderr
+    assert "--follow waits for the rest" in out.stderr
