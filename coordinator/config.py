@@ -326,7 +326,8 @@ class CoordinatorConfig:
                   f"not a PostgreSQL URL (scheme {scheme!r}); give "  # password: not echoed
                   "postgresql://USER@HOST:PORT/DB")
             try:  # (several hosts, host1:port1,host2:port2, are PostgreSQL's: left alone)
-                parsed = urlsplit(self.state_url) is not None
+                urlsplit(self.state_url)
+                parsed = True
             except ValueError:  # brackets of an IPv6 host that do not match
                 parsed = False
             check(parsed, "state_url", "not a valid URL; give postgresql://USER@HOST:PORT/DB "

@@ -50,6 +50,11 @@ def create_server(max_workers: int, thread_name_prefix: str,
 RECONNECT_OPTIONS: tuple[ChannelOption, ...] = (("grpc.max_reconnect_backoff_ms", 2000),)
 
 
+def _with_reconnect(options: Sequence[ChannelOption]) -> list[ChannelOption]:
+    """``options`` added to (and overriding) ``RECONNECT_OPTIONS``."""
+    return list({**dict(RECONNECT_OPTIONS), **dict(options)}.items())
+
+
 def open_channel(address: str, options: Sequence[ChannelOption] = (),
                  credentials: grpc.ChannelCredentials | None = None,
                  token: str | None = None) -> grpc.Channel:
@@ -60,7 +65,7 @@ def open_channel(address: str, options: Sequence[ChannelOption] = (),
     carries ``authorization: Bearer <token>`` (``edgeshard.auth``). The channel connects
     lazily; the caller closes it.
     """
-    merged = list({**dict(RECONNECT_OPTIONS), **dict(options)}.items())
+    merged = _with_reconnect(options)
     if credentials is not None:
         channel = grpc.secure_channel(address, credentials, options=merged)
     else:
@@ -77,7 +82,7 @@ def open_aio_channel(address: str, options: Sequence[ChannelOption] = (),
     """``open_channel`` for coroutines: a ``grpc.aio`` channel, bound to the running event
     loop (open, use and close it on that loop's thread). No bearer token: the coordinator
     calls its nodes with none."""
-    merged = list({**dict(RECONNECT_OPTIONS), **dict(options)}.items())
+    merged = _with_reconnect(options)
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=merged)
     return grpc.aio.insecure_channel(address, options=merged)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grpc
 
-from coordinator.api.clients import DEFAULT_MESSAGE_BYTES, connections_for
+from coordinator.api.clients import DEFAULT_MESSAGE_BYTES, connections_for, next_turn
 from coordinator.fleet.forwarder import AsyncNodeCall
 from coordinator.fleet.registry import NodeRecord
 from edgeshard.rpc import peer_error
@@ -48,8 +48,7 @@ class AioNodeChannels:
             stubs.append(InferenceStub(channel))
         if count == 1:
             return stubs[0]
-        turn = self._turns[node.address] = (self._turns.get(node.address, -1) + 1) % count
-        return stubs[turn]
+        return stubs[next_turn(self._turns, node.address, count)]
 
     async def close(self) -> None:
         """Close every channel (on the loop); calls still in flight are cancelled."""

@@ -34,6 +34,13 @@ def connections_for(node: NodeRecord, per_process: int) -> int:
     return 1 if node.processes <= 1 else min(MAX_CONNECTIONS, per_process * node.processes)
 
 
+def next_turn(turns: dict[str, int], address: str, count: int) -> int:
+    """Which of ``address``'s ``count`` connections the next call takes (round robin;
+    ``turns`` keeps the last one per address)."""
+    turn = turns[address] = (turns.get(address, -1) + 1) % count
+    return turn
+
+
 class OIPClient:
     """A channel to one OIP server, with the calls the coordinator needs; TLS with
     ``credentials`` (``edgeshard.tls.channel_credentials``), else plaintext. With
@@ -203,8 +210,7 @@ class ClientPool:
                                          token=self._token, own_connection=bool(clients)))
             if connections <= 1:
                 return clients[0]
-            turn = self._turns[address] = (self._turns.get(address, -1) + 1) % connections
-            return clients[turn]
+            return clients[next_turn(self._turns, address, connections)]
 
     def for_node(self, node: NodeRecord) -> OIPClient:
         """The client for a call to ``node``: with several serving processes, the next of
