@@ -21,10 +21,7 @@ import binascii
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from edgeshard.errors import EdgeshardError
 from edgeshard.settings import SettingsError
@@ -35,12 +32,22 @@ MAKE_ONE = "edge-coordinator signing-key --out DIR makes a key pair"
 PASSPHRASE_HINT = "--passphrase-file FILE or EDGESHARD_KEY_PASSPHRASE"
 
 
+if TYPE_CHECKING:  # cryptography is imported where a key is handled: a node without
+    # --trust-key or TLS never loads it (~10 MB of its resident memory)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+
 class KeyFileError(EdgeshardError, SettingsError):
     """A key file is unusable; the message names the setting (as its flag), file and fix."""
 
 
 def key_id(key: Ed25519PublicKey) -> str:
     """The key's id: sha256 of its raw 32 bytes, first 16 hex digits."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -93,6 +100,10 @@ def load_private_key(path: Path, flag: str = "--key",
     certificate, an encrypted key without ``passphrase`` (or a wrong one), a passphrase
     for a key that is not encrypted, or a key of another type (RSA, EC...).
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = _read(path, flag, "Ed25519 private key")
     label = _pem_label(data)
     if "PUBLIC KEY" in label or "CERTIFICATE" in label:
@@ -139,6 +150,10 @@ def load_public_key(path: Path, flag: str = "--trust-key") -> Ed25519PublicKey:
     Raises ``KeyFileError`` for a file that is missing or unreadable, a private key (keep
     those off the devices), or anything but an Ed25519 public key.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data = _read(path, flag, "Ed25519 public key")
     label = _pem_label(data)
     if "PRIVATE KEY" in label:
@@ -184,6 +199,9 @@ def load_trust_keys(paths: Iterable[Path], flag: str = "--trust-key") -> list[Ed
 def new_key_pair(passphrase: bytes | None = None) -> tuple[Ed25519PrivateKey, bytes, bytes]:
     """A new key, its PKCS#8 PEM (encrypted when ``passphrase`` is given) and its public
     key's PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                   else serialization.NoEncryption())

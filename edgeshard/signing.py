@@ -28,10 +28,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edgeshard.keys import key_id
 from edgeshard.manifest import (
@@ -48,6 +45,12 @@ from edgeshard.manifest import (
     canonical_bytes,
     read_manifest,
 )
+
+if TYPE_CHECKING:  # imported where a signature is checked (see edgeshard.keys)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class TrustStore:
                 "bad_signature",
                 f"{where}: malformed signature (base64 of a 64-byte Ed25519 signature "
                 f"expected); {RESTORE}")
+        from cryptography.exceptions import InvalidSignature
+
         try:
             key.verify(signature, canonical_bytes(manifest.fields))
         except InvalidSignature:

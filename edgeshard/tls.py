@@ -25,13 +25,16 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from edgeshard.errors import EdgeshardError
 from edgeshard.settings import SettingsError
+
+if TYPE_CHECKING:  # cryptography is imported where a file is checked: a process without
+    # TLS never loads it (~10 MB of resident memory on an edge node)
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,8 @@ def _read(path: Path, flag: str) -> bytes:
 
 
 def _certificates(data: bytes, path: Path, flag: str) -> list[x509.Certificate]:
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -123,6 +128,8 @@ def read_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
     chain = _read(cert, "--tls-cert")
     leaf = _certificates(chain, cert, "--tls-cert")[0]
     key_pem = _read(key, "--tls-key")
+    from cryptography.hazmat.primitives import serialization
+
     try:
         private = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
@@ -138,6 +145,8 @@ def read_pair(cert: Path, key: Path) -> tuple[bytes, bytes]:
 def certificate_common_name(path: Path) -> str | None:
     """The subject common name of the first certificate in ``path`` (None when it has
     none); ``TLSError`` names ``--tls-cert`` when the file is unreadable or not PEM."""
+    from cryptography import x509
+
     leaf = _certificates(_read(path, "--tls-cert"), path, "--tls-cert")[0]
     names = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(names[0].value) if names else None
