@@ -183,6 +183,21 @@ def test_preprocess_exact(data, images, out_h, out_w, dtype):
     np.testing.assert_array_equal(out, composed.reshape(out.shape))
 
 
+@PROPERTY
+@given(data=st.data(), images=image_batches(),
+       dtype=st.sampled_from((np.int8, np.uint8, np.float32)))
+def test_preprocess_at_the_images_own_size_is_the_lut_alone(data, images, dtype):
+    """The kernel skips the resize for images already of the output size: same result."""
+    mean, std = data.draw(norm_params(channel_count(images)))
+    scale, zp = data.draw(quant_params(np.int8 if dtype == np.float32 else dtype))
+    if dtype == np.float32:
+        scale, zp = None, None
+    h, w = images.shape[1:3]
+    out = cy.preprocess(images, h, w, mean, std, scale, zp, dtype)
+    np.testing.assert_array_equal(out, ref.preprocess(images, h, w, mean, std, scale, zp, dtype))
+    np.testing.assert_array_equal(cy.resize_bilinear(images, h, w), images)
+
+
 def logits(min_value=-100.0, max_value=100.0):
     return arrays(
         np.float32,
