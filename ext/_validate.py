@@ -6,6 +6,7 @@ argument's name. Wrong Python types raise TypeError; wrong dtype, rank, size or
 value raise ValueError.
 """
 
+import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -80,9 +81,17 @@ def _finite_float(value: object, name: str) -> float:
     return result
 
 
+# Values strictly inside these bounds stay finite and > 0 as float32 (its largest finite
+# value is ~3.4028e38, its smallest subnormal ~1.4e-45); only values outside them are
+# rounded to float32 to decide, which costs ~2 us a call (np.errstate).
+_F32_SURELY_POSITIVE = (1e-44, 3.4e38)
+
+
 def positive(value: object, name: str) -> float:
     """Return a float that stays finite and > 0 after rounding to float32."""
     result = _finite_float(value, name)
+    if _F32_SURELY_POSITIVE[0] < result < _F32_SURELY_POSITIVE[1]:
+        return result
     with np.errstate(over="ignore"):  # overflow to inf is rejected just below
         as_f32 = np.float32(result)
     if not (result > 0 and as_f32 > 0 and np.isfinite(as_f32)):
@@ -106,10 +115,17 @@ def quant_dtype(value: object, name: str = "dtype", allow_float: bool = False) -
 def zero_point(value: object, dtype: np.dtype, name: str = "zero_point") -> int:
     """Return an int zero point inside the range of ``dtype``."""
     result = _int(value, name)
-    info = np.iinfo(dtype)
-    if not info.min <= result <= info.max:
-        raise ValueError(f"{name}: must be in [{info.min}, {info.max}] for {dtype}, got {result}")
+    low, high = _integer_range(dtype)
+    if not low <= result <= high:
+        raise ValueError(f"{name}: must be in [{low}, {high}] for {dtype}, got {result}")
     return result
+
+
+@functools.lru_cache(maxsize=16)
+def _integer_range(dtype: np.dtype) -> tuple[int, int]:
+    """``(min, max)`` of an integer dtype (np.iinfo costs ~3 us a call)."""
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
 
 
 def channel_params(mean: object, std: object) -> tuple[np.ndarray, np.ndarray]:

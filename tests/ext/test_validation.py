@@ -6,6 +6,8 @@ they must reject the same inputs in the same way.
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 IMG = np.zeros((2, 8, 8, 3), dtype=np.uint8)
 X = np.zeros((4, 5), dtype=np.float32)
@@ -169,3 +171,20 @@ def test_bad_preprocess_parameters_are_refused_after_good_ones_equal_to_them(imp
         from ext import _image
 
         assert len(_image._PLANS) <= _image._MAX_PLANS
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.floats(allow_nan=False, allow_infinity=False)
+       | st.sampled_from([1e-46, 7e-46, 1.4e-45, 1e-44, 3.4e38, 3.4028234e38,
+                          3.40282356e38, 3.4028236e38, 3.5e38]))
+def test_positive_accepts_exactly_what_stays_finite_and_above_zero_in_float32(value):
+    """The fast range check and the float32 rounding decide alike, at the edges too."""
+    from ext import _validate
+
+    with np.errstate(over="ignore"):
+        as_f32 = np.float32(value)
+    if value > 0 and as_f32 > 0 and np.isfinite(as_f32):
+        assert _validate.positive(value, "scale") == value
+    else:
+        with pytest.raises(ValueError, match="^scale: "):
+            _validate.positive(value, "scale")
