@@ -15,6 +15,9 @@ Usage::
    resizes / quantizes), batch 1 and 32: items/s, p50 / p99 latency per request, and the
    ratio served / raw (raw = the 2-thread anchor at the same batch size).
 3. Stock client: ``tritonclient.grpc`` at batch 32 with 4 threads, same node.
+4. With ``--bare``: ``bench/bare_server.py`` with the same two interpreters, batch 1, the
+   same clients: a Python gRPC server that only parses, invokes and answers. The node's
+   own cost is what it adds over this server; the rest is Python gRPC on the machine.
 
 CPU seconds used by the node process and by this (client) process are reported per case:
 on a 2-core machine the client threads share the cores with the node. Every loop is
@@ -30,6 +33,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -383,6 +387,22 @@ def serve_cases(repository: Path, args, processes: int, images: np.ndarray,
     return served
 
 
+def bare_cases(path: Path, images: np.ndarray, thread_counts: list[int], seconds: float,
+               warmup: float) -> list[Result]:
+    """Batch-1 requests to bench/bare_server.py with 2 interpreters (the node's 2)."""
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("bare_server.py")), str(path), "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = f"127.0.0.1:{int(server.stdout.readline())}"
+        return [served_ours([address], "bare", images, 1, threads, seconds, warmup,
+                            [server.pid], "bare gRPC server")
+                for threads in thread_counts]
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -396,6 +416,9 @@ def main() -> int:
     p.add_argument("--threads", default="1,4,8", help="client thread counts (1,4,8)")
     p.add_argument("--batches", default="1,32", help="batch sizes (1,32)")
     p.add_argument("--no-triton", action="store_true", help="skip the tritonclient case")
+    p.add_argument("--bare", action="store_true",
+                   help="also drive bench/bare_server.py (parse, invoke, answer: the least a "
+                        "Python gRPC server costs) at batch 1 with the same clients")
     p.add_argument("--processes", default="1",
                    help="serving process counts to compare, e.g. 1,2: the node's 2 "
                         "interpreters in 1 process (--workers 2) or 2 (--workers 1 each)")
@@ -429,8 +452,10 @@ def main() -> int:
         served += serve_cases(repository, args, processes, images, batches, thread_counts,
                               seconds, warmup)
 
-    report(raw, served, args.markdown)
-    errors = sum(r.errors for r in served)
+    bare = (bare_cases(path, images, thread_counts, seconds, warmup)
+            if args.bare and 1 in batches else [])
+    report(raw, [*bare, *served], args.markdown)
+    errors = sum(r.errors for r in (*bare, *served))
     if errors:
         print(f"\n{errors} request(s) failed during the run", file=sys.stderr)
     med = statistics.median(r.items_per_s / raw[(r.batch, 2)].items_per_s for r in served
