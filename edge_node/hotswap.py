@@ -111,10 +111,7 @@ class ModelManager:
         """
         with self._lock:
             if name is not None:
-                if not (self.repository.root / name).is_dir():
-                    raise ModelNotFoundError(
-                        f"model_name: no directory {name!r} in the model repository "
-                        f"{self.repository.root}")
+                self.check_loadable(name)
                 self._unloaded.discard(name)
                 names = [name]
             else:
@@ -187,17 +184,27 @@ class ModelManager:
                 "incompatible")
         return accept
 
+    def check_loadable(self, name: str) -> None:
+        """``ModelNotFoundError`` unless ``name`` has a directory in the repository."""
+        if not (self.repository.root / name).is_dir():
+            raise ModelNotFoundError(f"model_name: no directory {name!r} in the model "
+                                     f"repository {self.repository.root}")
+
+    def check_known(self, name: str) -> None:
+        """``ModelNotFoundError`` unless ``name`` is a model this node has seen."""
+        if name not in self.repository.models:
+            known = ", ".join(sorted(self.repository.models)) or "none"
+            raise ModelNotFoundError(f"model_name: unknown model {name!r} "
+                                     f"(available: {known})")
+
     def unload(self, name: str) -> None:
         """Unload every version of ``name``; polls leave it alone until it is loaded again.
 
         Raises ``ModelNotFoundError`` for an unknown model.
         """
         with self._lock:
-            entry = self.repository.models.get(name)
-            if entry is None:
-                known = ", ".join(sorted(self.repository.models)) or "none"
-                raise ModelNotFoundError(f"model_name: unknown model {name!r} "
-                                         f"(available: {known})")
+            self.check_known(name)
+            entry = self.repository.models[name]
             for version in list(entry.versions):
                 self._retire(entry, version, "unloaded by request")
             entry.failures[""] = "unloaded by request (RepositoryModelLoad loads it again)"

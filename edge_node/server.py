@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 import ext
 from edge_node.clients import CoordinatorLink, LoadReport, close_links
 from edge_node.config import NodeConfig
+from edge_node.control import ControlLog, RepositoryControl
 from edge_node.drift import merge_windows, read_windows, write_windows
 from edge_node.engine import InferenceEngine
 from edge_node.errors import ModelLoadError
@@ -55,6 +56,7 @@ class EdgeNodeServer:
                                           delegate=config.delegate_spec)
         self.engine: InferenceEngine | None = None
         self.models: ModelManager | None = None
+        self.control: RepositoryControl | None = None
         self.servicer: NodeServicer | None = None
         self.health = health.HealthServicer()
         self.port = 0
@@ -114,9 +116,12 @@ class EdgeNodeServer:
         self.node_id = cfg.resolved_node_id(self.port)
         self.engine = InferenceEngine(cfg, self.repository, self.metrics)
         self.models = ModelManager(self.repository, self.engine, cfg.keep_versions)
+        control_log = (ControlLog(Path(self.role.control_dir), self.role.index, self.role.count)
+                       if self.role.control_dir else None)
+        self.control = RepositoryControl(self.models, control_log)
         self.servicer = NodeServicer(self.engine, self.node_id, self.models,
                                      self._stream_pool, cfg.max_infer_streams,
-                                     processes=self.role.count)
+                                     control=self.control)
         add_inference_servicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         enable_reflection(self._server)
@@ -124,6 +129,7 @@ class EdgeNodeServer:
             self._server.start()  # answers live/health (NOT_SERVING) while warming up
         self.engine.start()
         self.models.start(cfg.model_poll_s)
+        self.control.start()  # a restarted serving process applies its siblings' loads
         if join_warm:
             self.servicer.ready.set()
             self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -269,6 +275,8 @@ class EdgeNodeServer:
         if self._advertiser is not None:
             self._advertiser.close()
         close_links(self._links)
+        if self.control is not None:
+            self.control.close()
         if self.models is not None:
             self.models.close()
         drained = True

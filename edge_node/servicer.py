@@ -12,6 +12,7 @@ import threading
 from concurrent import futures
 
 from edge_node import errors, topk
+from edge_node.control import RepositoryControl
 from edge_node.drift import check_segment
 from edge_node.engine import InferenceEngine
 from edge_node.hotswap import ModelManager
@@ -42,15 +43,15 @@ class NodeServicer(InferenceServicer):
     ``node_id`` names this node in responses; ``ready`` is set once the node is warm and
     cleared when it drains; ``models`` serves Triton's repository extension (hot swap).
     ``ModelStreamInfer`` runs the requests of at most ``max_streams`` open streams on
-    ``stream_pool`` (each stream also holds one gRPC handler thread while open). One of
-    several serving ``processes`` refuses repository loads and unloads (they would reach
-    it alone).
+    ``stream_pool`` (each stream also holds one gRPC handler thread while open).
+    Repository loads and unloads go through ``control``, which applies them in every
+    serving process of the node (``edge_node.control``).
     """
 
     def __init__(self, engine: InferenceEngine, node_id: str,
                  models: ModelManager | None = None,
                  stream_pool: futures.Executor | None = None, max_streams: int = 0,
-                 processes: int = 1):
+                 control: RepositoryControl | None = None):
         self.engine = engine
         self.node_id = node_id
         self.models = models
@@ -58,7 +59,7 @@ class NodeServicer(InferenceServicer):
         self.stream_pool = stream_pool
         self.max_streams = max_streams if stream_pool is not None else 0
         self._streams = threading.BoundedSemaphore(max(1, self.max_streams))
-        self.processes = processes
+        self.control = control
 
     # -- the RPCs, free of gRPC: the HTTP/REST binding calls these too -------------------
     # Each takes the RPC's request message and the seconds left of the caller's deadline
@@ -221,7 +222,7 @@ class NodeServicer(InferenceServicer):
         """RepositoryIndex: every model version with its state (READY, UNLOADING,
         UNAVAILABLE and why)."""
         response = oip_pb2.RepositoryIndexResponse()
-        for row in self._manager(changes=False).index(ready_only=request.ready):
+        for row in self._manager().index(ready_only=request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state,
                                 reason=row.reason)
         return response
@@ -235,7 +236,7 @@ class NodeServicer(InferenceServicer):
             raise errors.InvalidInputError("parameters.force", f"must be a bool, got {force!r}")
         if not request.model_name:
             raise errors.InvalidInputError("model_name", "empty: name the model to load")
-        _, refused = self._manager().reload(request.model_name, force=force)
+        refused = self._control().load(request.model_name, force=force)
         entry = self.engine.repository.models.get(request.model_name)
         if refused or entry is None or entry.latest is None:
             serving = (f"version {entry.latest.version} still serves" if entry is not None
@@ -250,19 +251,18 @@ class NodeServicer(InferenceServicer):
         """RepositoryModelUnload: unload every version of the model until loaded again."""
         if not request.model_name:
             raise errors.InvalidInputError("model_name", "empty: name the model to unload")
-        self._manager().unload(request.model_name)
+        self._control().unload(request.model_name)
         return oip_pb2.RepositoryModelUnloadResponse()
 
-    def _manager(self, changes: bool = True) -> ModelManager:
+    def _manager(self) -> ModelManager:
         if self.models is None:
             raise errors.ModelUnavailableError("the model repository is not managed here")
-        if changes and self.processes > 1:
-            raise errors.RepositoryControlError(
-                f"this node runs {self.processes} serving processes (--processes) and a "
-                "repository load or unload would reach one of them only; new versions are "
-                "loaded by every process with --model-poll-s, or run the node with "
-                "--processes 1")
         return self.models
+
+    def _control(self) -> RepositoryControl:
+        if self.control is None:
+            raise errors.ModelUnavailableError("the model repository is not managed here")
+        return self.control
 
     # -- gRPC ------------------------------------------------------------------------------
     @_guard

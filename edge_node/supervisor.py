@@ -25,8 +25,9 @@ one node with the capacity of all its processes (``--capacity``, default 4 per w
 process); the other children write their drift windows to a shared directory every
 second and child 0's heartbeats carry the sum (``edge_node.drift``). Each child's
 heartbeat load and ``ModelStatistics`` are its own; the metrics page has the node's
-totals. Triton's repository load and unload calls would reach one child only and are
-refused with FAILED_PRECONDITION; new versions are picked up by every child with
+totals. Triton's repository load and unload calls reach one child, which passes them to
+the others through a log in the private directory and answers once all applied them
+(``edge_node.control``); new versions are also picked up by every child with
 ``--model-poll-s``.
 """
 
@@ -57,6 +58,7 @@ SUPERVISOR_ENV = "EDGE_NODE_SUPERVISOR"  # the supervisor's pid, likewise
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 DRIFT_DIR_ENV = "EDGE_NODE_DRIFT_DIR"  # where the children share their drift windows
+CONTROL_DIR_ENV = "EDGE_NODE_CONTROL_DIR"  # their repository load/unload log (edge_node.control)
 START_TIMEOUT_S = 120.0
 DIR_PREFIX = "edge-node-"  # + the supervisor's pid: its private directory
 RESTART_BACKOFF_S = (1.0, 30.0)  # first delay, most
@@ -69,6 +71,7 @@ class ProcessRole:
     index: int = 0
     count: int = 1
     drift_dir: str = ""  # the children's drift windows meet here ("": a lone node)
+    control_dir: str = ""  # their repository load/unload log ("": a lone node)
 
     @property
     def announces(self) -> bool:
@@ -93,7 +96,7 @@ class ProcessRole:
             raise ValueError(f"{ROLE_ENV}: expected INDEX/COUNT, got {value!r}") from None
         if not 0 <= index < count:
             raise ValueError(f"{ROLE_ENV}: index must be in 0..COUNT-1, got {value!r}")
-        return cls(index, count, env.get(DRIFT_DIR_ENV, ""))
+        return cls(index, count, env.get(DRIFT_DIR_ENV, ""), env.get(CONTROL_DIR_ENV, ""))
 
 
 def follow_supervisor(env: dict | os._Environ) -> None:
@@ -138,6 +141,8 @@ class Supervisor:
         self._metrics_dir.mkdir()
         self._drift_dir = self._dir / "drift"
         self._drift_dir.mkdir()
+        self._control_dir = self._dir / "control"
+        self._control_dir.mkdir()
         self._children: list[subprocess.Popen | None] = [None] * config.processes
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -162,7 +167,8 @@ class Supervisor:
         self._ready_path(index).unlink(missing_ok=True)
         env = {**os.environ, ROLE_ENV: f"{index}/{self.config.processes}",
                SUPERVISOR_ENV: str(os.getpid()),
-               METRICS_DIR_ENV: str(self._metrics_dir), DRIFT_DIR_ENV: str(self._drift_dir)}
+               METRICS_DIR_ENV: str(self._metrics_dir), DRIFT_DIR_ENV: str(self._drift_dir),
+               CONTROL_DIR_ENV: str(self._control_dir)}
         child = subprocess.Popen([sys.executable, "-m", "edge_node", *self._child_args(index)],
                                  env=env, stdin=subprocess.DEVNULL)
         log.info("serving process %d/%d started (pid %d)", index, self.config.processes,

@@ -1,11 +1,12 @@
 """``edge-node --processes N``: several serving processes behind one port (SO_REUSEPORT),
 real processes: connections spread over them, one metrics page with the node's totals
 (promtool checks it), a child that dies is restarted, SIGTERM drains them all, one
-registration with the coordinator, and what cannot work across processes is refused."""
+registration with the coordinator, and Triton's repository load and unload reach them all."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,14 +87,11 @@ def test_processes_share_the_port_metrics_restart_and_drain(
         assert http.is_model_ready(EDGE)
     finally:
         http.close()
-    # Triton's repository index answers; a load or unload would reach one process only
+    # Triton's repository index answers
     client = tc.InferenceServerClient(node.address)
     try:
         assert {m["name"] for m in client.get_model_repository_index(as_json=True)["models"]} \
             >= {EDGE}
-        with pytest.raises(tc.InferenceServerException) as err:
-            client.load_model(EDGE)
-        assert "--processes" in str(err.value) and "--model-poll-s" in str(err.value)
     finally:
         client.close()
 
@@ -253,3 +251,51 @@ def test_a_dead_supervisors_private_directory_is_removed_by_the_next_one(start,
     node = start(shipped_repository, "--processes", "2", "--workers", "1")
     assert not stale.exists()
     assert node.stop(grace=5) == 0
+
+
+def readiness_seen(address: str, connections: int = 12) -> set[bool]:
+    """``is_model_ready(EDGE)`` as answered on ``connections`` new connections (the
+    kernel gives each to one of the serving processes)."""
+    seen = set()
+    for _ in range(connections):
+        client = tc.InferenceServerClient(address)
+        try:
+            seen.add(client.is_model_ready(EDGE))
+        finally:
+            client.close()
+    return seen
+
+
+def test_a_load_or_unload_reaches_every_process_and_a_restarted_one(
+        start, shipped_repository, holdout):
+    images, _ = holdout
+    node = start(shipped_repository, "--processes", "2", "--workers", "1")
+    client = tc.InferenceServerClient(node.address)
+    try:
+        client.unload_model(EDGE)  # answered once both processes applied it
+        assert readiness_seen(node.address) == {False}
+        with pytest.raises(tc.InferenceServerException):
+            infer_once(node.address, images[:1])
+        # a model without a directory is refused by the process that got the call
+        with pytest.raises(tc.InferenceServerException, match="no directory"):
+            client.load_model("no_such_model")
+        # a serving process that restarts replays the log: the model stays unloaded
+        os.kill(node.info["processes"][1], signal.SIGKILL)
+        started = b"[1/2] edge_node.server: edge node starting"
+        deadline = time.monotonic() + 30
+        while node.log_path.read_bytes().count(started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        serving = re.compile(rb"\[1/2\] edge_node\.server: edge node \S+ serving")
+        while (len(serving.findall(node.log_path.read_bytes())) < 2
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        assert len(serving.findall(node.log_path.read_bytes())) == 2, "not back in 30 s"
+        assert readiness_seen(node.address) == {False}
+        client.load_model(EDGE)
+        assert readiness_seen(node.address) == {True}
+        for i in range(10):
+            infer_once(node.address, images[i:i + 1])
+    finally:
+        client.close()
+    assert node.stop(grace=5) == 0
+    assert "Traceback" not in node.log_path.read_text()
