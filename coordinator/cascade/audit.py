@@ -40,7 +40,8 @@ AUDIT_SALT = "audit:"  # the audit pick hashes "audit:<id>", not the id the rand
 class Comparison:
     """Edge and cloud answers for items of one model version and segment: ``source`` is
     ``audit`` or ``escalated``; ``items`` ``[n, ...]`` as submitted; labels int64 ``[n]``,
-    confidences float32 ``[n]``."""
+    confidences float32 ``[n]``; ``job_id`` the batch job the items belong to ("" for an
+    online request), so that a re-run shard's items are kept once."""
 
     model: str
     version: str
@@ -52,6 +53,7 @@ class Comparison:
     edge_confidences: np.ndarray
     cloud_labels: np.ndarray
     cloud_confidences: np.ndarray
+    job_id: str = ""
 
     @property
     def agreed(self) -> np.ndarray:
@@ -94,6 +96,7 @@ class AuditTask:
     items: np.ndarray
     edge_labels: np.ndarray
     edge_confidences: np.ndarray
+    job_id: str = ""  # "" for an online request
 
 
 class Auditor:
@@ -188,7 +191,7 @@ class Auditor:
                 self.on_compared(Comparison(
                     task.model, task.version, task.segment, "audit", task.ids[:got],
                     task.items[:got], task.edge_labels[:got], task.edge_confidences[:got],
-                    answer.labels[at:at + got], answer.confidences[at:at + got]))
+                    answer.labels[at:at + got], answer.confidences[at:at + got], task.job_id))
             if got < n:
                 self.on_outcome(task.model, _reason(answer.reason), n - got)
             at += n

@@ -84,9 +84,10 @@ class Cascade:
 
     def decide(self, rule: CascadeRule, items: np.ndarray, probabilities: np.ndarray,
                ids: Sequence[str] | None, timeout: float, version: str = "",
-               segment: str = "") -> Decision:
+               segment: str = "", job_id: str = "") -> Decision:
         """Apply the policy to the edge output and ask the cloud for the escalated items;
-        ``version`` (the edge model's) and ``segment`` key the agreement of its items."""
+        ``version`` (the edge model's) and ``segment`` key the agreement of its items;
+        ``job_id`` names the batch job of a shard's items ("" online) in its comparisons."""
         edge_labels = probabilities.argmax(axis=1).astype(np.int64)
         edge_conf = probabilities.max(axis=1).astype(np.float32)
         escalate = np.asarray(rule.policy.decide(probabilities, ids), dtype=bool)
@@ -119,13 +120,13 @@ class Cascade:
             self.on_compared(Comparison(
                 rule.model, version, segment, "escalated", _pick(ids, got, "escalated"),
                 items[got], edge_labels[got], edge_conf[got], cloud_labels[got],
-                cloud_conf[got]))
+                cloud_conf[got], job_id))
         if self.auditor is not None and self.sampler is not None:
             audit = np.flatnonzero(self.sampler.select(rule.model, ids, ~escalate))
             if len(audit):
                 self.auditor.offer(AuditTask(
                     rule.cloud_model, rule.model, version, segment, _pick(ids, audit, "audit"),
-                    np.array(items[audit]), edge_labels[audit], edge_conf[audit]))
+                    np.array(items[audit]), edge_labels[audit], edge_conf[audit], job_id))
         return Decision(labels, confidences, edge_labels, edge_conf, tiers, escalate, answered,
                         cloud_labels, cloud_conf, refused, refusal)
 

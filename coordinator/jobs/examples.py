@@ -5,8 +5,14 @@ the cloud's answers, kept in the job store as a labelled dataset for retraining 
 ``ExampleBook`` reads and writes the ``hard_examples`` table (schema version 7) on either
 backend: each row is one item (its data as .npy bytes, so dtype and shape travel with it),
 the model, the edge model's version, the segment, the source (``audit`` or
-``escalated``), the edge's and the cloud's label and confidence. Retention is per model:
-after each write only the newest ``keep`` rows of the model stay.
+``escalated``), the edge's and the cloud's label and confidence, and (since version 9) the
+batch job it came from. Retention is per model: after each write only the newest ``keep``
+rows of the model stay.
+
+A job's item is kept once per source: a shard run again (its lease expired, its node died)
+escalates and audits its items again, and those rows are skipped (a unique index on
+``(job_id, item_id, source)``). Online requests have no job (``job_id`` ""): item ids of
+different requests may repeat, so each of their comparisons is kept.
 
 ``ExampleWriter`` takes comparisons on the caller's path without waiting: they go to a
 buffer of at most ``max_items`` items and ``max_bytes`` of item data (camera frames are
@@ -69,10 +75,21 @@ CREATE TABLE hard_examples (
 CREATE INDEX hard_examples_by_model ON hard_examples (model, seq)
 """
 
+# Version 9: the batch job of each example ('' for online requests, and for the rows
+# written before), and one row per job item and source: a re-run shard's items are skipped.
+# One script for both backends (partial unique indexes exist in both).
+EXAMPLE_JOBS_SCHEMA = """
+ALTER TABLE hard_examples ADD COLUMN job_id TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX hard_examples_once ON hard_examples (job_id, item_id, source)
+    WHERE job_id <> ''
+"""
+
 COLUMNS = ("seq", "model", "version", "segment", "source", "item_id", "payload", "edge_label",
            "edge_confidence", "cloud_label", "cloud_confidence", "created_at")
-INSERT = (f"INSERT INTO hard_examples ({', '.join(COLUMNS[1:])}) "
-          f"VALUES ({', '.join('?' * (len(COLUMNS) - 1))})")
+WRITTEN = (*COLUMNS[1:], "job_id")
+# A job item already kept for its source is skipped (hard_examples_once).
+INSERT = (f"INSERT INTO hard_examples ({', '.join(WRITTEN)}) "
+          f"VALUES ({', '.join('?' * len(WRITTEN))}) ON CONFLICT DO NOTHING")
 PRUNE = ("DELETE FROM hard_examples WHERE model = ? AND seq <= (SELECT seq FROM hard_examples "
          "WHERE model = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)")
 
@@ -112,22 +129,23 @@ class ExampleBook:
 
     def add(self, comparisons: list[Comparison], now: float | None = None) -> int:
         """Store the items of ``comparisons`` in one transaction, then prune each model to
-        its newest ``keep``; returns the rows written."""
+        its newest ``keep``; returns the rows written (a job item already kept for its
+        source is skipped, see the module docstring)."""
         now = time.time() if now is None else now
         rows = [(c.model, c.version, c.segment, c.source, str(c.ids[k]), _npy(c.items[k]),
                  int(c.edge_labels[k]), float(c.edge_confidences[k]), int(c.cloud_labels[k]),
-                 float(c.cloud_confidences[k]), now)
+                 float(c.cloud_confidences[k]), now, c.job_id)
                 for c in comparisons for k in range(len(c.ids))]
         if not rows:
             return 0
         models = sorted({c.model for c in comparisons})
 
-        def write(db: Tx) -> None:
-            db.executemany(INSERT, rows)
+        def write(db: Tx) -> int:
+            written = db.executemany(INSERT, rows).rowcount
             for model in models:
                 db.execute(PRUNE, (model, model, self.keep))
-        self.database.write(write)
-        return len(rows)
+            return written
+        return self.database.write(write)
 
     def counts(self) -> dict[str, int]:
         """Examples stored per model."""

@@ -120,10 +120,11 @@ class SpoolReplayer:
 def replayed(model: str, entries: list, labels: np.ndarray,
              confidences: np.ndarray) -> list[Comparison]:
     """The edge/cloud comparisons of spool ``entries`` the cloud answered (``labels``,
-    ``confidences`` in their order), one per edge model version."""
+    ``confidences`` in their order), one per job and edge model version."""
     out = []
-    for version in sorted({e.fallback.model_version for e in entries}):
-        idx = [k for k, e in enumerate(entries) if e.fallback.model_version == version]
+    for job_id, version in sorted({(e.job_id, e.fallback.model_version) for e in entries}):
+        idx = [k for k, e in enumerate(entries)
+               if (e.job_id, e.fallback.model_version) == (job_id, version)]
         picked = [entries[k] for k in idx]
         out.append(Comparison(
             model, version, "", "escalated", [e.item_id for e in picked],
@@ -132,5 +133,5 @@ def replayed(model: str, entries: list, labels: np.ndarray,
                       for e in picked], np.int64),
             np.array([float(e.fallback.extra.get("edge_confidence", e.fallback.confidence))
                       for e in picked], np.float32),
-            np.asarray(labels)[idx], np.asarray(confidences)[idx]))
+            np.asarray(labels)[idx], np.asarray(confidences)[idx], job_id))
     return out

@@ -209,7 +209,8 @@ class ShardRunner:
         if rule is not None:
             decision = self.cascade.decide(rule, lease.array, out.probabilities, lease.ids,
                                            self.cloud_timeout_s, out.model_version,
-                                           str(lease.params.get(SEGMENT_PARAM, "")))
+                                           str(lease.params.get(SEGMENT_PARAM, "")),
+                                           lease.job_id)
             return shard_results(decision, lease.ids, lease.array, node_name,
                                  out.model_version)
         return edge_output(lease.ids, out.label, out.confidence, node_name, out.model_version)

@@ -129,6 +129,20 @@ def test_decide_offers_confident_items_and_reports_escalated_ones():
     np.testing.assert_array_equal(audit.items, ITEMS[[0, 2]])
 
 
+def test_a_shards_comparisons_name_its_job_and_online_ones_none():
+    c, auditor, compared, _ = cascade(FakeCloud())
+    c.decide(c.rule("m"), ITEMS, PROBS, IDS, 1.0, "7", "cam-1", job_id="job-1")
+    c.decide(c.rule("m"), ITEMS, PROBS, IDS, 1.0, "7", "cam-1")  # an online request
+    auditor.start()
+    try:
+        wait_for(lambda: len(compared) == 4)
+    finally:
+        auditor.close()
+    assert sorted((x.job_id, x.source, tuple(x.ids)) for x in compared) == [
+        ("", "audit", ("i0", "i2")), ("", "escalated", ("i1", "i3")),
+        ("job-1", "audit", ("i0", "i2")), ("job-1", "escalated", ("i1", "i3"))]
+
+
 def test_a_full_queue_drops_audits_at_once():
     gate = threading.Event()
     c, auditor, compared, outcomes = cascade(FakeCloud(gate=gate), max_items=3)

@@ -1,5 +1,5 @@
 """Make a fresh store look like one written by an older schema version, for upgrade tests:
-the tables each later version added are dropped (add a line here with each new version)."""
+what each later version added is taken away again (add a line here with each new version)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,19 @@ from coordinator.jobs.schema import SCHEMA_VERSION
 from coordinator.jobs.store import JobStore
 
 TABLES_ADDED = {6: "rollouts", 7: "hard_examples", 8: "fleet_members"}
+# Versions that changed tables already there: the statements that undo the change (an index
+# goes before its column: neither backend drops an indexed column).
+CHANGES = {9: ["DROP INDEX hard_examples_once", "ALTER TABLE hard_examples DROP COLUMN job_id"]}
 
 
 def drops_after(version: int) -> list[str]:
-    """``DROP TABLE`` statements for the tables versions after ``version`` added."""
-    assert max(TABLES_ADDED) == SCHEMA_VERSION, "list the new version's tables above"
-    return [f"DROP TABLE {table}" for v, table in sorted(TABLES_ADDED.items()) if v > version]
+    """The statements that undo the versions after ``version``, newest first (a later
+    version may change a table an earlier one added)."""
+    assert max(TABLES_ADDED.keys() | CHANGES.keys()) == SCHEMA_VERSION, \
+        "list what the new version adds above"
+    undo = {v: [f"DROP TABLE {table}"] for v, table in TABLES_ADDED.items()} | CHANGES
+    return [statement for v in sorted(undo, reverse=True) if v > version
+            for statement in undo[v]]
 
 
 def make_older(location: str, version: int) -> None:

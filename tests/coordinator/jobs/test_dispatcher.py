@@ -22,6 +22,7 @@ from coordinator.fleet.forwarder import Forwarder
 from coordinator.fleet.registry import LIVE, SUSPECT, NodeRecord, Registry
 from coordinator.fleet.router import Router
 from coordinator.jobs.dispatcher import Dispatcher
+from coordinator.jobs.examples import ExampleBook
 from coordinator.jobs.model import JobState, Lease, ResultRow
 from coordinator.jobs.replayer import SpoolReplayer
 from coordinator.jobs.runner import Classification, ShardOutput, ShardRunner, shard_results
@@ -501,6 +502,39 @@ def test_spool_replayer_resolves_spooled_items_once_the_cloud_answers(store, reg
     assert results["c1"].node == "node-a"
     assert results["c0"].tier == "edge" and results["c0"].label == 0
     assert replayer.run_once() == 0  # nothing left
+
+
+def test_a_rerun_shard_keeps_its_hard_examples_once(store, registry):
+    """A node answers a shard and dies before its results are written: the shard runs again
+    (this time the cloud is down, so its escalations are spooled and replayed later), and
+    its escalated items are still stored once; another job's items of the same ids are its
+    own examples."""
+    book = ExampleBook(store.database)
+    cloud = Cloud(down=False)
+    cascade = make_cascade(cloud)
+    cascade.on_compared = lambda c: book.add([c])
+    runner = make_runner(registry, cascade, EdgeNode())
+    node = registry.get("a:1")
+    job = store.create_job("m", (CASCADE_IDS, PROBS), shard_size=4)
+    first = lease_one(store)
+    runner(node, first)  # c1 and c3 escalated and answered; the results are never written
+    assert book.counts() == {"m": 2}
+    assert store.requeue_expired(first.lease_expires) == [(first.shard_id, "a:1")]
+    cloud.down = True
+    again = lease_one(store)
+    assert (again.shard_id, again.attempt) == (first.shard_id, first.attempt + 1)
+    out = runner(node, again)
+    store.complete(again.shard_id, again.attempt, out.results, escalations=out.escalations)
+    cloud.down = False
+    assert SpoolReplayer(SpoolQueue(store), cascade, timeout=1.0).run_once() == 2
+    assert cloud.sent == 4  # c1 and c3 twice: the first run, then the replay
+    assert store.progress(job.job_id).state is JobState.DONE
+    other = store.create_job("m", (CASCADE_IDS, PROBS), shard_size=4)
+    runner(node, lease_one(store))
+    assert store.db.execute("SELECT job_id, item_id, source FROM hard_examples "
+                            "ORDER BY seq").fetchall() == [
+        (job.job_id, "c1", "escalated"), (job.job_id, "c3", "escalated"),
+        (other.job_id, "c1", "escalated"), (other.job_id, "c3", "escalated")]
 
 
 def test_spool_replayer_expires_entries_to_their_edge_answer(store, registry):
