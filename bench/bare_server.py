@@ -17,13 +17,14 @@ server adds over a raw invoke is the price of Python gRPC on the machine. An anc
 
 from __future__ import annotations
 
+import argparse
 import queue
-import sys
 from concurrent import futures
 
 import grpc
 import numpy as np
 
+from edge_node.errors import ModelLoadError
 from edge_node.runtime import TFLiteModel
 from protos import oip_pb2
 
@@ -31,11 +32,12 @@ SERVICE = "inference.GRPCInferenceService"
 
 
 def serve(model_file: str, interpreters: int) -> None:
-    content = open(model_file, "rb").read()  # noqa: SIM115 - read once, closed by GC
+    with open(model_file, "rb") as fh:
+        content = fh.read()
     free: queue.SimpleQueue[TFLiteModel] = queue.SimpleQueue()
     for _ in range(interpreters):
-        free.put(TFLiteModel(content))
-    probe = TFLiteModel(content)
+        free.put(TFLiteModel(content, source=model_file))
+    probe = TFLiteModel(content, source=model_file)
     spec = probe.inputs[0]
     metadata = oip_pb2.ModelMetadataResponse(
         name="bare", platform="tflite",
@@ -80,7 +82,22 @@ def serve(model_file: str, interpreters: int) -> None:
     server.wait_for_termination()
 
 
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Prints its port, then serves until killed.")
+    p.add_argument("model_file", help="the .tflite file (a classification model)")
+    p.add_argument("interpreters", nargs="?", type=int, default=2,
+                   help="interpreters, one request each at a time (default 2)")
+    args = p.parse_args()
+    if args.interpreters < 1:
+        p.error("interpreters: must be >= 1")
+    try:
+        serve(args.model_file, args.interpreters)
+    except OSError as exc:
+        p.error(f"model_file: cannot read {args.model_file} ({exc.strerror or exc})")
+    except ModelLoadError as exc:
+        p.error(f"model_file: {exc}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit(__doc__)
-    serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else 2)
+    main()

@@ -32,7 +32,7 @@ from coordinator.cli.launcher import start_coordinator, start_node  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MB (VmRSS)."""
+    """Resident set size of ``pid`` in MiB (VmRSS, which is in KiB, over 1024)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0

@@ -189,10 +189,11 @@ class RepositoryControl:
             problems = [f"process {i} refused it: {why}" for i, why in sorted(refused.items())]
             problems += [f"process {i} has not applied it after {self.ack_timeout:.0f} s (a "
                          "restarting process applies it when it starts)" for i in late]
+            here = (f"this process refused it too: {refused_here}" if refused_here
+                    else "this process applied it")
             raise RepositoryControlError(
-                f"model_name: {command.describe()}: this process applied it"
-                + (f" (refused: {refused_here})" if refused_here else "")
-                + "; " + "; ".join(problems))
+                f"{command.describe()}: not applied by every serving process: "
+                + "; ".join(problems) + f"; {here}")
         return [line for line in refused_here.split("\n") if line]
 
     def catch_up(self, upto: int | None = None) -> str:
