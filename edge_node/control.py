@@ -8,8 +8,9 @@ applies the log in order; each sibling follows the log (every ``FOLLOW_S``), app
 commands in the same order and records how far it got and what each command refused in
 ``ack-<index>.json``. The receiving process answers once every sibling has applied the
 command, or with an error naming the processes that refused it or did not apply it within
-``ACK_TIMEOUT_S``. A process that restarts replays the log before it serves, so a model
-unloaded by request stays unloaded in every process.
+``ACK_TIMEOUT_S``. A process that restarts catches up before it serves (it unloads the
+models whose newest command is an unload), so a model unloaded by request stays unloaded
+in every process.
 
 A lone node (no control directory) applies the request itself, as before.
 
@@ -150,7 +151,7 @@ class RepositoryControl:
         it in a thread."""
         if self.log is None:
             return
-        self.catch_up()
+        self._replay()
         self._thread = threading.Thread(target=self._follow, name="repository-control",
                                         daemon=True)
         self._thread.start()
@@ -209,6 +210,21 @@ class RepositoryControl:
             for n in sorted(self._results)[:-KEPT_RESULTS]:
                 del self._results[n]
             return self._results.get(upto, "") if upto is not None else ""
+
+    def _replay(self) -> None:
+        """Catch up at start, short of reloading: a process that starts has loaded every
+        model in the repository, which is what a load does, so only the models whose
+        newest command is an unload are unloaded (not every load and unload since the
+        node started)."""
+        with self._lock:
+            newest: dict[str, Command] = {}
+            for command in self.log.after(0):
+                newest[command.model] = command
+                self._applied = command.seq
+            for command in sorted(newest.values(), key=lambda c: c.seq):
+                if command.op == "unload":
+                    self._results[command.seq] = self._apply(command)
+            self.log.acknowledge(self._applied, self._results)
 
     def _apply(self, command: Command) -> str:
         try:

@@ -279,7 +279,10 @@ def test_a_load_or_unload_reaches_every_process_and_a_restarted_one(
         # a model without a directory is refused by the process that got the call
         with pytest.raises(tc.InferenceServerException, match="no directory"):
             client.load_model("no_such_model")
-        # a serving process that restarts replays the log: the model stays unloaded
+        # a serving process that restarts catches up on the log (the newest command for
+        # a model counts): the model stays unloaded
+        client.load_model(EDGE)
+        client.unload_model(EDGE)
         os.kill(node.info["processes"][1], signal.SIGKILL)
         started = b"[1/2] edge_node.server: edge node starting"
         deadline = time.monotonic() + 30
