@@ -5,15 +5,18 @@ Usage::
     python bench/bench_serving.py [--markdown] [--seconds S] [--model NAME]
     python bench/bench_serving.py --repository bench/models --model mobilenet_v2_035
     python bench/bench_serving.py --processes 1,2   # the same 2 interpreters in 1 or 2 processes
+    python bench/bench_serving.py --interpreters 4 --processes 1,4 --threads 16 --batches 1 \
+        --bare   # scaling over serving processes, on a machine with >= 4 free cores
 
 1. Anchor: the raw ai-edge-litert ``Interpreter`` on the model, one interpreter per
-   thread (1 and 2 threads), batch 1 and 32, inputs already quantized (pure ``invoke``).
+   thread (1 and ``--interpreters``, default 2, threads), batch 1 and 32, inputs already
+   quantized (pure ``invoke``).
 2. Served: an ``edge-node --workers 2`` process on loopback (with ``--processes 1,2``:
    also ``--processes 2 --workers 1``, the same two interpreters in two serving
    processes behind one port), driven by N client threads
    (N = 1, 4, 8), each with its own ``OIPClient`` sending raw UINT8 images (the node
    resizes / quantizes), batch 1 and 32: items/s, p50 / p99 latency per request, and the
-   ratio served / raw (raw = the 2-thread anchor at the same batch size).
+   ratio served / raw (raw = the ``--interpreters``-thread anchor at the same batch size).
 3. Stock client: ``tritonclient.grpc`` at batch 32 with 4 threads, same node.
 4. With ``--bare``: ``bench/bare_server.py`` with the same two interpreters, batch 1, the
    same clients: a Python gRPC server that only parses, invokes and answers. The node's
@@ -327,17 +330,19 @@ def fmt(x: float, digits: int = 0) -> str:
     return "n/a" if x != x else f"{x:,.{digits}f}"  # noqa: PLR0124 - NaN check
 
 
-def report(raw: dict[tuple[int, int], Result], served: list[Result], markdown: bool) -> None:
+def report(raw: dict[tuple[int, int], Result], served: list[Result], markdown: bool,
+           interpreters: int = 2) -> None:
+    k = interpreters
     if markdown:
         print("| case | client | batch | client threads | items/s | p50 ms | p99 ms "
-              "| served / raw (2 thr) | node CPU s/s | client CPU s/s | other procs CPU s/s |")
+              f"| served / raw ({k} thr) | node CPU s/s | client CPU s/s | other procs CPU s/s |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for (batch, threads), r in sorted(raw.items()):
             print(f"| raw invoke (pre-quantized) | - | {batch} | {threads} interpreter(s) "
                   f"| {fmt(r.items_per_s)} | - | - | - | - | {fmt(r.client_cpu_s / r.seconds, 2)} "
                   f"| {fmt(r.other_cpu_s / r.seconds, 2)} |")
         for r in served:
-            anchor = raw.get((r.batch, 2))
+            anchor = raw.get((r.batch, k))
             ratio = r.items_per_s / anchor.items_per_s if anchor else float("nan")
             print(f"| {r.case} | {r.client} | {r.batch} | {r.threads} "
                   f"| {fmt(r.items_per_s)} | {fmt(r.pct(50), 2)} | {fmt(r.pct(99), 2)} "
@@ -352,7 +357,7 @@ def report(raw: dict[tuple[int, int], Result], served: list[Result], markdown: b
               f"{'':>34}{fmt(r.client_cpu_s / r.seconds, 2):>8}"
               f"{fmt(r.other_cpu_s / r.seconds, 2):>7}")
     for r in served:
-        anchor = raw.get((r.batch, 2))
+        anchor = raw.get((r.batch, k))
         ratio = r.items_per_s / anchor.items_per_s if anchor else float("nan")
         print(f"{r.case:<24}{r.client:<14}{r.batch:>6}{r.threads:>5}"
               f"{fmt(r.items_per_s):>12}{fmt(r.pct(50), 2):>9}{fmt(r.pct(99), 2):>9}"
@@ -364,8 +369,9 @@ def report(raw: dict[tuple[int, int], Result], served: list[Result], markdown: b
 def serve_cases(repository: Path, args, processes: int, images: np.ndarray,
                 batches: list[int], thread_counts: list[int], seconds: float,
                 warmup: float) -> list[Result]:
-    """Every served case against one node of 2 interpreters in ``processes`` processes."""
-    workers = 2 // processes
+    """Every served case against one node of ``args.interpreters`` interpreters in
+    ``processes`` processes."""
+    workers = args.interpreters // processes
     label = f"edge-node {processes}x{workers}"  # processes x workers
     workdir = Path(tempfile.mkdtemp(prefix="edgeshard-bench-"))
     node = start_node("bench-node", repository, workdir,
@@ -388,10 +394,11 @@ def serve_cases(repository: Path, args, processes: int, images: np.ndarray,
 
 
 def bare_cases(path: Path, images: np.ndarray, thread_counts: list[int], seconds: float,
-               warmup: float) -> list[Result]:
-    """Batch-1 requests to bench/bare_server.py with 2 interpreters (the node's 2)."""
+               warmup: float, interpreters: int) -> list[Result]:
+    """Batch-1 requests to bench/bare_server.py with the node's number of interpreters."""
     server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("bare_server.py")), str(path), "2"],
+        [sys.executable, str(Path(__file__).with_name("bare_server.py")), str(path),
+         str(interpreters)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         address = f"127.0.0.1:{int(server.stdout.readline())}"
@@ -419,17 +426,25 @@ def main() -> int:
     p.add_argument("--bare", action="store_true",
                    help="also drive bench/bare_server.py (parse, invoke, answer: the least a "
                         "Python gRPC server costs) at batch 1 with the same clients")
+    p.add_argument("--interpreters", type=int, default=2,
+                   help="interpreters of the served node, over all its processes (2); the "
+                        "raw anchor runs this many threads too")
     p.add_argument("--processes", default="1",
-                   help="serving process counts to compare, e.g. 1,2: the node's 2 "
-                        "interpreters in 1 process (--workers 2) or 2 (--workers 1 each)")
+                   help="serving process counts to compare, each dividing --interpreters, "
+                        "e.g. 1,2: the node's 2 interpreters in 1 process (--workers 2) or "
+                        "2 (--workers 1 each); on a machine with >= 4 free cores, "
+                        "--interpreters 4 --processes 1,4 shows how requests/s scale")
     args = p.parse_args()
     seconds = min(max(args.seconds, 0.5), 30.0)
     warmup = min(max(args.warmup, 0.0), 10.0)
     thread_counts = [int(x) for x in args.threads.split(",") if x]
     batches = [int(x) for x in args.batches.split(",") if x]
     process_counts = [int(x) for x in args.processes.split(",") if x]
-    if any(n not in (1, 2) for n in process_counts):
-        p.error("--processes: each count must be 1 or 2 (the node's 2 interpreters split)")
+    k = args.interpreters
+    if not 1 <= k <= 64:
+        p.error("--interpreters: must be in 1..64")
+    if any(n < 1 or k % n for n in process_counts):
+        p.error(f"--processes: each count must divide --interpreters ({k}), e.g. 1,{k}")
     if any(t < 1 or t > 64 for t in thread_counts) or any(b < 1 or b > 64 for b in batches):
         p.error("threads and batches must be in 1..64")
 
@@ -443,7 +458,7 @@ def main() -> int:
 
     raw: dict[tuple[int, int], Result] = {}
     for batch in batches:
-        for threads in (1, 2):
+        for threads in sorted({1, k}):
             raw[(batch, threads)] = raw_invoke(path, batch, threads, min(seconds, 3.0))
 
     images = model_images(path)
@@ -452,14 +467,14 @@ def main() -> int:
         served += serve_cases(repository, args, processes, images, batches, thread_counts,
                               seconds, warmup)
 
-    bare = (bare_cases(path, images, thread_counts, seconds, warmup)
+    bare = (bare_cases(path, images, thread_counts, seconds, warmup, k)
             if args.bare and 1 in batches else [])
-    report(raw, [*bare, *served], args.markdown)
+    report(raw, [*bare, *served], args.markdown, k)
     errors = sum(r.errors for r in (*bare, *served))
     if errors:
         print(f"\n{errors} request(s) failed during the run", file=sys.stderr)
-    med = statistics.median(r.items_per_s / raw[(r.batch, 2)].items_per_s for r in served
-                            if (r.batch, 2) in raw)
+    med = statistics.median(r.items_per_s / raw[(r.batch, k)].items_per_s for r in served
+                            if (r.batch, k) in raw)
     print(f"\nmedian served/raw ratio over all served cases: {med:.3f}")
     return 1 if errors else 0
 
