@@ -147,8 +147,8 @@ class RepositoryControl:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Replay the log (a restarted process catches up before it serves), then follow
-        it in a thread."""
+        """Catch up on the log (a restarted process, before it serves: ``_replay``), then
+        follow it in a thread."""
         if self.log is None:
             return
         self._replay()
