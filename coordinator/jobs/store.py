@@ -72,7 +72,8 @@ from coordinator.jobs.results import (
     subset,
     write_blocks,
 )
-from coordinator.jobs.schema import migrate, migrate_postgres
+from coordinator.jobs.schema import migrate
+from coordinator.jobs.schema_postgres import migrate_postgres
 from coordinator.jobs.spool import Escalation, SpoolLimits
 
 log = logging.getLogger(__name__)
