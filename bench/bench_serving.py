@@ -18,7 +18,7 @@ Usage::
    resizes / quantizes), batch 1 and 32: items/s, p50 / p99 latency per request, and the
    ratio served / raw (raw = the ``--interpreters``-thread anchor at the same batch size).
 3. Stock client: ``tritonclient.grpc`` at batch 32 with 4 threads, same node.
-4. With ``--bare``: ``bench/bare_server.py`` with the same two interpreters, batch 1, the
+4. With ``--bare``: ``bench/bare_server.py`` with as many interpreters, batch 1, the
    same clients: a Python gRPC server that only parses, invokes and answers. The node's
    own cost is what it adds over this server; the rest is Python gRPC on the machine.
 

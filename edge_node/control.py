@@ -96,10 +96,9 @@ class ControlLog:
     def acknowledge(self, seq: int, results: dict[int, str]) -> None:
         """Record that this process applied every command up to ``seq``; ``results``
         maps a command's number to what it refused ("" when it applied cleanly)."""
-        newest = sorted(results)[-KEPT_RESULTS:]
         path = self.directory / f"ack-{self.index}.json"
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"seq": seq, "results": {str(n): results[n] for n in newest}}))
+        tmp.write_text(json.dumps({"seq": seq, "results": {str(n): r for n, r in results.items()}}))
         os.replace(tmp, path)
 
     def acknowledgement(self, index: int) -> tuple[int, dict[int, str]]:
@@ -206,9 +205,7 @@ class RepositoryControl:
                     break
                 self._results[command.seq] = self._apply(command)
                 self._applied = command.seq
-            self.log.acknowledge(self._applied, self._results)
-            for n in sorted(self._results)[:-KEPT_RESULTS]:
-                del self._results[n]
+            self._acknowledge()
             return self._results.get(upto, "") if upto is not None else ""
 
     def _replay(self) -> None:
@@ -224,7 +221,14 @@ class RepositoryControl:
             for command in sorted(newest.values(), key=lambda c: c.seq):
                 if command.op == "unload":
                     self._results[command.seq] = self._apply(command)
-            self.log.acknowledge(self._applied, self._results)
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Keep the results of the newest ``KEPT_RESULTS`` commands, and write them with
+        how far this process got (the caller holds the lock)."""
+        for n in sorted(self._results)[:-KEPT_RESULTS]:
+            del self._results[n]
+        self.log.acknowledge(self._applied, self._results)
 
     def _apply(self, command: Command) -> str:
         try:

@@ -129,7 +129,7 @@ class InferenceEngine:
 
         A model that cannot run a full batch is refused at load, not under load; the
         serving interpreters stay warmed at batch 1, because a TFLite interpreter keeps
-        the tensor arena of the largest batch it ran (12 MB each for mnist_cloud at 64)
+        the tensor arena of the largest batch it ran (12 MiB each for mnist_cloud at 64)
         and an idle node should not hold that per worker.
         """
         if mv.signature.batched and mv.max_batch_size > 1:
